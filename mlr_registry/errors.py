@@ -1,0 +1,43 @@
+"""User-facing errors.
+
+Every error a researcher can fix (bad config, unknown component, broken plugin, bad shapes)
+derives from :class:`MLRError`. The CLI prints these as one line and exits with code 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class MLRError(Exception):
+    """Base class of errors caused by user input rather than by a bug."""
+
+
+class RegistryError(MLRError, LookupError):
+    """Unknown kind or component, or a name registered twice."""
+
+
+class ConfigError(MLRError, ValueError):
+    """A gin file or binding is missing, malformed, or gives an invalid value."""
+
+
+class PluginError(MLRError, ImportError):
+    """A plugin failed to load."""
+
+
+class CheckpointError(MLRError):
+    """A checkpoint is missing, corrupt or does not match the run."""
+
+
+def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ConfigError unless ``low <= value <= high`` (bounds open where asked).
+
+    The message names the parameter, the value given and the accepted interval, so that a
+    typo in a gin file is fixed without reading code.
+    """
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        raise ConfigError(f"{name} = {value!r} is out of range; expected a value in {lo}, {hi}")

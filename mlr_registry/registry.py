@@ -1,0 +1,231 @@
+"""The component registry: kinds, ``register``, ``build``, listing and plugin loading.
+
+Public contract (plugins depend on it, see DESIGN.md):
+
+- ``@register("masker", "cube")`` registers a class or factory under a kind and a name and
+  makes it gin-configurable as ``maskers.cube`` (the kind's plural is the gin module).
+- A name registered twice is a :class:`RegistryError` naming both origins; the first stays.
+- Plugins are modules named by entry points of the group ``mlr_registry.plugins``; importing
+  one registers its components, whose origin is the plugin's distribution name. A plugin that
+  fails to import is recorded (name and error) and the others still load.
+- ``build(kind, name, **kwargs)`` constructs a component with gin bindings applied and the
+  keyword arguments on top.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import importlib
+import inspect
+from importlib import metadata
+from typing import Any, Callable, Iterator, TypeVar
+
+import gin
+
+from mlr_registry.errors import ConfigError, PluginError, RegistryError
+
+KINDS: tuple[str, ...] = ("masker", "encoder", "decoder", "loss", "agent", "replay", "env", "trainer")
+GIN_MODULES: dict[str, str] = {
+    "masker": "maskers", "encoder": "encoders", "decoder": "decoders", "loss": "losses",
+    "agent": "agents", "replay": "replays", "env": "envs", "trainer": "trainers",
+}
+ENTRY_POINT_GROUP = "mlr_registry.plugins"
+BUILTIN = "built-in"
+
+# The one list of built-in component modules; the registry imports nothing else by name.
+BUILTIN_MODULES: tuple[str, ...] = (
+    "mlr_registry.envs.atari",
+    "mlr_registry.envs.catch",
+    "mlr_registry.replay.sequence_replay",
+    "mlr_registry.maskers.cube",
+    "mlr_registry.encoders.nature_cnn",
+    "mlr_registry.decoders.transformer",
+    "mlr_registry.losses.mlr",
+    "mlr_registry.agents.rainbow",
+    "mlr_registry.training.atari100k",
+)
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """One registered component: where it came from and how to call it."""
+
+    kind: str
+    name: str
+    target: Callable[..., Any]  # the gin-configurable class or function
+    origin: str  # "built-in" or the plugin's distribution name
+    module: str
+
+    @property
+    def selector(self) -> str:
+        """The gin name, e.g. ``maskers.cube``."""
+        return f"{GIN_MODULES[self.kind]}.{self.name}"
+
+    def parameters(self) -> dict[str, Any]:
+        """Constructor parameters and their defaults (``inspect.Parameter.empty`` if none)."""
+        fn = self.target.__init__ if inspect.isclass(self.target) else self.target
+        sig = inspect.signature(inspect.unwrap(fn))
+        params = list(sig.parameters.values())
+        if inspect.isclass(self.target) and params and params[0].name == "self":
+            params = params[1:]
+        return {p.name: p.default for p in params
+                if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginFailure:
+    """A plugin entry point that could not be imported."""
+
+    entry_point: str
+    distribution: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.entry_point!r} ({self.distribution}) failed to load: {self.error}"
+
+
+_components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+_plugin_failures: list[PluginFailure] = []
+_loaded_plugins: dict[str, str] = {}  # entry-point name -> distribution name
+_current_origin: str = BUILTIN
+_loaded = False
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        close = difflib.get_close_matches(kind, KINDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise RegistryError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}.{hint}")
+
+
+def register(kind: str, name: str) -> Callable[[T], T]:
+    """Register a class or factory as component ``name`` of ``kind`` and make it gin-configurable.
+
+    Classes are made configurable in place, so calling the class directly (or ``build``) applies
+    gin bindings. Registering a taken name raises :class:`RegistryError` naming both origins.
+    """
+    _check_kind(kind)
+
+    def decorate(target: T) -> T:
+        existing = _components[kind].get(name)
+        module = getattr(target, "__module__", "?")
+        if existing is not None:
+            raise RegistryError(
+                f"{kind} {name!r} is already registered by {existing.origin} "
+                f"({existing.module}); {_current_origin} ({module}) tried to register it again. "
+                "Pick another name: a registered component is never replaced."
+            )
+        configurable = gin.configurable(name, module=GIN_MODULES[kind])(target)
+        _components[kind][name] = Component(kind, name, configurable, _current_origin, module)
+        return configurable
+
+    return decorate
+
+
+@contextlib.contextmanager
+def _origin(name: str) -> Iterator[None]:
+    global _current_origin
+    previous, _current_origin = _current_origin, name
+    try:
+        yield
+    finally:
+        _current_origin = previous
+
+
+def load_all() -> list[PluginFailure]:
+    """Import the built-in components, then every plugin entry point (once per process).
+
+    Returns the plugins that failed to load; the CLI reports them and carries on.
+    """
+    global _loaded
+    if _loaded:
+        return list(_plugin_failures)
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else ep.value
+        with _origin(dist):
+            try:
+                ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+                _plugin_failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
+                continue
+        _loaded_plugins[ep.name] = dist
+    _loaded = True
+    return list(_plugin_failures)
+
+
+def plugin_failures() -> list[PluginFailure]:
+    return list(_plugin_failures)
+
+
+def loaded_plugins() -> dict[str, str]:
+    """Entry-point name -> distribution name, for the plugins that loaded."""
+    return dict(_loaded_plugins)
+
+
+def components(kind: str | None = None) -> list[Component]:
+    """Registered components, of one kind or all, sorted by kind order then name."""
+    kinds = KINDS if kind is None else (kind,)
+    for k in kinds:
+        _check_kind(k)
+    return [_components[k][n] for k in kinds for n in sorted(_components[k])]
+
+
+def lookup(kind: str, name: str) -> Component:
+    """The component ``name`` of ``kind``; an unknown name lists the closest registered ones."""
+    _check_kind(kind)
+    try:
+        return _components[kind][name]
+    except KeyError:
+        raise RegistryError(unknown_component_message(kind, name)) from None
+
+
+def unknown_component_message(kind: str, name: str) -> str:
+    names = sorted(_components[kind])
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    return (f"unknown {kind} {name!r}{hint} (registered {kind}s: {', '.join(names) or 'none'}; "
+            "`python -m mlr_registry.run --list` shows all)")
+
+
+def build(kind: str, name: str, **kwargs: Any) -> Any:
+    """Construct a registered component: gin bindings apply, ``kwargs`` override them."""
+    component = lookup(kind, name)
+    params = component.parameters()
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise ConfigError(unknown_parameter_message(component, unknown[0]))
+    return component.target(**kwargs)
+
+
+def unknown_parameter_message(component: Component, parameter: str) -> str:
+    params = component.parameters()
+    close = difflib.get_close_matches(parameter, list(params), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return (f"{component.kind} {component.name!r} has no parameter {parameter!r}{hint} "
+            f"(its parameters: {', '.join(params) or 'none'})")
+
+
+def find_selector(selector: str) -> Component | None:
+    """The component a gin selector (``maskers.cube`` or just ``cube``) names, if any."""
+    parts = selector.split(".")
+    for component in components():
+        if parts[-1] == component.name and (len(parts) == 1 or parts[-2] == GIN_MODULES[component.kind]):
+            return component
+    return None
+
+
+def kind_of_gin_module(module: str) -> str | None:
+    return next((k for k, m in GIN_MODULES.items() if m == module), None)
+
+
+def require_loaded_plugin(name: str) -> None:
+    """Raise PluginError if the named plugin entry point failed to load."""
+    for failure in _plugin_failures:
+        if failure.entry_point == name:
+            raise PluginError(str(failure))
