@@ -1,0 +1,313 @@
+"""SPR-style Rainbow, the Atari agent of MLR and of its "Baseline" (MLR_SPEC Part 1 §1, §4).
+
+C51 (51 atoms on [−10, 10]) + dueling + noisy nets (σ0 = 0.1) + 10-step double DQN, trained on
+shift+intensity augmented frames, with a target network hard-copied from the online one after
+every update. Auxiliary losses (MLR's latent reconstruction, or none for the Baseline) come by
+gin and are added to the RL loss under one Adam optimizer (§4.9). :meth:`Rainbow.update` reads
+top to bottom as one gradient step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlr_registry.agents.augmentation import Augmentation
+from mlr_registry.agents.distributional import make_support, project_distribution
+from mlr_registry.agents.noisy import NoisyLinear, reset_noise, set_sampling
+from mlr_registry.batch import Batch
+from mlr_registry.encoders.nature_cnn import NatureCNN
+from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.losses.auxiliary import AuxiliaryLoss
+from mlr_registry.registry import register
+
+
+def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Identity forward, gradient × ``scale`` backward (rlpyt's ``scale_grad``)."""
+    return x * scale + x.detach() * (1 - scale)
+
+
+class C51Head(nn.Module):
+    """Noisy C51 Q head: latent (n d) → logits (n A atoms) (SPR's
+    ``DQNDistributionalDuelingHeadModel``, MLR_SPEC §4.2).
+
+    Dueling: value NoisyLinear(d→h) ReLU NoisyLinear(h→atoms); advantage NoisyLinear(d→h) ReLU
+    NoisyLinear(h→A·atoms) + ``advantage_bias`` (atoms, init 0); logits = V + (Adv − mean_a Adv).
+    Without dueling: NoisyLinear(d→h) ReLU NoisyLinear(h→A·atoms) (``value_fc1`` is then unused
+    and absent). The input's gradient is scaled by ``grad_scale``.
+    """
+
+    def __init__(self, latent_dim: int, num_actions: int, n_atoms: int, hidden_size: int,
+                 noisy_std: float, dueling: bool, grad_scale: float):
+        super().__init__()
+        self.num_actions, self.n_atoms, self.dueling, self.grad_scale = num_actions, n_atoms, dueling, grad_scale
+        self.adv_fc1 = NoisyLinear(latent_dim, hidden_size, noisy_std)
+        self.adv_fc2 = NoisyLinear(hidden_size, num_actions * n_atoms, noisy_std)
+        if dueling:
+            self.value_fc1 = NoisyLinear(latent_dim, hidden_size, noisy_std)
+            self.value_fc2 = NoisyLinear(hidden_size, n_atoms, noisy_std)
+            self.advantage_bias = nn.Parameter(torch.zeros(n_atoms))
+
+    def first_layers(self) -> list[NoisyLinear]:
+        """The layers MLR's projector shares: [value_fc1, adv_fc1] (dueling) or [adv_fc1]."""
+        return [self.value_fc1, self.adv_fc1] if self.dueling else [self.adv_fc1]
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        x = scale_grad(latent, self.grad_scale)
+        adv = self.adv_fc2(F.relu(self.adv_fc1(x))).view(-1, self.num_actions, self.n_atoms)  # (n A atoms)
+        if not self.dueling:
+            return adv
+        adv = adv + self.advantage_bias
+        value = self.value_fc2(F.relu(self.value_fc1(x))).view(-1, 1, self.n_atoms)  # (n 1 atoms)
+        return value + (adv - adv.mean(dim=1, keepdim=True))
+
+
+class QHeadProjector(nn.Module):
+    """MLR's projector (SPR's ``QL1Head`` with ``q_l1_type=[value, advantage]``, MLR_SPEC §4.3):
+    latent (n d) → concat(value_fc1_μ(x), adv_fc1_μ(x)) (n 2h). The SAME layer objects as the
+    head, μ weights only, no ReLU, no gradient scaling."""
+
+    def __init__(self, layers: Sequence[NoisyLinear]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.out_features = sum(layer.out_features for layer in layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([layer.forward_mu(x) for layer in self.layers], dim=-1)
+
+
+@register("agent", "rainbow")
+class Rainbow(nn.Module):
+    """SPR-style Rainbow with auxiliary losses (an ``AuxHost`` for ``losses/auxiliary.py``).
+
+    Args:
+        observation_shape: (c h w) of one observation; supplied by the trainer.
+        num_actions: size of the (minimal) action set; supplied by the trainer.
+        encoder: factory called as ``encoder(in_channels=c)``, returning an (n c h w) → (n d)
+            module with ``output_dim`` (and ``output_shape``); default :class:`NatureCNN`.
+        aux_losses: auxiliary objectives (gin passes instances); each is ``setup(self)`` after
+            the networks exist and is optimized with the RL loss by the one Adam (§4.9).
+            Empty: the paper's "Baseline".
+        n_atoms, v_min, v_max: C51 support (51 atoms on [−10, 10]).
+        hidden_size: width of both head streams (256, ``dqn_hidden_size``).
+        noisy_std: σ0 of all four noisy head layers (0.1).
+        dueling: dueling head (on); the projector is then 2·hidden_size wide, else hidden_size.
+        double_dqn: the online net picks the bootstrap action, the target net evaluates it (on).
+        n_step: bootstrap horizon n (10); the batch must hold obs up to index n.
+        discount: γ (0.99); the bootstrap is discounted by γⁿ (returns come n-step from replay).
+        learning_rate, adam_eps: Adam's lr (1e-4, set_config) and eps (1.5e-4); betas
+            (0.9, 0.999), no weight decay (checklist 3).
+        max_grad_norm: clip norm, applied separately to encoder + Q head and to each group an
+            aux loss names in ``grad_clip_groups`` (10, checklist 25).
+        target_update_period: hard-copy the online Q network (encoder, head, noise buffers)
+            to the target network every this many updates (1: after every update, tau 1).
+        augment: shift (replicate pad 4 + random crop) and intensity on every training branch
+            (on); acting and evaluation never augment.
+        target_augmentation: augment the bootstrap observation too (on); the online argmax and
+            the target net each draw their own augmentation, as the reference's two separate
+            forward calls do.
+        grad_scale_head_input: gradient scale on the head input (2^-0.5, SPR's head).
+        device: where the networks live and batches are moved to.
+    """
+
+    discrete_actions = True
+
+    def __init__(self, observation_shape: Sequence[int], num_actions: int,
+                 encoder: Callable[..., nn.Module] = NatureCNN,
+                 aux_losses: Sequence[AuxiliaryLoss] = (),
+                 n_atoms: int = 51, v_min: float = -10.0, v_max: float = 10.0,
+                 hidden_size: int = 256, noisy_std: float = 0.1, dueling: bool = True,
+                 double_dqn: bool = True, n_step: int = 10, discount: float = 0.99,
+                 learning_rate: float = 1e-4, adam_eps: float = 1.5e-4, max_grad_norm: float = 10.0,
+                 target_update_period: int = 1, augment: bool = True, target_augmentation: bool = True,
+                 grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu"):
+        super().__init__()
+        if len(observation_shape) != 3:
+            raise ConfigError(f"rainbow.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
+        check_range("rainbow.num_actions", num_actions, 1)
+        check_range("rainbow.n_atoms", n_atoms, 2)
+        if not v_min < v_max:
+            raise ConfigError(f"rainbow.v_min = {v_min} must be below rainbow.v_max = {v_max}")
+        check_range("rainbow.hidden_size", hidden_size, 1)
+        check_range("rainbow.noisy_std", noisy_std, 0)
+        check_range("rainbow.n_step", n_step, 1)
+        check_range("rainbow.discount", discount, 0, 1)
+        check_range("rainbow.learning_rate", learning_rate, 0, low_open=True)
+        check_range("rainbow.adam_eps", adam_eps, 0, low_open=True)
+        check_range("rainbow.max_grad_norm", max_grad_norm, 0, low_open=True)
+        check_range("rainbow.target_update_period", target_update_period, 1)
+        check_range("rainbow.grad_scale_head_input", grad_scale_head_input, 0, low_open=True)
+        self.observation_shape = tuple(int(s) for s in observation_shape)
+        self.num_actions = int(num_actions)
+        self.double_dqn, self.n_step, self.discount = double_dqn, n_step, discount
+        self.max_grad_norm, self.target_update_period = max_grad_norm, target_update_period
+        self.use_augmentation, self.target_augmentation = augment, target_augmentation
+        self.device = torch.device(device)
+        self._augmentation = Augmentation()
+
+        # Online Q network: encoder → C51 head; the projector shares the head's first layers.
+        self.encoder = encoder(in_channels=self.observation_shape[0])
+        latent_dim = self._check_encoder()
+        self.head = C51Head(latent_dim, self.num_actions, n_atoms, hidden_size, noisy_std, dueling,
+                            grad_scale_head_input)
+        self.projector = QHeadProjector(self.head.first_layers())
+        # Target Q network: a stop-grad copy, refreshed by hard copy (§1 "Target network").
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.target_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("support", make_support(v_min, v_max, n_atoms), persistent=False)
+
+        self.aux_losses = nn.ModuleList(aux_losses)
+        for loss in self.aux_losses:
+            loss.setup(self)
+        self.to(self.device)
+        # One Adam over every trainable parameter, aux losses' included (§1 "Optimizer").
+        self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad],
+                                          lr=learning_rate, eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
+        self.update_count = 0
+        self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
+
+    def _check_encoder(self) -> int:
+        """The encoder's output size, checked against a dummy forward (an image_size mismatch
+        would otherwise surface as a shape error deep inside the head)."""
+        with torch.no_grad():
+            out = self.encoder(torch.zeros(1, *self.observation_shape))
+        actual = int(out.shape[-1])
+        declared = getattr(self.encoder, "output_dim", actual)
+        if out.dim() != 2 or declared != actual:
+            raise ConfigError(
+                f"encoder {type(self.encoder).__name__} maps an observation of shape {self.observation_shape} "
+                f"to {tuple(out.shape[1:])}, but declares output_dim {declared}; check its image_size "
+                "against the env's observation size")
+        return actual
+
+    # --- AuxHost ---------------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        return int(self.head.adv_fc1.in_features)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return tuple(getattr(self.encoder, "output_shape", (self.latent_dim,)))
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Shift + intensity, independent per image (identity when ``augment`` is off)."""
+        return self._augmentation(x) if self.use_augmentation else x
+
+    def stem_parameters(self) -> list[nn.Parameter]:
+        """Encoder + Q head (the projector's layers and ``advantage_bias`` included): one clip group."""
+        return list(self.encoder.parameters()) + list(self.head.parameters())
+
+    # --- acting ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, epsilon: float = 0.0, greedy: bool = False) -> torch.Tensor:
+        """ε-greedy on the expected Q = Σ softmax(logits)·z of un-augmented ``obs``.
+
+        obs: uint8 (b c h w), or (c h w) for one observation (then a 0-d action comes back).
+        greedy=False (training): noisy-net noise ON, with the sample of the last update (acting
+        never resamples it). greedy=True (evaluation): noise OFF (μ only). Returns int64 actions
+        on the agent's device. ε = 1 skips the network (uniform actions, same distribution).
+        """
+        check_range("act.epsilon", epsilon, 0, 1)
+        obs = torch.as_tensor(obs, device=self.device)
+        single = obs.dim() == 3
+        obs = obs[None] if single else obs
+        b = obs.shape[0]
+        random_actions = torch.randint(0, self.num_actions, (b,), device=self.device)
+        if epsilon >= 1.0:
+            actions = random_actions
+        else:
+            self.eval()
+            set_sampling(self.head, not greedy)
+            probs = F.softmax(self.head(self.encoder(obs.float() / 255.0)), dim=-1)  # (b A atoms)
+            actions = (probs @ self.support).argmax(dim=-1)  # (b)
+            if epsilon > 0:
+                explore = torch.rand(b, device=self.device) < epsilon
+                actions = torch.where(explore, random_actions, actions)
+        return actions[0] if single else actions
+
+    # --- learning --------------------------------------------------------------------------
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One gradient step on ``batch`` (obs (b t c h w) uint8 with t > n_step; action (b t);
+        returns, done_n (b ≥1); weights (b) or None). Priorities go to ``last_priorities``."""
+        batch = batch.to(self.device)
+        if batch.obs.shape[1] <= self.n_step or batch.returns is None or batch.done_n is None:
+            raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
+                              f"n-step returns/done_n; got obs {tuple(batch.obs.shape)}")
+        b = batch.batch_size
+        rows = torch.arange(b, device=self.device)
+        weights = batch.weights if batch.weights is not None else torch.ones(b, device=self.device)
+        self.train()
+        reset_noise(self.head)  # one fresh noise sample per update, online net only (§4.8)
+
+        # RL branch: obs at t = 0, its own augmentation → log p(· | s_0, a_0).
+        obs0 = self.augment(batch.obs[:, 0].float() / 255.0)
+        log_probs = F.log_softmax(self.head(self.encoder(obs0)), dim=-1)  # (b A atoms)
+        log_p = log_probs[rows, batch.action[:, 0]]  # (b atoms)
+
+        # Bootstrap target at t = n: online argmax (double DQN), target-net distribution, projected.
+        with torch.no_grad():
+            next_obs = batch.obs[:, self.n_step].float() / 255.0
+            aug = self.augment if self.target_augmentation else (lambda x: x)
+            target_probs = F.softmax(self.target_head(self.target_encoder(aug(next_obs))), dim=-1)  # (b A atoms)
+            if self.double_dqn:
+                online_probs = F.softmax(self.head(self.encoder(aug(next_obs))), dim=-1)
+                next_action = (online_probs @ self.support).argmax(dim=-1)  # (b)
+            else:
+                next_action = (target_probs @ self.support).argmax(dim=-1)
+            target = project_distribution(target_probs[rows, next_action], batch.returns[:, 0],
+                                          batch.done_n[:, 0], self.discount ** self.n_step, self.support)
+
+        cross_entropy = -(target * log_p).sum(dim=-1)  # (b)
+        rl_loss = (weights * cross_entropy).mean()
+        kl = (torch.xlogy(target, target) - target * log_p.detach()).sum(dim=-1)
+        self.last_priorities = kl.clamp(1e-6, 1e6)  # PER priority before ^alpha (§5)
+
+        # Auxiliary losses; their targets move before the optimizer step (one-update lag, §4.5).
+        total_loss = rl_loss
+        metrics: dict[str, float] = {}
+        for loss in self.aux_losses:
+            aux_loss, aux_metrics = loss(batch, self)
+            loss.update_targets()
+            total_loss = total_loss + aux_loss
+            metrics.update(aux_metrics)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss.backward()
+        grad_norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(self.stem_parameters(), self.max_grad_norm)}
+        for i, loss in enumerate(self.aux_losses):
+            for j, group in enumerate(loss.grad_clip_groups()):
+                grad_norms[f"grad_norm_aux{i}_{j}"] = torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
+        self.optimizer.step()
+
+        self.update_count += 1
+        if self.update_count % self.target_update_period == 0:
+            self.copy_to_target()
+
+        mean_q = (log_p.detach().exp() @ self.support).mean()
+        tensors = {"rl_loss": rl_loss.detach(), "total_loss": total_loss.detach(), "mean_q": mean_q,
+                   "priority_mean": self.last_priorities.mean(), **grad_norms}
+        values = torch.stack([t.float() for t in tensors.values()]).tolist()  # one device sync
+        metrics.update(zip(tensors, values))
+        return metrics
+
+    @torch.no_grad()
+    def copy_to_target(self) -> None:
+        """Hard copy (tau 1) of the online encoder and head, noise buffers included."""
+        for online, target in ((self.encoder, self.target_encoder), (self.head, self.target_head)):
+            target.load_state_dict(online.state_dict())
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything to resume learning: networks (online, target, aux losses), optimizer, count."""
+        return {"model": self.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "update_count": self.update_count}
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.update_count = int(state["update_count"])

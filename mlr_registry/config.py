@@ -1,0 +1,116 @@
+"""Gin composition with errors a researcher can act on, and the operative config as params.
+
+Gin's own errors are accurate but long and generic ("No configurable matching 'x'"). Here they
+become one line that names the file and line, the kind, the unknown name and the closest
+registered names, or the component's real parameters.
+"""
+
+from __future__ import annotations
+
+import re
+import tokenize
+from pathlib import Path
+from typing import Iterable
+
+import gin
+from gin import config as gin_config
+
+from mlr_registry import registry
+from mlr_registry.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_LOCATION = re.compile(r'In (?:file "(?P<file>[^"]+)", line (?P<line>\d+)|bindings string)')
+_NO_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?(?P<selector>[\w./]+?)(?:\(\))?'")
+_NO_PARAMETER = re.compile(r"Configurable '(?P<selector>[\w.]+)' doesn't have a parameter named '(?P<param>\w+)'")
+
+
+def _location(message: str) -> str:
+    match = _LOCATION.search(message)
+    if match is None:
+        return ""
+    if match.group("file"):
+        return f"{match.group('file')}:{match.group('line')}: "
+    return "--bind: "
+
+
+def _translate(message: str) -> str:
+    """One actionable line for a gin ValueError message."""
+    where = _location(message)
+    unknown = _NO_CONFIGURABLE.search(message)
+    if unknown:
+        selector = unknown.group("selector").split("/")[-1]
+        parts = selector.split(".")
+        kind = registry.kind_of_gin_module(parts[-2]) if len(parts) > 1 else None
+        if kind is not None:
+            return where + registry.unknown_component_message(kind, parts[-1])
+        return where + (f"unknown configurable {selector!r}; components are named <kind>s.<name> "
+                        "(e.g. maskers.cube); `python -m mlr_registry.run --list` shows them")
+    bad_param = _NO_PARAMETER.search(message)
+    if bad_param:
+        component = registry.find_selector(bad_param.group("selector"))
+        if component is not None:
+            return where + registry.unknown_parameter_message(component, bad_param.group("param"))
+    return where + message.splitlines()[0]
+
+
+def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:
+    """Clear gin, then parse the files in order and the bindings last (later wins).
+
+    Components must be registered first (``registry.load_all()``) so that gin can check names.
+    """
+    gin.clear_config()
+    for search_path in (Path.cwd(), REPO_ROOT):
+        if str(search_path) not in gin_config._LOCATION_PREFIXES:
+            gin.add_config_file_search_path(str(search_path))
+    for path in gin_files:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"gin file not found: {path} (looked relative to {Path.cwd()}); "
+                              "pass an existing file, e.g. --gin gin/smoke/atari_mlr.gin")
+        _parse_one(lambda p=path: gin.parse_config_file(str(p)), str(path))
+    for binding in bindings:
+        _parse_one(lambda b=binding: gin.parse_config(b), "--bind " + repr(binding))
+
+
+def _parse_one(parse_fn, source: str) -> None:
+    try:
+        parse_fn()
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename and exc.filename != "<unknown>" else source
+        raise ConfigError(f"{where}: gin syntax error: {exc.msg}") from exc
+    except tokenize.TokenError as exc:
+        raise ConfigError(f"{source}: gin syntax error: {exc.args[0]} (an unclosed bracket or quote?)") from exc
+    except (ValueError, IOError) as exc:
+        text = str(exc)
+        if isinstance(exc, IOError) and "Unable to open file" in text:
+            raise ConfigError(f"{source}: included gin file not found: {text.splitlines()[0]}") from exc
+        raise ConfigError(_translate(text)) from exc
+
+
+def translate_call_error(exc: BaseException) -> ConfigError | None:
+    """A ConfigError for a gin error raised while calling configurables, else None."""
+    text = str(exc)
+    if isinstance(exc, ValueError) and (_NO_CONFIGURABLE.search(text) or _NO_PARAMETER.search(text)):
+        return ConfigError(_translate(text))
+    if "Required bindings" in text or "REQUIRED" in text:
+        return ConfigError(text.splitlines()[0])
+    return None
+
+
+def operative_params() -> dict[str, str]:
+    """The operative gin config flattened to ``selector.param -> value`` (for MLflow params)."""
+    flat: dict[str, str] = {}
+    for (scope, selector), params in gin_config._OPERATIVE_CONFIG.items():
+        prefix = f"{scope}/" if scope else ""
+        for name, value in params.items():
+            flat[f"{prefix}{selector}.{name}"] = repr(value)
+    return dict(sorted(flat.items()))
+
+
+def operative_config_str() -> str:
+    return gin.operative_config_str()
+
+
+def config_str() -> str:
+    """Every binding parsed (used or not), as gin text."""
+    return gin.config_str()

@@ -1,0 +1,308 @@
+"""Atari-100k environment: the official MLR/SPR protocol over ale-py (MLR_SPEC Part 1 §2).
+
+Why not gymnasium's ``AtariPreprocessing`` + ``FrameStackObservation``: they differ from the
+protocol the paper's numbers come from. AtariPreprocessing resizes with ``INTER_AREA`` (the
+official code uses cv2's default ``INTER_LINEAR`` on the full 210x160 frame), draws
+``0..noop_max`` agent-level noops, and with ``terminal_on_life_loss`` ends the episode so that
+the next ``reset`` restarts the game; the official env keeps playing after a life loss and only
+zeroes the frame stack. So this module talks to the ALE directly and reproduces
+``src/rlpyt_atari_env.py:AtariEnv`` frame by frame, while keeping gymnasium's API.
+
+Also here: the 26 Atari-100k games and the Human / Random scores of the paper's Table 1
+(``paper/mlr_neurips2022_slides.txt``), which define the human-normalized score.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import cv2
+import gymnasium
+import numpy as np
+from ale_py import Action, ALEInterface, LoggerMode, roms
+from gymnasium import spaces
+
+from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.registry import register
+
+ALEInterface.setLoggerMode(LoggerMode.Error)  # the ALE prints a banner per ROM load otherwise
+
+ATARI_100K_GAMES: tuple[str, ...] = (
+    "alien", "amidar", "assault", "asterix", "bank_heist", "battle_zone", "boxing", "breakout",
+    "chopper_command", "crazy_climber", "demon_attack", "freeway", "frostbite", "gopher", "hero",
+    "jamesbond", "kangaroo", "krull", "kung_fu_master", "ms_pacman", "pong", "private_eye",
+    "qbert", "road_runner", "seaquest", "up_n_down",
+)
+
+# Table 1 of the paper (the standard values used by SPR / DrQ / rliable).
+HUMAN_SCORES: dict[str, float] = {
+    "alien": 7127.7, "amidar": 1719.5, "assault": 742.0, "asterix": 8503.3, "bank_heist": 753.1,
+    "battle_zone": 37187.5, "boxing": 12.1, "breakout": 30.5, "chopper_command": 7387.8,
+    "crazy_climber": 35829.4, "demon_attack": 1971.0, "freeway": 29.6, "frostbite": 4334.7,
+    "gopher": 2412.5, "hero": 30826.4, "jamesbond": 302.8, "kangaroo": 3035.0, "krull": 2665.5,
+    "kung_fu_master": 22736.3, "ms_pacman": 6951.6, "pong": 14.6, "private_eye": 69571.3,
+    "qbert": 13455.0, "road_runner": 7845.0, "seaquest": 42054.7, "up_n_down": 11693.2,
+}
+RANDOM_SCORES: dict[str, float] = {
+    "alien": 227.8, "amidar": 5.8, "assault": 222.4, "asterix": 210.0, "bank_heist": 14.2,
+    "battle_zone": 2360.0, "boxing": 0.1, "breakout": 1.7, "chopper_command": 811.0,
+    "crazy_climber": 10780.5, "demon_attack": 152.1, "freeway": 0.0, "frostbite": 65.2,
+    "gopher": 257.6, "hero": 1027.0, "jamesbond": 29.0, "kangaroo": 52.0, "krull": 1598.0,
+    "kung_fu_master": 258.5, "ms_pacman": 307.3, "pong": -20.7, "private_eye": 24.9,
+    "qbert": 163.9, "road_runner": 11.5, "seaquest": 68.4, "up_n_down": 533.4,
+}
+
+
+def _nearest(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
+    """Closest ids, also matching with underscores ignored (``battlezone`` -> ``battle_zone``)."""
+    squashed = {c.replace("_", ""): c for c in choices}
+    key = name.lower().replace("_", "").replace("-", "").replace(" ", "")
+    close = [squashed[c] for c in difflib.get_close_matches(key, list(squashed), n=n, cutoff=0.6)]
+    close += [c for c in difflib.get_close_matches(name, list(choices), n=n) if c not in close]
+    return close[:n]
+
+
+def human_normalized(game: str, score: float) -> float:
+    """(score - random) / (human - random), with the Human and Random columns of Table 1."""
+    if game not in HUMAN_SCORES:
+        close = _nearest(game, ATARI_100K_GAMES)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ConfigError(f"no human/random reference score for game {game!r}{hint} "
+                          f"(known: the 26 Atari-100k games, {', '.join(ATARI_100K_GAMES)})")
+    random = RANDOM_SCORES[game]
+    return (float(score) - random) / (HUMAN_SCORES[game] - random)
+
+
+def _rom_path(game: str) -> str:
+    ids = roms.get_all_rom_ids()
+    if game not in ids:
+        close = _nearest(game, ids)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown Atari game {game!r}{hint} (game takes an ALE ROM id in snake_case, "
+                          f"e.g. 'battle_zone', 'ms_pacman'; ale_py.roms.get_all_rom_ids() lists all "
+                          f"{len(ids)})")
+    path = roms.get_rom_path(game)
+    if path is None:  # listed but not shipped with this ale-py build
+        raise ConfigError(f"the ROM of Atari game {game!r} is not installed with ale-py")
+    return str(path)
+
+
+@register("env", "atari")
+class AtariEnv(gymnasium.Env):
+    """One ALE game under the official MLR (rlpyt ``AtariEnv``) protocol, as a gymnasium env.
+
+    Per agent step (MLR_SPEC §2): the action is repeated ``frame_skip`` times; the grayscale
+    screen is read after the (frame_skip-1)-th and the last act, their elementwise max is
+    resized (full 210x160 frame, cv2 INTER_LINEAR) to ``image_size`` and pushed on a stack of
+    ``frame_stack`` frames ordered oldest -> newest. The reward is the sum of the raw rewards,
+    sign-clipped when ``clip_rewards``; the raw sum is ``info["raw_reward"]``.
+
+    Observation: ``uint8 (frame_stack, image_size, image_size)`` = ``(c h w)``.
+
+    Episodes (gymnasium semantics for the official "done without reset" of ``episodic_lives``):
+
+    - game over, or ``max_episode_steps`` agent steps since the last hard reset: the game ends,
+      ``info["game_over"] = True`` (``terminated`` for a real game over, ``truncated`` for the
+      horizon; the trainer stores both as done). The next ``reset()`` is a hard reset.
+    - a life lost while the game goes on: ``info["life_loss"] = True``. With
+      ``terminal_on_life_loss`` (training), ``terminated = True``, the frame stack is zeroed
+      except the newest frame, and the ALE is *not* reset: the following ``reset()`` is a soft
+      reset that returns that same observation without touching the ALE (``info["soft_reset"]``).
+      Without it (evaluation) nothing else happens. (Calling ``step`` instead of ``reset``
+      after a life-loss terminal also continues the game, exactly like the official sampler.)
+
+    Hard reset: ``reset_game``, one noop frame, then ``np_random.integers(1, noop_max + 1)``
+    single-frame noops (1..30), restarted if a life is lost during them; the stack is zeroed and
+    the newest frame is the current screen. No FIRE on reset; no sticky actions; minimal action
+    set.
+
+    Faithful details kept from the official code: a lost life is followed by one extra noop
+    frame (rlpyt's ``_life_reset``) whose reward is discarded, and with
+    ``terminal_on_life_loss`` the newest frame after a life loss is that screen alone (the raw
+    frames are zeroed before the max); a life is "lost" only when ``0 < lives < lives at the
+    last reset or loss`` (a bonus life is not recorded, as in rlpyt).
+    Deviations (both reachable only in corner cases): the horizon ends the episode on exactly
+    the ``max_episode_steps``-th step (rlpyt's counter check lets one more step through), and a
+    life lost during the reset noops restarts the reset cleanly (rlpyt recursed and then ran
+    the rest of the outer noop loop).
+
+    Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and the
+    ALE's ``random_seed`` (the ROM is reloaded on ``reset(seed=...)``). The official run uses
+    the run seed for the training env and ``seed * 100 + i`` for evaluation env i (§1 Seeds);
+    that choice belongs to the trainer.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        game: str = "alien",
+        frame_skip: int = 4,
+        frame_stack: int = 4,
+        image_size: int = 84,
+        noop_max: int = 30,
+        terminal_on_life_loss: bool = True,
+        max_episode_steps: int = 27_000,
+        clip_rewards: bool = True,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            game: ALE ROM id in snake_case (``pong``, ``battle_zone``, ``up_n_down``); also the
+                MLflow ``env`` tag. An unknown id is a ConfigError naming the closest ids.
+            frame_skip: emulator frames per agent step (4, §2); the max-pool uses the last two.
+            frame_stack: frames per observation (4).
+            image_size: side of the square resized frame (84).
+            noop_max: a hard reset runs 1..noop_max single-frame noops (30); 0 disables them.
+            terminal_on_life_loss: a lost life ends the (training) episode without resetting
+                the game (True for training, False for evaluation: §2 ``episodic_lives``).
+            max_episode_steps: agent steps per game before it is cut (27,000 = 108k frames).
+            clip_rewards: reward = sign(raw reward) (True for training; scores use the raw sum).
+            seed: seeds the noop draws and the ALE.
+        """
+        super().__init__()
+        for name, value, low in (("frame_skip", frame_skip, 1), ("frame_stack", frame_stack, 1),
+                                 ("image_size", image_size, 1), ("noop_max", noop_max, 0),
+                                 ("max_episode_steps", max_episode_steps, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ConfigError(f"{name} = {value!r} must be an integer")
+            check_range(name, value, low)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed = {seed!r} must be a non-negative integer")
+        self.game = game
+        self._rom = _rom_path(game)
+        self.frame_skip = int(frame_skip)
+        self.frame_stack = int(frame_stack)
+        self.image_size = int(image_size)
+        self.noop_max = int(noop_max)
+        self.terminal_on_life_loss = bool(terminal_on_life_loss)
+        self.max_episode_steps = int(max_episode_steps)
+        self.clip_rewards = bool(clip_rewards)
+
+        self._ale = ALEInterface()
+        self._seed(int(seed))
+        self._action_set: list[Action] = list(self._ale.getMinimalActionSet())
+        self.num_actions = len(self._action_set)
+        self.observation_shape: tuple[int, int, int] = (self.frame_stack, self.image_size, self.image_size)
+        self.action_space = spaces.Discrete(self.num_actions)
+        self.observation_space = spaces.Box(0, 255, self.observation_shape, dtype=np.uint8)
+
+        height, width = self._ale.getScreenDims()
+        self._raw_frame_1 = np.zeros((height, width), np.uint8)  # after the (frame_skip-1)-th act
+        self._raw_frame_2 = np.zeros((height, width), np.uint8)  # after the last act
+        self._max_frame = np.zeros((height, width), np.uint8)
+        self._stack = np.zeros(self.observation_shape, np.uint8)  # oldest -> newest
+        self._lives = 0
+        self._steps = 0  # agent steps since the last hard reset
+        self._started = False
+        self._game_over = False
+        self._soft_reset_pending = False
+
+    # --- gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Soft reset after a life-loss terminal (same observation, ALE untouched), else hard."""
+        if seed is not None:
+            self._seed(int(seed))  # also reloads the ROM: a seeded reset is always hard
+        elif self._soft_reset_pending:
+            self._soft_reset_pending = False
+            return self._stack.copy(), self._info(soft_reset=True)
+        self._soft_reset_pending = False
+        noops = self._hard_reset()
+        return self._stack.copy(), self._info(soft_reset=False, noops=noops)
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._started or self._game_over:
+            raise RuntimeError("AtariEnv.step called " + ("before reset()" if not self._started else
+                               "after the game ended (info['game_over']); call reset() first"))
+        index = int(action)
+        if not 0 <= index < self.num_actions:
+            raise ValueError(f"action {action!r} out of range for {self.game} "
+                             f"({self.num_actions} actions: 0..{self.num_actions - 1})")
+        self._soft_reset_pending = False
+        ale, a = self._ale, self._action_set[index]
+        raw_reward = 0
+        for _ in range(self.frame_skip - 1):
+            raw_reward += ale.act(a)
+        ale.getScreenGrayscale(self._raw_frame_1)
+        raw_reward += ale.act(a)
+        life_loss = self._check_life()
+        if life_loss and self.terminal_on_life_loss:
+            self._zero_frames()
+        self._push_frame()
+        self._steps += 1
+
+        ale_over = ale.game_over()
+        truncated = not ale_over and self._steps >= self.max_episode_steps
+        self._game_over = ale_over or truncated
+        terminated = ale_over or (life_loss and self.terminal_on_life_loss)
+        self._soft_reset_pending = terminated and not self._game_over
+        reward = float(np.sign(raw_reward)) if self.clip_rewards else float(raw_reward)
+        info = self._info(raw_reward=float(raw_reward), life_loss=life_loss)
+        return self._stack.copy(), reward, bool(terminated), bool(truncated), info
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _seed(self, seed: int) -> None:
+        self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(seed)
+        # An independent stream for the ALE, below 2**31 as the ALE's int setting needs.
+        ale_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0] % 2**31)
+        self._ale.setInt("random_seed", ale_seed)  # must precede loadROM to take effect
+        self._ale.setFloat("repeat_action_probability", 0.0)  # no sticky actions (§2)
+        self._ale.loadROM(self._rom)
+        self._started = False
+        self._game_over = False
+        self._soft_reset_pending = False
+
+    def _hard_reset(self) -> int:
+        while True:
+            self._ale.reset_game()
+            self._zero_frames()
+            self._life_reset()
+            noops = int(self.np_random.integers(1, self.noop_max + 1)) if self.noop_max > 0 else 0
+            life_lost = False
+            for _ in range(noops):
+                self._ale.act(Action.NOOP)
+                if self._check_life():
+                    life_lost = True
+                    break
+            if not life_lost:
+                break
+        self._push_frame()  # raw frame 1 is zero, so this is the current screen
+        self._steps = 0
+        self._started = True
+        self._game_over = False
+        return noops
+
+    def _check_life(self) -> bool:
+        lives = self._ale.lives()
+        lost = 0 < lives < self._lives
+        if lost:
+            self._life_reset()
+        return lost
+
+    def _life_reset(self) -> None:
+        self._ale.act(Action.NOOP)  # one frame past the life-loss (or reset) state, as rlpyt
+        self._lives = self._ale.lives()
+
+    def _zero_frames(self) -> None:
+        self._stack[:] = 0
+        self._raw_frame_1[:] = 0
+        self._raw_frame_2[:] = 0
+        self._max_frame[:] = 0
+
+    def _push_frame(self) -> None:
+        self._ale.getScreenGrayscale(self._raw_frame_2)
+        np.maximum(self._raw_frame_1, self._raw_frame_2, out=self._max_frame)
+        frame = cv2.resize(self._max_frame, (self.image_size, self.image_size),
+                           interpolation=cv2.INTER_LINEAR)  # (h w), full frame, no crop
+        self._stack[:-1] = self._stack[1:]
+        self._stack[-1] = frame
+
+    def _info(self, **extra: Any) -> dict[str, Any]:
+        info: dict[str, Any] = {"raw_reward": 0.0, "life_loss": False, "game_over": self._game_over,
+                                "lives": self._ale.lives(), "episode_steps": self._steps}
+        info.update(extra)
+        return info

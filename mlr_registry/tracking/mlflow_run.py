@@ -1,0 +1,125 @@
+"""One MLflow run per training run, with the run conventions of DESIGN.md.
+
+Only the CLI and the trainer use this module; components never see MLflow. The run always ends
+with a terminal status: FINISHED, FAILED (an exception) or KILLED (Ctrl-C or SIGTERM), so the
+UI never shows a dead run as RUNNING.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_ARTIFACT_DIR = "mlartifacts"
+DEFAULT_EXPERIMENT = "mlr_registry"
+# MLflow limits: params are at most 6,000 characters; a batch holds at most 100 params / 1,000 metrics.
+_PARAM_LIMIT = 6000
+_PARAM_BATCH = 100
+_METRIC_BATCH = 1000
+
+
+def resolve_tracking_uri(flag: str | None = None) -> str:
+    """The flag, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store in the cwd."""
+    return flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the source tree the package runs from ('unknown' outside a checkout)."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                             text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class TrackedRun:
+    """An MLflow run: created on ``start``, ended once with a terminal status.
+
+    Metrics are buffered and flushed in batches (every ``flush_every_s`` seconds and at the
+    end) so that logging stays off the training hot path.
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                 run_name: str | None = None, flush_every_s: float = 10.0):
+        import mlflow  # deferred: importing mlflow costs seconds, and --list doesn't need it
+
+        self._mlflow = mlflow
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
+        self.experiment = experiment
+        self.run_name = run_name
+        self.run_id: str | None = None
+        self._pending: list[Any] = []
+        self._last_flush = time.monotonic()
+        self._flush_every_s = flush_every_s
+        self._ended = False
+
+    def _experiment_id(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        artifact_location = None
+        if self.tracking_uri.startswith("sqlite:///") and self.tracking_uri == DEFAULT_TRACKING_URI:
+            artifact_location = (Path.cwd() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
+        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+
+    def start(self, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
+        from mlflow.entities import Param, RunTag
+
+        run = self.client.create_run(self._experiment_id(), run_name=self.run_name,
+                                     tags={k: str(v) for k, v in tags.items()})
+        self.run_id = run.info.run_id
+        items = [Param(k[:250], str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
+        for i in range(0, len(items), _PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=items[i:i + _PARAM_BATCH])
+        self.client.log_batch(self.run_id, tags=[RunTag("mlflow.runName", run.info.run_name)])
+        return self.run_id
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush > self._flush_every_s or len(self._pending) >= _METRIC_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            chunk, self._pending = self._pending[:_METRIC_BATCH], self._pending[_METRIC_BATCH:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self._last_flush = time.monotonic()
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def scratch_dir(self) -> Path:
+        """A local folder for files that will be logged as artifacts (plots, videos)."""
+        path = Path(tempfile.mkdtemp(prefix="mlr_registry_"))
+        return path
+
+    def end(self, status: str) -> None:
+        """Flush and mark the run FINISHED, FAILED or KILLED (only the first call counts)."""
+        if self._ended or self.run_id is None:
+            return
+        self._ended = True
+        try:
+            self.flush()
+        finally:
+            self.client.set_terminated(self.run_id, status=status)

@@ -1,0 +1,236 @@
+"""The Atari-100k trainer: the loop of MLR_SPEC Part 1 (rlpyt's MinibatchRlEval as MLR ran it).
+
+Per env step t (``itr`` in the reference, t = 0 .. num_env_steps-1):
+  act with ε(t) (1 while t <= learning_starts, then 0: noisy nets explore) -> env.step ->
+  replay.add -> if t >= learning_starts: ``updates_per_step`` gradient updates, each followed by
+  a priority update. With the defaults that is 98,000 × 2 = 196,000 updates.
+After training: ``eval_episodes`` episodes, one per eval env (seed·100 + i), with ε = 0.001,
+noise off, no augmentation, life loss not terminal, raw game score averaged.
+
+The trainer owns the progress bar and all metric logging; components never see MLflow.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import defaultdict
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mlr_registry.envs.atari import HUMAN_SCORES, AtariEnv, human_normalized
+from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.registry import register
+from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
+from mlr_registry.training.trainer import Tracker
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; an unavailable device is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device = {device!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float, final: float) -> float:
+    """ε(t): ``initial`` until ``start_step``, linear to ``final`` over ``decay_steps`` steps.
+
+    rlpyt's EpsilonGreedyAgentMixin with eps_itr_min = 2000, eps_itr_max = 2001 gives
+    ε = 1 for t <= 2000 and ε = 0 from t = 2001 on.
+    """
+    progress = min(max(step - start_step, 0) / max(decay_steps, 1), 1.0)
+    return initial + (final - initial) * progress
+
+
+def aux_names(agent: Any) -> list[str]:
+    """Registered names of the agent's auxiliary losses (for the ``objective`` tag)."""
+    from mlr_registry import registry
+
+    by_class = {c.target: c.name for c in registry.components("loss")}
+    return [by_class.get(type(loss), type(loss).__name__.lower()) for loss in getattr(agent, "aux_losses", [])]
+
+
+@register("trainer", "atari100k")
+class Atari100kTrainer:
+    """Trains a discrete-action agent on the Atari-100k protocol and tracks it.
+
+    env, agent and replay are factories (gin: ``@envs.atari``, ``@agents.rainbow``,
+    ``@replays.prioritized_sequence``, without parentheses): the trainer supplies the seeds,
+    shapes and device. ``objective`` defaults to the agent's aux-loss names (``baseline`` when
+    there are none).
+    """
+
+    def __init__(
+        self,
+        env: Callable[..., Any] = AtariEnv,
+        agent: Callable[..., Any] | None = None,
+        replay: Callable[..., Any] = PrioritizedSequenceReplay,
+        num_env_steps: int = 100_000,
+        learning_starts: int = 2000,
+        updates_per_step: int = 2,
+        batch_size: int = 32,
+        epsilon_initial: float = 1.0,
+        epsilon_final: float = 0.0,
+        epsilon_decay_steps: int = 1,
+        eval_episodes: int = 100,
+        eval_epsilon: float = 0.001,
+        eval_every: int = 0,
+        eval_at_start: bool = False,
+        eval_max_steps: int | None = None,
+        log_every: int = 1000,
+        seed: int = 0,
+        device: str = "auto",
+        benchmark: str = "atari100k",
+        objective: str | None = None,
+        progress: bool = True,
+    ):
+        if agent is None:
+            raise ConfigError("atari100k.agent is not set; bind it, e.g. atari100k.agent = @agents.rainbow")
+        check_range("atari100k.num_env_steps", num_env_steps, 1)
+        check_range("atari100k.learning_starts", learning_starts, 0)
+        check_range("atari100k.updates_per_step", updates_per_step, 0)
+        check_range("atari100k.batch_size", batch_size, 1)
+        check_range("atari100k.eval_episodes", eval_episodes, 0)
+        check_range("atari100k.eval_epsilon", eval_epsilon, 0, 1)
+        check_range("atari100k.eval_every", eval_every, 0)
+        check_range("atari100k.log_every", log_every, 1)
+        self.device = resolve_device(device)
+        seed_everything(seed)
+        self.seed = seed
+        self.env_factory = env
+        self.env = env(seed=seed)
+        self.agent = agent(observation_shape=self.env.observation_shape, num_actions=self.env.num_actions,
+                           device=str(self.device))
+        self.replay = replay(observation_shape=self.env.observation_shape, device=str(self.device), seed=seed)
+        self.num_env_steps = num_env_steps
+        self.learning_starts = learning_starts
+        self.updates_per_step = updates_per_step
+        self.batch_size = batch_size
+        self.epsilon = (epsilon_initial, epsilon_final, epsilon_decay_steps)
+        self.eval_episodes = eval_episodes
+        self.eval_epsilon = eval_epsilon
+        self.eval_every = eval_every
+        self.eval_at_start = eval_at_start
+        self.eval_max_steps = eval_max_steps
+        self.log_every = log_every
+        self.benchmark = benchmark
+        self.objective = objective or ("+".join(aux_names(self.agent)) or "baseline")
+        self.progress = progress
+        self.update_count = 0
+
+    def run_tags(self) -> dict[str, str]:
+        from mlr_registry import registry
+
+        by_class = {c.target: c.name for c in registry.components("agent")}
+        return {"benchmark": self.benchmark, "env": str(self.env.game),
+                "agent": by_class.get(type(self.agent), type(self.agent).__name__.lower()),
+                "objective": self.objective, "seed": str(self.seed)}
+
+    def epsilon_at(self, step: int) -> float:
+        initial, final, decay = self.epsilon
+        return linear_epsilon(step, self.learning_starts, decay, initial, final)
+
+    def train(self, tracker: Tracker) -> dict[str, float]:
+        if self.eval_at_start:
+            tracker.log_metrics(self._eval_metrics(self.evaluate(epsilon=1.0)), step=0)
+        obs, _ = self.env.reset(seed=self.seed)
+        episode_score, episode_steps = 0.0, 0
+        sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
+        t_last, steps_last, updates_last = time.perf_counter(), 0, 0
+        bar = tqdm(total=self.num_env_steps, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
+        for step in range(self.num_env_steps):
+            obs_t = torch.as_tensor(obs, device=self.device)
+            action = int(self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)[0])
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+            done = bool(terminated or truncated)
+            self.replay.add(obs, action, float(reward), done)
+            episode_score += float(info.get("raw_reward", reward))
+            episode_steps += 1
+            if info.get("game_over", done):
+                tracker.log_metrics({"train/episode_return": episode_score,
+                                     "train/episode_length": episode_steps}, step=step)
+                episode_score, episode_steps = 0.0, 0
+            obs = self.env.reset()[0] if done else next_obs
+            self.replay.set_step(step)
+            if step >= self.learning_starts:
+                for _ in range(self.updates_per_step):
+                    for key, value in self._update().items():
+                        sums[key] += value
+                        counts[key] += 1
+            bar.update(1)
+            if (step + 1) % self.log_every == 0:
+                now = time.perf_counter()
+                rates = {"throughput/env_steps_per_s": (step + 1 - steps_last) / (now - t_last),
+                         "throughput/updates_per_s": (self.update_count - updates_last) / (now - t_last)}
+                means = {f"train/{k}": sums[k] / counts[k] for k in sums}
+                tracker.log_metrics({**means, **rates, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
+                bar.set_postfix(updates_per_s=f"{rates['throughput/updates_per_s']:.1f}")
+                sums.clear()
+                counts.clear()
+                t_last, steps_last, updates_last = now, step + 1, self.update_count
+            if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
+                tracker.log_metrics(self._eval_metrics(self.evaluate()), step=step + 1)
+        bar.close()
+        final = self._eval_metrics(self.evaluate(), final=True)
+        tracker.log_metrics(final, step=self.num_env_steps)
+        return final
+
+    def _update(self) -> dict[str, float]:
+        batch = self.replay.sample(self.batch_size)
+        metrics = self.agent.update(batch)
+        priorities = getattr(self.agent, "last_priorities", None)
+        if priorities is not None and hasattr(self.replay, "update_priorities"):
+            self.replay.update_priorities(batch.indices, priorities)
+        self.update_count += 1
+        return metrics
+
+    def _eval_metrics(self, scores: np.ndarray, final: bool = False) -> dict[str, float]:
+        mean = float(np.mean(scores)) if len(scores) else float("nan")
+        metrics = {"eval/return_mean": mean, "eval/return_std": float(np.std(scores)) if len(scores) else 0.0}
+        game = str(self.env.game)
+        hns = human_normalized(game, mean) if game in HUMAN_SCORES else None
+        if hns is not None:
+            metrics["eval/hns"] = hns
+        if final:
+            metrics["final_return"] = mean
+            if hns is not None:
+                metrics["final_hns"] = hns
+        return metrics
+
+    def evaluate(self, epsilon: float | None = None) -> np.ndarray:
+        """One episode in each of ``eval_episodes`` envs, stepped in lockstep and acted in one
+        batch; returns the raw scores. Life loss is not terminal here (as in the reference)."""
+        n = self.eval_episodes
+        if n == 0:
+            return np.zeros(0)
+        eps = self.eval_epsilon if epsilon is None else epsilon
+        envs = [self.env_factory(seed=self.seed * 100 + i, terminal_on_life_loss=False) for i in range(n)]
+        obs = np.stack([env.reset(seed=self.seed * 100 + i)[0] for i, env in enumerate(envs)])
+        scores = np.zeros(n)
+        running = np.ones(n, dtype=bool)
+        steps = 0
+        while running.any() and (self.eval_max_steps is None or steps < self.eval_max_steps):
+            idx = np.flatnonzero(running)
+            actions = self.agent.act(torch.as_tensor(obs[idx], device=self.device), epsilon=eps, greedy=True)
+            for i, action in zip(idx, actions.tolist()):
+                obs[i], _, terminated, truncated, info = envs[i].step(int(action))
+                scores[i] += float(info.get("raw_reward", 0.0))
+                if terminated or truncated:
+                    running[i] = False
+            steps += 1
+        for env in envs:
+            env.close()
+        return scores

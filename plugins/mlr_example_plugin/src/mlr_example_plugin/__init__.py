@@ -1,0 +1,1 @@
+"""Example mlr_registry plugin (see pyproject.toml for the entry point)."""

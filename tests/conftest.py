@@ -1,0 +1,96 @@
+"""Shared test helpers: CLI subprocesses, temporary plugin distributions, MLflow stores."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOY_PLUGIN = '''
+import time
+from mlr_registry import register
+from mlr_registry.errors import check_range
+
+@register("trainer", "toy")
+class ToyTrainer:
+    """A test-only trainer: logs a decreasing loss; can crash or run slowly."""
+    def __init__(self, steps: int = 3, lr: float = 0.1, crash: bool = False, sleep_s: float = 0.0):
+        check_range("toy.lr", lr, 0, 1, low_open=True)
+        self.steps, self.crash, self.sleep_s = steps, crash, sleep_s
+    def run_tags(self):
+        return {"benchmark": "toy", "env": "toy-env", "agent": "none", "objective": "baseline", "seed": "0"}
+    def train(self, tracker):
+        for i in range(self.steps):
+            tracker.log_metrics({"train/loss": 1.0 / (i + 1)}, step=i)
+            if hasattr(tracker, "flush"):
+                tracker.flush()
+            time.sleep(self.sleep_s)
+            if self.crash:
+                raise RuntimeError("toy trainer crashed on purpose")
+        return {"final_return": float(self.steps)}
+'''
+
+TOY_GIN = """\
+# A test-only experiment: the toy trainer from the toy plugin.
+experiment.trainer = @trainers.toy
+experiment.name = 'toy'
+trainers.toy.steps = 3
+"""
+
+
+def make_distribution(site: Path, dist: str, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+    """Write an installed distribution (modules + .dist-info with entry points) into ``site``.
+
+    This is exactly what pip leaves in site-packages; importlib.metadata finds it on sys.path.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[mlr_registry.plugins]\n{lines}\n")
+    return site
+
+
+@pytest.fixture
+def toy_site(tmp_path: Path) -> Path:
+    """A site dir holding the toy plugin distribution (``toy-plugin``)."""
+    return make_distribution(tmp_path / "site", "toy-plugin", {"toy_plugin": TOY_PLUGIN},
+                             {"toy": "toy_plugin"})
+
+
+@pytest.fixture
+def toy_gin(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.gin"
+    path.write_text(TOY_GIN)
+    return path
+
+
+def run_cli(args: list[str], cwd: Path, site: Path | None = None, timeout: float = 300,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m mlr_registry.run ARGS`` in a subprocess (a fresh registry and gin)."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    env.update(extra_env or {})
+    return subprocess.run([sys.executable, "-m", "mlr_registry.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(db: Path, experiment: str):
+    """All runs of ``experiment`` in the SQLite store ``db``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} in {db}"
+    return client, client.search_runs([exp.experiment_id])

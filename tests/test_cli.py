@@ -1,0 +1,167 @@
+"""The CLI end to end: listing, composing gin files, MLflow runs and their end states, and the
+one-line errors (exit 2, no traceback unless --debug)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import make_distribution, mlflow_runs, run_cli
+
+
+def _single_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_list_shows_every_kind_with_origin_and_defaults(tmp_path, toy_site):
+    proc = run_cli(["--list"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for kind in ("masker", "encoder", "decoder", "loss", "agent", "replay", "env", "trainer"):
+        assert f"\n{kind}:" in "\n" + out
+    assert "cube  [built-in]  gin: maskers.cube" in out
+    assert "toy  [toy-plugin]  gin: trainers.toy" in out
+    assert "      lr = 0.1" in out and "      crash = False" in out
+
+
+def test_run_creates_mlflow_run_with_params_tags_and_config(tmp_path, toy_site, toy_gin):
+    override = tmp_path / "override.gin"
+    override.write_text("trainers.toy.steps = 4\n")
+    db = tmp_path / "store.db"
+    proc = run_cli(["--gin", str(toy_gin), "--gin", str(override), "--bind", "trainers.toy.lr = 0.5",
+                    "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 0, proc.stderr
+    client, runs = mlflow_runs(db, "toy")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    # composition: the later file and the binding win
+    assert run.data.params["trainers.toy.steps"] == "4"
+    assert run.data.params["trainers.toy.lr"] == "0.5"
+    tags = run.data.tags
+    assert {tags[k] for k in ("benchmark", "env", "agent", "objective", "seed")} == {
+        "toy", "toy-env", "none", "baseline", "0"}
+    assert tags["plugins"] == "toy-plugin"
+    assert tags["mlr_registry_version"] and tags["git_commit"]
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2, 3]
+    assert history[-1].value == pytest.approx(0.25)
+    config_text = client.download_artifacts(run.info.run_id, "config/operative_config.gin", str(tmp_path))
+    assert "toy.steps = 4" in open(config_text).read()
+
+
+def test_default_store_is_local_sqlite(tmp_path, toy_site, toy_gin):
+    proc = run_cli(["--gin", str(toy_gin)], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mlruns.db").is_file()
+    _, runs = mlflow_runs(tmp_path / "mlruns.db", "toy")
+    assert runs[0].info.status == "FINISHED"
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_crash_ends_failed_with_logged_metrics(tmp_path, toy_site, toy_gin):
+    db = tmp_path / "store.db"
+    proc = run_cli(["--gin", str(toy_gin), "--bind", "trainers.toy.crash = True",
+                    "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 1 and "toy trainer crashed on purpose" in proc.stderr
+    client, runs = mlflow_runs(db, "toy")
+    assert runs[0].info.status == "FAILED"
+    assert len(client.get_metric_history(runs[0].info.run_id, "train/loss")) == 1
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
+def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
+    db = tmp_path / "store.db"
+    env = dict(os.environ, PYTHONPATH=str(toy_site))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mlr_registry.run", "--gin", str(toy_gin),
+                             "--bind", "trainers.toy.steps = 1000", "--bind", "trainers.toy.sleep_s = 0.05",
+                             "--tracking-uri", f"sqlite:///{db}"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait until the run has logged something
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                client, runs = mlflow_runs(db, "toy")
+            except Exception:  # noqa: BLE001 - store still being created
+                continue
+            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
+                break
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    client, runs = mlflow_runs(db, "toy")
+    assert runs[0].info.status == status
+    assert client.get_metric_history(runs[0].info.run_id, "train/loss")
+
+
+def test_missing_gin_file(tmp_path, toy_site):
+    line = _single_error_line(run_cli(["--gin", "nope.gin"], cwd=tmp_path, site=toy_site))
+    assert "gin file not found: nope.gin" in line
+
+
+def test_gin_syntax_error_names_file_and_line(tmp_path, toy_site, toy_gin):
+    bad = tmp_path / "bad.gin"
+    bad.write_text("trainers.toy.steps = 3\ntrainers.toy.lr = = 0.1\n")
+    line = _single_error_line(run_cli(["--gin", str(toy_gin), "--gin", str(bad)], cwd=tmp_path, site=toy_site))
+    assert f"{bad}:2: gin syntax error" in line
+
+
+def test_unknown_component_names_kind_and_closest(tmp_path, toy_site, toy_gin):
+    line = _single_error_line(run_cli(["--gin", str(toy_gin), "--bind", "experiment.trainer = @trainers.toyy"],
+                                      cwd=tmp_path, site=toy_site))
+    assert "unknown trainer 'toyy'; closest: toy" in line
+
+
+def test_misspelt_parameter_lists_real_parameters(tmp_path, toy_site, toy_gin):
+    line = _single_error_line(run_cli(["--gin", str(toy_gin), "--bind", "trainers.toy.step = 3"],
+                                      cwd=tmp_path, site=toy_site))
+    assert "trainer 'toy' has no parameter 'step'; did you mean 'steps'?" in line
+    assert "steps, lr, crash, sleep_s" in line
+
+
+def test_out_of_range_value(tmp_path, toy_site, toy_gin):
+    db = tmp_path / "store.db"
+    line = _single_error_line(run_cli(["--gin", str(toy_gin), "--bind", "trainers.toy.lr = 1.5",
+                                       "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, site=toy_site))
+    assert "toy.lr = 1.5 is out of range; expected a value in (0, 1]" in line
+    assert not db.exists()  # a config error creates no run
+
+
+def test_debug_shows_traceback(tmp_path, toy_site):
+    proc = run_cli(["--gin", "nope.gin", "--debug"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_broken_plugin_is_reported_and_the_rest_load(tmp_path, toy_site):
+    make_distribution(toy_site, "broken-plugin", {"broken_plugin": "raise RuntimeError('boom at import')\n"},
+                      {"broken": "broken_plugin"})
+    proc = run_cli(["--list"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 0, proc.stderr
+    assert "plugin 'broken' (broken-plugin) failed to load: RuntimeError: boom at import" in proc.stderr
+    assert "toy  [toy-plugin]" in proc.stdout and "cube  [built-in]" in proc.stdout
+
+
+def test_plugin_registering_an_existing_name_never_replaces_it(tmp_path, toy_site):
+    source = """
+        from mlr_registry import register
+        @register("masker", "cube")
+        class FakeCube:
+            pass
+    """
+    make_distribution(toy_site, "sneaky-plugin", {"sneaky_plugin": source}, {"sneaky": "sneaky_plugin"})
+    proc = run_cli(["--list"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 0
+    assert "masker 'cube' is already registered by built-in" in proc.stderr
+    assert "sneaky-plugin (sneaky_plugin) tried to register it again" in proc.stderr
+    assert "cube  [built-in]" in proc.stdout
