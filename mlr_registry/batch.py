@@ -17,8 +17,8 @@ class Batch:
     action: torch.Tensor  # (b t) int64 (discrete) or (b t a) float: action taken AT obs[:, t]
     reward: torch.Tensor  # (b t) float: reward received after action[:, t] (clipped on Atari)
     done: torch.Tensor  # (b t) bool: the transition at step t ended an episode (or a life)
-    returns: torch.Tensor | None = None  # (b t) n-step discounted return from step t
-    done_n: torch.Tensor | None = None  # (b t) bool: a done within the n steps from t
+    returns: torch.Tensor | None = None  # (b k) n-step discounted return from step t < k = K+1
+    done_n: torch.Tensor | None = None  # (b k) bool: a done within the n steps from t
     weights: torch.Tensor | None = None  # (b) importance-sampling weights (prioritized replay)
     indices: torch.Tensor | None = None  # (b) int64 replay indices of the sequence starts
 
@@ -26,7 +26,7 @@ class Batch:
     def batch_size(self) -> int:
         return int(self.obs.shape[0])
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """The same batch on ``device`` (non-blocking where the source is pinned)."""
         moved = {f.name: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
                  for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}

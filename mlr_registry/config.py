@@ -7,10 +7,12 @@ registered names, or the component's real parameters.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import tokenize
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import gin
 from gin import config as gin_config
@@ -53,6 +55,24 @@ def _translate(message: str) -> str:
     return where + message.splitlines()[0]
 
 
+class _DropMissingSearchPaths(logging.Filter):
+    """Gin logs an ERROR for every search path an include is not under before it finds the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Path not found")
+
+
+@contextlib.contextmanager
+def _quiet_include_search():
+    root = logging.getLogger()
+    quiet = _DropMissingSearchPaths()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
 def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None:
     """Clear gin, then parse the files in order and the bindings last (later wins).
 
@@ -74,13 +94,14 @@ def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None
 
 def _parse_one(parse_fn, source: str) -> None:
     try:
-        parse_fn()
+        with _quiet_include_search():
+            parse_fn()
     except SyntaxError as exc:
         where = f"{exc.filename}:{exc.lineno}" if exc.filename and exc.filename != "<unknown>" else source
         raise ConfigError(f"{where}: gin syntax error: {exc.msg}") from exc
     except tokenize.TokenError as exc:
         raise ConfigError(f"{source}: gin syntax error: {exc.args[0]} (an unclosed bracket or quote?)") from exc
-    except (ValueError, IOError) as exc:
+    except (OSError, ValueError) as exc:
         text = str(exc)
         if isinstance(exc, IOError) and "Unable to open file" in text:
             raise ConfigError(f"{source}: included gin file not found: {text.splitlines()[0]}") from exc

@@ -19,8 +19,9 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import gin
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -164,7 +164,8 @@ def test_life_loss_is_terminal_without_resetting_the_game() -> None:
 
 
 def test_eval_mode_ignores_life_loss_except_info() -> None:
-    train, evaluation = AtariEnv("breakout", seed=3), AtariEnv("breakout", seed=3, terminal_on_life_loss=False)
+    train = AtariEnv("breakout", seed=3)
+    evaluation = AtariEnv("breakout", seed=3, terminal_on_life_loss=False)
     train.reset()
     evaluation.reset()
     t_train, _, _ = _play_until_life_loss(train)

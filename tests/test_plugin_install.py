@@ -21,7 +21,7 @@ def test_pip_installed_example_plugin_is_discovered(tmp_path):
     assert "checkerboard  [mlr-example-plugin]  gin: maskers.checkerboard" in proc.stdout
     assert "      patch_size = 12" in proc.stdout
 
-    check = f"""
+    check = """
 import torch
 from mlr_registry import build, registry
 registry.load_all()

@@ -26,6 +26,7 @@ def project_distribution(next_probs: torch.Tensor, rewards: torch.Tensor, dones:
     v_min, v_max = support[0], support[-1]
     delta = (v_max - v_min) / (n_atoms - 1)
     not_done = (~dones.bool()).to(next_probs.dtype)
+    rewards = rewards.to(next_probs.dtype)
     tz = (rewards[:, None] + not_done[:, None] * gamma_n * support[None, :]).clamp(v_min, v_max)  # (b atoms)
     pos = (tz - v_min) / delta  # fractional atom index in [0, atoms − 1]
     lower = pos.floor().clamp(0, n_atoms - 1)

@@ -70,7 +70,8 @@ class NoisyLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.uses_noise:
             return self.forward_mu(x)
-        weight = torch.addcmul(self.weight_mu, self.weight_sigma, torch.outer(self.epsilon_out, self.epsilon_in))
+        noise = torch.outer(self.epsilon_out, self.epsilon_in)  # (out in), factorised
+        weight = torch.addcmul(self.weight_mu, self.weight_sigma, noise)
         bias = torch.addcmul(self.bias_mu, self.bias_sigma, self.epsilon_out)
         return F.linear(x, weight, bias)
 

@@ -45,7 +45,8 @@ class C51Head(nn.Module):
     def __init__(self, latent_dim: int, num_actions: int, n_atoms: int, hidden_size: int,
                  noisy_std: float, dueling: bool, grad_scale: float):
         super().__init__()
-        self.num_actions, self.n_atoms, self.dueling, self.grad_scale = num_actions, n_atoms, dueling, grad_scale
+        self.num_actions, self.n_atoms = num_actions, n_atoms
+        self.dueling, self.grad_scale = dueling, grad_scale
         self.adv_fc1 = NoisyLinear(latent_dim, hidden_size, noisy_std)
         self.adv_fc2 = NoisyLinear(hidden_size, num_actions * n_atoms, noisy_std)
         if dueling:
@@ -166,8 +167,8 @@ class Rainbow(nn.Module):
             loss.setup(self)
         self.to(self.device)
         # One Adam over every trainable parameter, aux losses' included (§1 "Optimizer").
-        self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad],
-                                          lr=learning_rate, eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
+        self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=learning_rate,
+                                          eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
         self.update_count = 0
         self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
 
@@ -180,9 +181,9 @@ class Rainbow(nn.Module):
         declared = getattr(self.encoder, "output_dim", actual)
         if out.dim() != 2 or declared != actual:
             raise ConfigError(
-                f"encoder {type(self.encoder).__name__} maps an observation of shape {self.observation_shape} "
-                f"to {tuple(out.shape[1:])}, but declares output_dim {declared}; check its image_size "
-                "against the env's observation size")
+                f"encoder {type(self.encoder).__name__} maps an observation of shape "
+                f"{self.observation_shape} to {tuple(out.shape[1:])}, but declares output_dim {declared}; "
+                "check its image_size against the env's observation size")
         return actual
 
     # --- AuxHost ---------------------------------------------------------------------------
@@ -207,28 +208,25 @@ class Rainbow(nn.Module):
     def act(self, obs: torch.Tensor, epsilon: float = 0.0, greedy: bool = False) -> torch.Tensor:
         """ε-greedy on the expected Q = Σ softmax(logits)·z of un-augmented ``obs``.
 
-        obs: uint8 (b c h w), or (c h w) for one observation (then a 0-d action comes back).
+        obs: uint8 (b c h w), or (c h w) for one observation (treated as b = 1).
         greedy=False (training): noisy-net noise ON, with the sample of the last update (acting
         never resamples it). greedy=True (evaluation): noise OFF (μ only). Returns int64 actions
-        on the agent's device. ε = 1 skips the network (uniform actions, same distribution).
+        (b) on the agent's device. ε = 1 skips the network (uniform actions, same distribution).
         """
         check_range("act.epsilon", epsilon, 0, 1)
         obs = torch.as_tensor(obs, device=self.device)
-        single = obs.dim() == 3
-        obs = obs[None] if single else obs
+        obs = obs[None] if obs.dim() == 3 else obs  # (b c h w)
         b = obs.shape[0]
-        random_actions = torch.randint(0, self.num_actions, (b,), device=self.device)
         if epsilon >= 1.0:
-            actions = random_actions
-        else:
-            self.eval()
-            set_sampling(self.head, not greedy)
-            probs = F.softmax(self.head(self.encoder(obs.float() / 255.0)), dim=-1)  # (b A atoms)
-            actions = (probs @ self.support).argmax(dim=-1)  # (b)
-            if epsilon > 0:
-                explore = torch.rand(b, device=self.device) < epsilon
-                actions = torch.where(explore, random_actions, actions)
-        return actions[0] if single else actions
+            return torch.randint(0, self.num_actions, (b,), device=self.device)
+        self.eval()
+        set_sampling(self.head, not greedy)
+        probs = F.softmax(self.head(self.encoder(obs.float() / 255.0)), dim=-1)  # (b A atoms)
+        actions = (probs @ self.support).argmax(dim=-1)  # (b)
+        if epsilon > 0:
+            explore = torch.rand(b, device=self.device) < epsilon
+            actions = torch.where(explore, torch.randint_like(actions, self.num_actions), actions)
+        return actions
 
     # --- learning --------------------------------------------------------------------------
     def update(self, batch: Batch) -> dict[str, float]:
@@ -240,7 +238,7 @@ class Rainbow(nn.Module):
                               f"n-step returns/done_n; got obs {tuple(batch.obs.shape)}")
         b = batch.batch_size
         rows = torch.arange(b, device=self.device)
-        weights = batch.weights if batch.weights is not None else torch.ones(b, device=self.device)
+        weights = batch.weights.float() if batch.weights is not None else torch.ones(b, device=self.device)
         self.train()
         reset_noise(self.head)  # one fresh noise sample per update, online net only (§4.8)
 
@@ -252,10 +250,14 @@ class Rainbow(nn.Module):
         # Bootstrap target at t = n: online argmax (double DQN), target-net distribution, projected.
         with torch.no_grad():
             next_obs = batch.obs[:, self.n_step].float() / 255.0
-            aug = self.augment if self.target_augmentation else (lambda x: x)
-            target_probs = F.softmax(self.target_head(self.target_encoder(aug(next_obs))), dim=-1)  # (b A atoms)
+
+            def next_view() -> torch.Tensor:  # a fresh augmentation per network, as the reference
+                return self.augment(next_obs) if self.target_augmentation else next_obs
+
+            target_logits = self.target_head(self.target_encoder(next_view()))  # (b A atoms)
+            target_probs = F.softmax(target_logits, dim=-1)
             if self.double_dqn:
-                online_probs = F.softmax(self.head(self.encoder(aug(next_obs))), dim=-1)
+                online_probs = F.softmax(self.head(self.encoder(next_view())), dim=-1)
                 next_action = (online_probs @ self.support).argmax(dim=-1)  # (b)
             else:
                 next_action = (target_probs @ self.support).argmax(dim=-1)
@@ -281,7 +283,8 @@ class Rainbow(nn.Module):
         grad_norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(self.stem_parameters(), self.max_grad_norm)}
         for i, loss in enumerate(self.aux_losses):
             for j, group in enumerate(loss.grad_clip_groups()):
-                grad_norms[f"grad_norm_aux{i}_{j}"] = torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
+                grad_norms[f"grad_norm_aux{i}_{j}"] = norm
         self.optimizer.step()
 
         self.update_count += 1
@@ -292,7 +295,7 @@ class Rainbow(nn.Module):
         tensors = {"rl_loss": rl_loss.detach(), "total_loss": total_loss.detach(), "mean_q": mean_q,
                    "priority_mean": self.last_priorities.mean(), **grad_norms}
         values = torch.stack([t.float() for t in tensors.values()]).tolist()  # one device sync
-        metrics.update(zip(tensors, values))
+        metrics.update(zip(tensors, values, strict=True))
         return metrics
 
     @torch.no_grad()

@@ -121,9 +121,11 @@ class TransformerDecoder(nn.Module):
             check_range(f"decoders.transformer.{name}", value, low)
         check_range("decoders.transformer.mlp_ratio", mlp_ratio, 0.0, low_open=True)
         if dim % num_heads:
-            raise ConfigError(f"decoders.transformer: dim = {dim} is not divisible by num_heads = {num_heads}")
+            raise ConfigError(f"decoders.transformer: dim = {dim} is not divisible by "
+                              f"num_heads = {num_heads}")
         if int(dim * mlp_ratio) < 1:
-            raise ConfigError(f"decoders.transformer: mlp_ratio = {mlp_ratio} gives an empty MLP at dim {dim}")
+            raise ConfigError(f"decoders.transformer: mlp_ratio = {mlp_ratio} gives an empty MLP "
+                              f"at dim {dim}")
         if init not in INITS:
             raise ConfigError(f"decoders.transformer: init = {init!r}; expected one of {', '.join(INITS)}")
         self.dim = dim
@@ -157,7 +159,8 @@ class TransformerDecoder(nn.Module):
             return states
         if self.discrete_actions:
             if actions.shape != (b, t):
-                raise ValueError(f"decoder expects discrete actions (b t) = {(b, t)}, got {tuple(actions.shape)}")
+                raise ValueError(f"decoder expects discrete actions (b t) = {(b, t)}, "
+                                 f"got {tuple(actions.shape)}")
             action_in = F.one_hot(actions.long(), self.num_actions).to(self.action_embedding.weight.dtype)
         else:
             if actions.shape != (b, t, self.num_actions):

@@ -50,14 +50,14 @@ class NatureCNN(nn.Module):
                 check_range(f"nature_cnn.{name} entry", v, 1)
         check_range("nature_cnn.renormalize_eps", renormalize_eps, 0)
         size = image_size
-        for k, s in zip(kernels, strides):
+        for k, s in zip(kernels, strides, strict=True):
             size = (size - k) // s + 1
         if size < 1:
             raise ConfigError(f"nature_cnn.image_size = {image_size} is too small for kernels "
                               f"{tuple(kernels)} and strides {tuple(strides)} (no padding)")
 
         layers: list[nn.Module] = []
-        for c_in, c_out, k, s in zip((in_channels, *channels[:-1]), channels, kernels, strides):
+        for c_in, c_out, k, s in zip((in_channels, *channels[:-1]), channels, kernels, strides, strict=True):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=k, stride=s), nn.ReLU()]
         self.convs = nn.Sequential(*layers)
         self.renormalize = renormalize

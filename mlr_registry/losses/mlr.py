@@ -130,8 +130,8 @@ class MLRLoss(AuxiliaryLoss):
         check_range("losses.mlr.target_tau", target_tau, 0.0, 1.0, low_open=True)
         check_range("losses.mlr.projection_hidden", projection_hidden, 1)
         check_range("losses.mlr.normalize_eps", normalize_eps, 0.0, low_open=True)
-        for name, value, allowed in (("projector", projector, PROJECTORS), ("predictor", predictor, PREDICTORS),
-                                     ("init", init, INITS)):
+        for name, value, allowed in (("projector", projector, PROJECTORS),
+                                     ("predictor", predictor, PREDICTORS), ("init", init, INITS)):
             if value not in allowed:
                 raise ConfigError(f"losses.mlr.{name} = {value!r}; expected one of {', '.join(allowed)}")
         if reinit_encoder_linear and init != "trunc_normal":

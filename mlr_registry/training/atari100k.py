@@ -12,10 +12,8 @@ The trainer owns the progress bar and all metric logging; components never see M
 
 from __future__ import annotations
 
-import random
-import time
-from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,22 +23,14 @@ from mlr_registry.envs.atari import HUMAN_SCORES, AtariEnv, human_normalized
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
+from mlr_registry.training.common import (
+    MetricWindow,
+    objective_of,
+    registered_name,
+    resolve_device,
+    seed_everything,
+)
 from mlr_registry.training.trainer import Tracker
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; an unavailable device is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device = {device!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float, final: float) -> float:
@@ -51,14 +41,6 @@ def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float,
     """
     progress = min(max(step - start_step, 0) / max(decay_steps, 1), 1.0)
     return initial + (final - initial) * progress
-
-
-def aux_names(agent: Any) -> list[str]:
-    """Registered names of the agent's auxiliary losses (for the ``objective`` tag)."""
-    from mlr_registry import registry
-
-    by_class = {c.target: c.name for c in registry.components("loss")}
-    return [by_class.get(type(loss), type(loss).__name__.lower()) for loss in getattr(agent, "aux_losses", [])]
 
 
 @register("trainer", "atari100k")
@@ -125,16 +107,13 @@ class Atari100kTrainer:
         self.eval_max_steps = eval_max_steps
         self.log_every = log_every
         self.benchmark = benchmark
-        self.objective = objective or ("+".join(aux_names(self.agent)) or "baseline")
+        self.objective = objective or objective_of(self.agent)
         self.progress = progress
         self.update_count = 0
 
     def run_tags(self) -> dict[str, str]:
-        from mlr_registry import registry
-
-        by_class = {c.target: c.name for c in registry.components("agent")}
         return {"benchmark": self.benchmark, "env": str(self.env.game),
-                "agent": by_class.get(type(self.agent), type(self.agent).__name__.lower()),
+                "agent": registered_name("agent", self.agent),
                 "objective": self.objective, "seed": str(self.seed)}
 
     def epsilon_at(self, step: int) -> float:
@@ -146,9 +125,7 @@ class Atari100kTrainer:
             tracker.log_metrics(self._eval_metrics(self.evaluate(epsilon=1.0)), step=0)
         obs, _ = self.env.reset(seed=self.seed)
         episode_score, episode_steps = 0.0, 0
-        sums: dict[str, float] = defaultdict(float)
-        counts: dict[str, int] = defaultdict(int)
-        t_last, steps_last, updates_last = time.perf_counter(), 0, 0
+        window = MetricWindow()
         bar = tqdm(total=self.num_env_steps, disable=not self.progress, unit="step", dynamic_ncols=True,
                    desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
         for step in range(self.num_env_steps):
@@ -167,20 +144,12 @@ class Atari100kTrainer:
             self.replay.set_step(step)
             if step >= self.learning_starts:
                 for _ in range(self.updates_per_step):
-                    for key, value in self._update().items():
-                        sums[key] += value
-                        counts[key] += 1
+                    window.add(self._update())
             bar.update(1)
             if (step + 1) % self.log_every == 0:
-                now = time.perf_counter()
-                rates = {"throughput/env_steps_per_s": (step + 1 - steps_last) / (now - t_last),
-                         "throughput/updates_per_s": (self.update_count - updates_last) / (now - t_last)}
-                means = {f"train/{k}": sums[k] / counts[k] for k in sums}
-                tracker.log_metrics({**means, **rates, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
-                bar.set_postfix(updates_per_s=f"{rates['throughput/updates_per_s']:.1f}")
-                sums.clear()
-                counts.clear()
-                t_last, steps_last, updates_last = now, step + 1, self.update_count
+                metrics = window.flush(step + 1, self.update_count)
+                tracker.log_metrics({**metrics, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
+                bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
             if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
                 tracker.log_metrics(self._eval_metrics(self.evaluate()), step=step + 1)
         bar.close()
@@ -225,7 +194,7 @@ class Atari100kTrainer:
         while running.any() and (self.eval_max_steps is None or steps < self.eval_max_steps):
             idx = np.flatnonzero(running)
             actions = self.agent.act(torch.as_tensor(obs[idx], device=self.device), epsilon=eps, greedy=True)
-            for i, action in zip(idx, actions.tolist()):
+            for i, action in zip(idx, actions.tolist(), strict=True):
                 obs[i], _, terminated, truncated, info = envs[i].step(int(action))
                 scores[i] += float(info.get("raw_reward", 0.0))
                 if terminated or truncated:

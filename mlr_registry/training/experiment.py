@@ -12,7 +12,8 @@ after the config is parsed, and can report construction errors before an MLflow 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gin
 

@@ -6,8 +6,9 @@ component that talks to tracking. Tags follow DESIGN.md's run conventions.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable

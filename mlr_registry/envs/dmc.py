@@ -1,0 +1,237 @@
+"""DeepMind Control from pixels: the dmc2gym + FrameStack(3) pipeline of MLR (MLR_SPEC Part 2 §2).
+
+The reference builds its env as ``dmc2gym.make(domain, task, seed, visualize_reward=False,
+from_pixels=True, height=100, width=100, frame_skip=AR)`` then ``FrameStack(k=3)``. This module
+reproduces that pipeline over ``dm_control.suite`` directly (dmc2gym is an unmaintained gym-0.x
+wrapper) and speaks gymnasium's API:
+
+- an agent step repeats the action ``action_repeat`` times, summing the rewards (a ``None``
+  reward counts 0) and stopping early if the dm_control episode ends; the camera is rendered
+  ONCE, after the last repeat;
+- the observation is the last ``frame_stack`` RGB renders, channels-first, concatenated on the
+  channel axis oldest -> newest; on reset the first render is repeated ``frame_stack`` times;
+- an episode lasts ``ceil(episode_length / action_repeat)`` agent steps (dmc2gym's gym
+  ``TimeLimit``: 1000 env steps = 125 agent steps for cartpole at AR 8) or until dm_control's
+  own time limit (1000 env steps on every suite task), whichever comes first, and ends with
+  ``truncated=True``. Suite tasks have no terminal states, so ``terminated`` stays False and the
+  SAC agent bootstraps through the time limit ("infinite bootstrap", §2).
+
+Also here: the six tasks of the paper (``DMC6_TASKS``) and their action repeats
+(``ACTION_REPEAT``, §1.4).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.registry import register
+
+# The six DMControl-100k/500k tasks of the paper, as `domain-task` ids (§1.4).
+DMC6_TASKS: tuple[str, ...] = (
+    "ball_in_cup-catch", "cartpole-swingup", "cheetah-run", "finger-spin", "reacher-easy", "walker-walk",
+)
+
+# Per-domain action repeat of the paper (§1.4, the PlaNet convention); other domains get 4.
+ACTION_REPEAT: dict[str, int] = {
+    "cartpole": 8, "reacher": 4, "cheetah": 4, "finger": 2, "ball_in_cup": 4, "walker": 2,
+}
+DEFAULT_ACTION_REPEAT = 4
+
+
+def _suite() -> Any:
+    """``dm_control.suite``, imported on first use so that the registry loads without it.
+
+    MuJoCo picks its GL backend at import; headless machines need EGL (or osmesa), and without
+    a setting dm_control tries GLFW and warns about the missing display. An explicit
+    ``MUJOCO_GL`` wins.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        from dm_control import suite
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        msg = f"the dmc env needs dm_control and mujoco (pip install dm-control): {exc}"
+        raise ConfigError(msg) from None
+    return suite
+
+
+def all_task_ids() -> list[str]:
+    """Every dm_control suite task as a `domain-task` id."""
+    return [f"{domain}-{task}" for domain, task in _suite().ALL_TASKS]
+
+
+def _split_task(task: str) -> tuple[str, str]:
+    ids = all_task_ids()
+    if task not in ids:
+        squashed = {i.replace("_", ""): i for i in ids}
+        key = str(task).lower().replace("_", "").replace("/", "-").replace(" ", "")
+        close = [squashed[c] for c in difflib.get_close_matches(key, list(squashed), n=3, cutoff=0.6)]
+        close += [c for c in difflib.get_close_matches(str(task), ids, n=3) if c not in close]
+        hint = f"; did you mean {', '.join(repr(c) for c in close[:3])}?" if close else ""
+        raise ConfigError(f"unknown DMC task {task!r}{hint} (task takes a `domain-task` id, e.g. "
+                          f"{', '.join(repr(t) for t in DMC6_TASKS)}; dm_control.suite.ALL_TASKS lists "
+                          f"all {len(ids)})")
+    domain, name = task.split("-", 1)  # domain and task names contain '_' but never '-'
+    return domain, name
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} = {value!r} must be an integer")
+    check_range(name, value, low)
+    return int(value)
+
+
+@register("env", "dmc")
+class DMCEnv(gymnasium.Env):
+    """A dm_control suite task seen from pixels, as MLR's DMC runs see it (MLR_SPEC Part 2 §2).
+
+    Observation: ``uint8 (3 * frame_stack, image_size, image_size)`` = ``(c h w)``, RGB frames
+    of camera ``camera_id`` oldest -> newest (``9x100x100`` by default; the agent crops to 84).
+    Action: ``float (action_dim,)`` in ``[-1, 1]`` (mapped linearly onto the task's bounds,
+    which are ``[-1, 1]`` for every suite task; values outside are clipped, where dmc2gym
+    asserted).
+
+    ``step`` returns ``(obs, reward, terminated, truncated, info)`` with ``reward`` the sum over
+    the repeats (never clipped), ``terminated`` False (it would be True only on a dm_control
+    terminal, discount 0, which no suite task has), ``truncated`` True on the episode's last
+    step, ``info["raw_reward"]`` = reward, ``info["game_over"]`` = the episode ended,
+    ``info["episode_steps"]`` agent steps and ``info["env_steps"]`` env steps since reset.
+
+    Seeding: ``seed`` (or ``reset(seed=...)``) seeds the task's ``RandomState`` (dmc2gym's
+    ``task_kwargs={"random": seed}``: initial states and targets), gymnasium's ``np_random`` and
+    ``action_space`` (the random warm-up actions). The reference seeds its one env with the
+    run seed and evaluates on that same env (§6).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(
+        self,
+        task: str = "cheetah-run",
+        action_repeat: int | None = None,
+        image_size: int = 100,
+        camera_id: int = 0,
+        frame_stack: int = 3,
+        seed: int = 0,
+        episode_length: int = 1000,
+    ) -> None:
+        """
+        Args:
+            task: a dm_control suite task as `domain-task` (``cheetah-run``, ``ball_in_cup-catch``,
+                ``walker-walk``...); also the MLflow ``env`` tag. An unknown id is a ConfigError
+                naming the closest ids.
+            action_repeat: env steps per agent step; None takes the paper's value for the domain
+                (``ACTION_REPEAT``: cartpole 8, finger and walker 2, reacher, cheetah and
+                ball_in_cup 4) and 4 for other domains.
+            image_size: side of the square render (100; the agent crops it to 84).
+            camera_id: MuJoCo camera rendered (0, dmc2gym's default; -1 is the free camera).
+            frame_stack: RGB frames per observation (3).
+            seed: seeds the task (initial states), ``np_random`` and ``action_space``.
+            episode_length: env steps per episode (1000); the agent sees
+                ``ceil(episode_length / action_repeat)`` steps, as dmc2gym's time limit.
+        """
+        super().__init__()
+        domain, name = _split_task(task)
+        self.game = f"{domain}-{name}"
+        if action_repeat is None:
+            action_repeat = ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)
+        self.action_repeat = _check_int("action_repeat", action_repeat, 1)
+        self.image_size = _check_int("image_size", image_size, 1)
+        self.frame_stack = _check_int("frame_stack", frame_stack, 1)
+        self.episode_length = _check_int("episode_length", episode_length, 1)
+        seed = _check_int("seed", seed, 0)
+        camera_id = _check_int("camera_id", camera_id, -1)
+        self.max_episode_steps = -(-self.episode_length // self.action_repeat)  # agent steps
+
+        self._env = _suite().load(domain, name, task_kwargs={"random": seed},
+                                  visualize_reward=False)
+        ncam = int(self._env.physics.model.ncam)
+        if camera_id >= ncam:
+            raise ConfigError(f"camera_id = {camera_id} is out of range for {self.game}, which has "
+                              f"{ncam} camera(s): use -1 (free camera) .. {ncam - 1}")
+        self.camera_id = camera_id
+
+        spec = self._env.action_spec()
+        self._action_low = np.asarray(spec.minimum, np.float64)
+        self._action_high = np.asarray(spec.maximum, np.float64)
+        self.action_dim = int(np.prod(spec.shape))
+        self.num_actions = self.action_dim  # the trainer's generic name for the action size
+        self.observation_shape: tuple[int, int, int] = (3 * self.frame_stack, self.image_size,
+                                                        self.image_size)
+        self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)
+        self.observation_space = spaces.Box(0, 255, self.observation_shape, dtype=np.uint8)
+        self._stack = np.zeros(self.observation_shape, np.uint8)  # oldest -> newest
+        self._steps = 0  # agent steps since reset
+        self._env_steps = 0
+        self._started = False
+        self._game_over = False
+        self._seed(seed)
+
+    # --- gymnasium API -------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode; the first render fills the whole stack."""
+        if seed is not None:
+            self._seed(_check_int("seed", seed, 0))
+        self._env.reset()
+        frame = self._render()
+        self._stack[:] = np.concatenate([frame] * self.frame_stack, axis=0)
+        self._steps = self._env_steps = 0
+        self._started, self._game_over = True, False
+        return self._stack.copy(), self._info(raw_reward=0.0)
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._started or self._game_over:
+            raise RuntimeError("DMCEnv.step called " + ("before reset()" if not self._started else
+                               "after the episode ended (info['game_over']); call reset() first"))
+        a = np.asarray(action, np.float64)
+        if a.size != self.action_dim:
+            raise ValueError(f"action of shape {a.shape} for {self.game}, which takes "
+                             f"{self.action_dim} action dimension(s)")
+        a = np.clip(a.reshape(self.action_dim), -1.0, 1.0)
+        a = self._action_low + (a + 1.0) * 0.5 * (self._action_high - self._action_low)
+        reward = 0.0
+        for _ in range(self.action_repeat):
+            time_step = self._env.step(a)
+            self._env_steps += 1
+            reward += float(time_step.reward or 0.0)
+            if time_step.last():
+                break
+        self._push(self._render())
+        self._steps += 1
+        terminated = bool(time_step.last() and time_step.discount == 0.0)
+        truncated = not terminated and (time_step.last() or self._steps >= self.max_episode_steps)
+        self._game_over = terminated or truncated
+        return self._stack.copy(), reward, terminated, truncated, self._info(raw_reward=reward)
+
+    def close(self) -> None:
+        self._env.close()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _seed(self, seed: int) -> None:
+        self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(seed)
+        self._env.task.random.seed(seed)  # the RandomState dm_control draws initial states from
+        self.action_space.seed(seed)
+        self._started = False
+
+    def _render(self) -> np.ndarray:
+        frame = self._env.physics.render(height=self.image_size, width=self.image_size,
+                                         camera_id=self.camera_id)  # (h w 3)
+        return np.ascontiguousarray(frame.transpose(2, 0, 1))  # (3 h w)
+
+    def _push(self, frame: np.ndarray) -> None:
+        self._stack[:-3] = self._stack[3:]
+        self._stack[-3:] = frame
+
+    def _info(self, raw_reward: float) -> dict[str, Any]:
+        return {"raw_reward": raw_reward, "game_over": self._game_over,
+                "episode_steps": self._steps, "env_steps": self._env_steps}

@@ -1,0 +1,422 @@
+"""Frame-deduplicated sequence replay for Atari, prioritized (MLR's default) and uniform.
+
+Reproduces rlpyt's ``AsyncPrioritizedSequenceReplayFrameBuffer`` with MLR's
+``rlpyt_buffer.py`` extension (MLR_SPEC Part 1 §5 and the PER row of §1; checklist items 7
+and 24), in torch, on the training device, without per-sample Python loops.
+
+Storage. ``add(obs, a_t, r_t, done_t)`` is called once per env step with the stacked
+observation the agent saw (``uint8 (c h w)``, frames oldest -> newest), the action taken at it,
+the (clipped) reward received after it, and whether that transition ended an episode or a life.
+Only the newest frame ``obs[-1]`` is stored; a stack is rebuilt from the ``c`` frames ending at
+its step, with the frames from before a ``done`` inside that window zeroed. The env zeroes its
+stack at reset and at life loss, so the rebuilt stack equals the observation that was added.
+As in rlpyt, the ``c − 1`` frames preceding physical slot 0 live in a prefix written from
+``obs[:-1]`` whenever the cursor is at slot 0 (at the start, and after each wrap).
+
+Sampling. A sample is a sequence start ``s``; the batch holds steps ``s .. s+T−1`` with
+``T = sequence_length + n_step`` (16 + 10 = 26): MLR uses steps 0..15, the RL loss step 0 and
+its n-step bootstrap observation at step ``n_step``. A start is valid only when its whole
+window is stored: the ``1 + n_step + sequence_length`` entries before the cursor are off
+(rlpyt's ``off_backward``), and so are the ``max(1, c − 1)`` oldest ones, whose earlier frames
+have been overwritten (rlpyt's ``off_forward``; before the first wrap these are entries
+``0 .. c−2``, which rlpyt also never samples).
+
+Batch layout (see :class:`mlr_registry.batch.Batch`): ``action[:, t]`` is the action taken AT
+``obs[:, t]`` (rlpyt's ``all_action`` starts one step earlier, at the previous action; MLR then
+uses ``all_action[1:17]``, which is our ``action[:, :16]``) and ``reward[:, t]`` the reward
+received after it. ``returns`` and ``done_n`` (b, sequence_length) are the n-step quantities
+of steps ``0 .. sequence_length−1``, computed at sample time from the stored rewards and dones
+(rlpyt precomputes the same numbers at insertion).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mlr_registry.batch import Batch
+from mlr_registry.errors import CheckpointError, ConfigError, check_range
+from mlr_registry.registry import register
+from mlr_registry.replay.sum_tree import SumTree
+
+PRIORITY_CLAMP = (1e-6, 1e6)  # rlpyt_buffer / algos: KL clamped before ^alpha
+IS_WEIGHT_EPS = 1e-5  # MLR's rlpyt_buffer: (1 / (p + 1e-5)) ** beta
+
+
+def _check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device = {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device = {device!r} but CUDA is not available; use 'cpu'")
+    return dev
+
+
+class SequenceReplay:
+    """Storage, stack rebuilding, n-step returns and sanitizing shared by both samplers.
+
+    Subclasses choose the sequence starts (:meth:`_sample_starts`) and may react to each
+    insertion (:meth:`_on_add`). Not registered itself.
+    """
+
+    beta: float = 0.0  # importance-sampling exponent; 0 means all weights are 1
+
+    def __init__(self, observation_shape: tuple[int, int, int], capacity: int, sequence_length: int,
+                 n_step: int, discount: float, device: str, seed: int) -> None:
+        shape = tuple(int(v) for v in observation_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ConfigError(f"observation_shape = {tuple(observation_shape)!r} is invalid; expected "
+                              "(frame_stack, height, width) with every entry >= 1")
+        check_range("sequence_length", sequence_length, 1)
+        check_range("n_step", n_step, 1)
+        check_range("discount", discount, 0, 1)
+        self.observation_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
+        self.frame_stack, self.height, self.width = shape
+        self.sequence_length = int(sequence_length)
+        self.n_step = int(n_step)
+        self.discount = float(discount)
+        self.seq_steps = self.sequence_length + self.n_step  # T, steps per sampled sequence
+        self._fm1 = self.frame_stack - 1
+        # rlpyt: off_backward = 1 + n_step + batch_T; off_forward = max(1, n_frames - 1)
+        self.off_backward = 1 + self.n_step + self.sequence_length
+        self.off_forward = max(1, self._fm1)
+        check_range("capacity", capacity, self.off_backward + self.off_forward + 1)
+        self.capacity = int(capacity)
+        self.device = _check_device(device)
+        self.seed = int(seed)
+
+        c, fm1 = self.capacity, self._fm1
+        # Frame of physical slot p at frames[p + fm1]; frames[:fm1] precede slot 0. Never-written
+        # slots are never read, so ``empty`` (lazy pages on CPU) is safe; the prefix starts zero.
+        # The last row stays zero: blank (pre-done) frames of a stack are read from it.
+        self._frames = torch.empty(c + fm1 + 1, self.height, self.width, dtype=torch.uint8,
+                                   device=self.device)
+        self._zero_row = c + fm1
+        self._frames[:fm1] = 0
+        self._frames[self._zero_row] = 0
+        self._action = torch.zeros(c, dtype=torch.int64, device=self.device)
+        self._reward = torch.zeros(c, dtype=torch.float32, device=self.device)
+        self._done = torch.zeros(c, dtype=torch.bool, device=self.device)  # read before slot 0: False
+        self._count = 0  # steps ever added; the cursor is _count % capacity
+        self._env_step = 0
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(self.seed)
+        self._discounts = self.discount ** torch.arange(self.n_step, dtype=torch.float32, device=self.device)
+        self._steps = torch.arange(self.seq_steps, device=self.device)  # (T)
+        self._frame_offsets = torch.arange(self.frame_stack, device=self.device)  # (c)
+        self._lookback = torch.arange(1, fm1 + 1, device=self.device)  # (c-1): steps back
+
+    # ------------------------------------------------------------------ writing
+
+    def add(self, obs: Any, action: Any, reward: float, done: bool) -> None:
+        """Store one env step: ``obs`` uint8 (c h w) seen at step t, a_t, r_t, done_t."""
+        obs = torch.as_tensor(obs)
+        if tuple(obs.shape) != self.observation_shape or obs.dtype != torch.uint8:
+            raise ValueError(f"replay.add: obs must be uint8 {self.observation_shape}, "
+                             f"got {obs.dtype} {tuple(obs.shape)}")
+        p, fm1 = self._count % self.capacity, self._fm1
+        if p == 0 and fm1 > 0:  # rlpyt: at cursor 0 write the frames that precede slot 0
+            self._frames[:fm1].copy_(obs[:-1])
+        self._frames[p + fm1].copy_(obs[-1])
+        self._action[p] = int(action)
+        self._reward[p] = float(reward)
+        self._done[p] = bool(done)
+        self._count += 1
+        self._on_add(self._count - 1)
+
+    def _on_add(self, n: int) -> None:
+        """Hook: logical step ``n`` was just written."""
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    @property
+    def size(self) -> int:
+        """Steps currently stored (at most ``capacity``)."""
+        return min(self._count, self.capacity)
+
+    def _valid_range(self, count: int | None = None) -> tuple[int, int]:
+        """Logical (ever-increasing) start indices ``[lo, hi]`` that may be sampled."""
+        n = self._count if count is None else count
+        return max(n - self.capacity, 0) + self.off_forward, n - self.off_backward - 1
+
+    @property
+    def num_valid_starts(self) -> int:
+        lo, hi = self._valid_range()
+        return max(0, hi - lo + 1)
+
+    def can_sample(self, batch_size: int) -> bool:
+        """True when ``sample(batch_size)`` can run: starts are drawn with replacement, so one
+        valid start is enough (that needs ``off_backward + off_forward + 1`` = 31 steps with
+        the defaults)."""
+        return batch_size >= 1 and self.num_valid_starts >= 1
+
+    def set_step(self, env_step: int) -> None:
+        """Record the env step (``itr``); the prioritized variant anneals beta from it."""
+        self._env_step = int(env_step)
+
+    def update_priorities(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """Uniform sampling ignores priorities."""
+
+    # ------------------------------------------------------------------ reading
+
+    def sample(self, batch_size: int) -> Batch:
+        """A batch of ``batch_size`` sequences (with replacement), sanitized (MLR_SPEC §5)."""
+        check_range("batch_size", batch_size, 1)
+        if not self.can_sample(batch_size):
+            raise RuntimeError(
+                f"replay cannot sample yet: {self._count} steps added, a start needs "
+                f"{self.off_backward + self.off_forward + 1} (off_backward {self.off_backward} = "
+                f"1 + n_step + sequence_length, off_forward {self.off_forward})")
+        indices, weights = self._sample_starts(batch_size)
+        return self.gather(indices, weights=weights)
+
+    def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices (b,) int64 physical starts, weights (b,) float32)."""
+        raise NotImplementedError
+
+    def gather(self, indices: torch.Tensor, weights: torch.Tensor | None = None,
+               sanitize: bool = True) -> Batch:
+        """The batch of the sequences starting at physical ``indices`` (b,), without checking
+        that they are valid starts (``sample`` only draws valid ones)."""
+        idx = torch.as_tensor(indices, device=self.device).to(torch.int64).reshape(-1)  # (b)
+        b, t = idx.shape[0], self.sequence_length
+        slots = (idx[:, None] + self._steps) % self.capacity  # (b T) physical slot of each step
+        action, reward, done = self._action[slots], self._reward[slots], self._done[slots]
+        returns, done_n = self._n_step_returns(reward, done)  # (b t) each
+        obs_slots = slots
+        if sanitize:
+            # MLR's sanitize_batch: after the first done in steps 0..t-1 repeat the obs at that
+            # done, zero rewards and returns, set done_n; actions are NOT touched.
+            dones = done[:, :t]
+            first = dones.to(torch.uint8).argmax(1)  # (b) first True (first max), 0 if none
+            after = dones.any(1, keepdim=True) & (self._steps > first[:, None])  # (b T)
+            obs_slots = torch.where(after, slots.gather(1, first[:, None]), slots)
+            reward = reward.masked_fill(after, 0.0)
+            returns = returns.masked_fill(after[:, :t], 0.0)
+            done_n = done_n | after[:, :t]
+        if weights is None:
+            weights = torch.ones(b, dtype=torch.float32, device=self.device)
+        return Batch(obs=self._stacks(obs_slots), action=action, reward=reward, done=done, returns=returns,
+                     done_n=done_n, weights=weights.to(torch.float32), indices=idx)
+
+    def _stacks(self, slots: torch.Tensor) -> torch.Tensor:
+        """Rebuild stacked observations: slots (b T) -> uint8 (b T c h w)."""
+        b, t = slots.shape
+        rows = slots[..., None] + self._frame_offsets  # (b T c) rows of self._frames, oldest first
+        if self._fm1 > 0:
+            # Frame f (oldest = 0) is blank iff a done occurred in the fm1 - f steps before the
+            # stack's step (the env zeroed its stack there): read it from the all-zero row.
+            prev_done = self._done[(slots[..., None] - self._lookback) % self.capacity]  # (b T c-1)
+            blank = (prev_done.to(torch.int8).cumsum(-1) > 0).flip(-1)  # (b T c-1), oldest first
+            rows[..., :self._fm1].masked_fill_(blank, self._zero_row)
+        flat = self._frames.view(self._frames.shape[0], -1)
+        return flat.index_select(0, rows.reshape(-1)).view(b, t, self.frame_stack, self.height, self.width)
+
+    def _n_step_returns(self, reward: torch.Tensor, done: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """reward, done (b T) -> return (b t) float32 and done_n (b t) bool, t = sequence_length.
+
+        return_t = Σ_{k<n} γ^k r_{t+k}, truncated after the first done (its reward counts);
+        done_n_t = any done in t .. t+n-1 (rlpyt's discount_return_n_step).
+        """
+        t = self.sequence_length
+        r = reward.unfold(1, self.n_step, 1)[:, :t]  # (b t n): r[t + k]
+        d = done.unfold(1, self.n_step, 1)[:, :t]  # (b t n)
+        alive = torch.cumprod(1.0 - d.to(torch.float32), -1)  # no done in t .. t+k
+        alive = torch.cat([torch.ones_like(alive[..., :1]), alive[..., :-1]], -1)  # .. t+k-1
+        returns = (r * alive * self._discounts).sum(-1)
+        return returns, d.any(-1)
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and ints only (``torch.save``/``torch.load(weights_only=True)`` safe)."""
+        n, fm1 = self.size, self._fm1
+        return {
+            "capacity": self.capacity, "sequence_length": self.sequence_length, "n_step": self.n_step,
+            "frame_stack": self.frame_stack, "count": self._count, "env_step": self._env_step,
+            "frames": self._frames[:n + fm1].clone(), "action": self._action[:n].clone(),
+            "reward": self._reward[:n].clone(), "done": self._done[:n].clone(),
+            "rng_state": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("capacity", "sequence_length", "n_step", "frame_stack"):
+            if int(state[key]) != getattr(self, key):
+                raise CheckpointError(f"replay checkpoint has {key} = {int(state[key])}, "
+                                      f"this replay has {getattr(self, key)}")
+        n = min(int(state["count"]), self.capacity)
+        self._frames[:n + self._fm1].copy_(state["frames"])
+        self._action[:n].copy_(state["action"])
+        self._reward[:n].copy_(state["reward"])
+        self._done[:n].copy_(state["done"])
+        self._done[n:] = False
+        self._count = int(state["count"])
+        self._generator.set_state(state["rng_state"])
+        self.set_step(int(state["env_step"]))
+
+
+@register("replay", "prioritized_sequence")
+class PrioritizedSequenceReplay(SequenceReplay):
+    """MLR's replay: sequence starts drawn by priority (PER), MLR_SPEC Part 1 §1 and §5.
+
+    New entries get ``default_priority ** alpha`` (= 1; rlpyt does not use max-priority).
+    ``update_priorities`` stores ``clamp(value, 1e-6, 1e6) ** alpha``; the batch weights are
+    ``(1 / (p + 1e-5)) ** beta`` normalized by the batch maximum, with ``p`` the stored leaf
+    (already ``^alpha``). Beta anneals linearly with :meth:`set_step`.
+    """
+
+    def __init__(
+        self,
+        observation_shape: tuple = (4, 84, 84),
+        capacity: int = 100_000,
+        sequence_length: int = 16,
+        n_step: int = 10,
+        discount: float = 0.99,
+        alpha: float = 0.5,
+        beta_start: float = 0.4,
+        beta_end: float = 1.0,
+        beta_anneal_start: int = 2000,
+        beta_anneal_end: int = 100_000,
+        default_priority: float = 1.0,
+        stratified: bool = False,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            observation_shape: (frame_stack, height, width) of the env's uint8 observation.
+            capacity: steps kept. The reference uses 1e6; both never wrap within the 100k steps
+                of Atari-100k (a wrap happens only after the last of 100,000 adds), so the
+                sampled data are identical. Must exceed ``off_backward + off_forward``.
+            sequence_length: K+1 consecutive steps used by MLR (``--jumps 15`` -> 16).
+            n_step: n of the n-step return (10); each sequence carries n extra steps.
+            discount: gamma of the n-step return (0.99).
+            alpha: priority exponent (0.5, MLR's ``pri_alpha``).
+            beta_start, beta_end: IS exponent annealed linearly (0.4 -> 1.0) ...
+            beta_anneal_start, beta_anneal_end: ... between these env steps (``min_itr_learn``
+                = 2000 and ``pri_beta_steps`` = 100,000), clipped outside.
+            default_priority: priority of new entries before ``^alpha`` (1: delta_clip).
+            stratified: draw one start per equal segment of the total priority instead of
+                i.i.d. draws. Off by default: rlpyt's SumTree draws ``np.random.rand(n)``.
+            device: where storage, tree and batches live (the training device).
+            seed: seed of this replay's own torch generator (sampling is reproducible).
+        """
+        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed)
+        check_range("alpha", alpha, 0, 1)
+        check_range("beta_start", beta_start, 0, 1)
+        check_range("beta_end", beta_end, 0, 1)
+        check_range("beta_anneal_start", beta_anneal_start, 0)
+        check_range("beta_anneal_end", beta_anneal_end, beta_anneal_start)
+        check_range("default_priority", default_priority, 0, low_open=True)
+        self.alpha = float(alpha)
+        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
+        self.beta_anneal_start, self.beta_anneal_end = int(beta_anneal_start), int(beta_anneal_end)
+        self.default_priority = float(default_priority)
+        self.stratified = bool(stratified)
+        self.beta = self.beta_start
+        self._tree = SumTree(self.capacity, self.device)
+        self._pending: dict[int, float] = {}  # leaf -> priority, written to the tree in one batch
+
+    # rlpyt's SumTree.advance, one step at a time: the new entry and the entry that becomes the
+    # oldest-but-f are off, the entry off_backward steps back gets its full window and turns on.
+    def _on_add(self, n: int) -> None:
+        c = self.capacity
+        self._pending[n % c] = 0.0
+        self._pending[(n + self.off_forward) % c] = 0.0
+        start = n - self.off_backward
+        lo, _ = self._valid_range(n + 1)
+        if start >= lo:
+            self._pending[start % c] = self.default_priority ** self.alpha
+
+    def _flush(self) -> None:
+        if self._pending:
+            leaves = torch.tensor(list(self._pending), dtype=torch.int64, device=self.device)
+            values = torch.tensor(list(self._pending.values()), dtype=torch.float64, device=self.device)
+            self._tree.update(leaves, values)
+            self._pending.clear()
+
+    @property
+    def priorities(self) -> torch.Tensor:
+        """(capacity,) float64 stored leaf priorities (already ``^alpha``; 0 = not sampleable)."""
+        self._flush()
+        return self._tree.leaves
+
+    def set_step(self, env_step: int) -> None:
+        """rlpyt DQN.update_itr_hyperparams: beta linear in the env step, clipped."""
+        super().set_step(env_step)
+        span = self.beta_anneal_end - self.beta_anneal_start
+        if span == 0:
+            progress = float(env_step >= self.beta_anneal_end)
+        else:
+            progress = min(max((env_step - self.beta_anneal_start) / span, 0.0), 1.0)
+        self.beta = progress * self.beta_end + (1.0 - progress) * self.beta_start
+
+    def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self._flush()
+        indices, priorities = self._tree.sample(batch_size, self._generator, self.stratified)
+        weights = (1.0 / (priorities + IS_WEIGHT_EPS)) ** self.beta
+        return indices, (weights / weights.max()).to(torch.float32)
+
+    def update_priorities(self, indices: torch.Tensor, values: torch.Tensor) -> None:
+        """Set the priorities of sampled starts (b,) from ``values`` (b,), e.g. the RL KL.
+
+        Entries that stopped being valid since they were sampled (priority 0) stay off.
+        Duplicated indices: one of their values is kept, consistently.
+        """
+        self._flush()
+        idx = torch.as_tensor(indices, device=self.device).to(torch.int64).reshape(-1)
+        new = torch.as_tensor(values).detach().to(self.device, torch.float64).reshape(-1)
+        new = new.clamp(*PRIORITY_CLAMP) ** self.alpha
+        self._tree.update(idx, torch.where(self._tree.get(idx) > 0, new, 0.0))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["priorities"] = self.priorities.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._pending.clear()
+        self._tree.set_leaves(state["priorities"].to(self.device, torch.float64))
+
+
+@register("replay", "uniform_sequence")
+class UniformSequenceReplay(SequenceReplay):
+    """The same storage and batches, starts drawn uniformly over the valid ones; weights are 1.
+
+    rlpyt's ``UniformSequenceReplayFrameBuffer``: the same valid range as the prioritized
+    buffer, ``randint`` over it, with replacement. Equivalent to PER with alpha = beta = 0.
+    """
+
+    def __init__(
+        self,
+        observation_shape: tuple = (4, 84, 84),
+        capacity: int = 100_000,
+        sequence_length: int = 16,
+        n_step: int = 10,
+        discount: float = 0.99,
+        device: str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            observation_shape: (frame_stack, height, width) of the env's uint8 observation.
+            capacity: steps kept (the reference's 1e6 never wraps in 100k steps either, so the
+                behaviour is identical). Must exceed ``off_backward + off_forward``.
+            sequence_length: K+1 consecutive steps used by MLR (16).
+            n_step: n of the n-step return (10).
+            discount: gamma of the n-step return (0.99).
+            device: where storage and batches live.
+            seed: seed of this replay's own torch generator.
+        """
+        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed)
+
+    def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self._valid_range()
+        starts = torch.randint(lo, hi + 1, (batch_size,), generator=self._generator, device=self.device)
+        return starts % self.capacity, torch.ones(batch_size, dtype=torch.float32, device=self.device)
+
+
+__all__ = ["PrioritizedSequenceReplay", "SequenceReplay", "UniformSequenceReplay"]
