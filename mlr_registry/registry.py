@@ -39,13 +39,18 @@ BUILTIN = "built-in"
 BUILTIN_MODULES: tuple[str, ...] = (
     "mlr_registry.envs.atari",
     "mlr_registry.envs.catch",
+    "mlr_registry.envs.dmc",
     "mlr_registry.replay.sequence_replay",
+    "mlr_registry.replay.transition_replay",
     "mlr_registry.maskers.cube",
     "mlr_registry.encoders.nature_cnn",
+    "mlr_registry.encoders.pixel_encoder",
     "mlr_registry.decoders.transformer",
     "mlr_registry.losses.mlr",
     "mlr_registry.agents.rainbow",
+    "mlr_registry.agents.sac",
     "mlr_registry.training.atari100k",
+    "mlr_registry.training.dmc",
 )
 
 T = TypeVar("T")

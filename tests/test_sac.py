@@ -375,7 +375,7 @@ def test_checkpoint_round_trip_resumes_identically():
     ({"actor_update_period": 0}, "actor_update_period"), ({"critic_tau": 0.0}, "critic_tau"),
     ({"encoder_tau": 1.5}, "encoder_tau"), ({"image_size": 101}, "image_size"),
     ({"aux_warmup": 0}, "aux_warmup"), ({"aux_max_grad_norm": 0.0}, "aux_max_grad_norm"),
-    ({"aux_lr_scale": -1.0}, "aux_lr_scale"),
+    ({"aux_lr_scale": -1.0}, "aux_lr_scale"), ({"device": "nope"}, "device"),
 ])
 def test_bad_parameters_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -181,9 +181,16 @@ def test_add_checks_shapes_and_episode_continuity() -> None:
         replay.add(obs.astype(np.float32), np.zeros(A), 0.0, obs, False, False)
     with pytest.raises(ValueError, match="action_dim"):
         replay.add(obs, np.zeros(A + 1), 0.0, obs, False, False)
-    replay.add(obs, np.zeros(A), 0.0, obs + 1, False, False)
+    with pytest.raises(ValueError, match="shifted by one frame"):
+        replay.add(obs, np.zeros(A), 0.0, obs + 1, False, False)
+    nxt = np.concatenate([obs[3:], np.ones((3, *SHAPE[1:]), np.uint8)])
+    replay.add(obs, np.zeros(A), 0.0, nxt, False, False)
     with pytest.raises(ValueError, match="episode_end"):
-        replay.add(obs, np.zeros(A), 0.0, obs, False, False)  # obs != previous next_obs
+        replay.add(obs, np.zeros(A), 0.0, nxt, False, False)  # obs != previous next_obs
+    nxt2 = torch.from_numpy(np.concatenate([nxt[3:], np.full((3, *SHAPE[1:]), 2, np.uint8)]))
+    replay.add(torch.from_numpy(nxt), torch.ones(A), 0.5, nxt2, False, True)  # torch inputs too
+    batch = replay.transitions(torch.tensor([1]))
+    assert torch.equal(batch.next_obs[0], nxt2) and batch.action.tolist() == [[1.0, 1.0]]
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -181,9 +181,12 @@ class SAC(nn.Module):
             raise ConfigError(f"sac.crop_offsets_exclusive = True needs both observation sides above "
                               f"image_size = {image_size} (got {h}x{w}); set it False or match the sizes")
         check_range("sac.aux_warmup", aux_warmup, 1)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"sac.device = {device!r} is not a torch device ({exc})") from None
         self.observation_shape = (c, h, w)
         self.num_actions = int(num_actions)
-        self.device = torch.device(device)
         self.discount = float(discount)
         self.actor_update_period, self.target_update_period = actor_update_period, target_update_period
         self.critic_tau, self.encoder_tau = float(critic_tau), float(encoder_tau)
@@ -340,7 +343,7 @@ class SAC(nn.Module):
                 value, aux_metrics = loss(sequences, self)
                 aux_total = aux_total + value
                 metrics.update(aux_metrics)
-            tensors["aux_lr"] = torch.tensor(self.aux_optimizer.param_groups[0]["lr"])
+            metrics["aux_lr"] = float(self.aux_optimizer.param_groups[0]["lr"])  # the lr of this step
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux_total.backward()
             tensors["aux_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.aux_parameters,
@@ -371,7 +374,7 @@ class SAC(nn.Module):
                 loss.update_targets()
 
         tensors["alpha"] = self.alpha.detach()
-        values = torch.stack([t.float().to(self.device) for t in tensors.values()]).tolist()  # one sync
+        values = torch.stack([t.float() for t in tensors.values()]).tolist()  # one device sync
         metrics.update(zip(tensors, values, strict=True))
         return metrics
 

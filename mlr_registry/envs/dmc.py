@@ -12,9 +12,10 @@ wrapper) and speaks gymnasium's API:
   channel axis oldest -> newest; on reset the first render is repeated ``frame_stack`` times;
 - an episode lasts ``ceil(episode_length / action_repeat)`` agent steps (dmc2gym's gym
   ``TimeLimit``: 1000 env steps = 125 agent steps for cartpole at AR 8) or until dm_control's
-  own time limit (1000 env steps on every suite task), whichever comes first, and ends with
-  ``truncated=True``. Suite tasks have no terminal states, so ``terminated`` stays False and the
-  SAC agent bootstraps through the time limit ("infinite bootstrap", §2).
+  own time limit (1000 env steps on every suite task but the two ``lqr`` ones, which have none),
+  whichever comes first, and ends with ``truncated=True``. The paper's tasks have no terminal
+  states, so ``terminated`` stays False and the SAC agent bootstraps through the time limit
+  ("infinite bootstrap", §2); only ``lqr`` can end in a true terminal (discount 0).
 
 Also here: the six tasks of the paper (``DMC6_TASKS``) and their action repeats
 (``ACTION_REPEAT``, §1.4).
@@ -99,8 +100,8 @@ class DMCEnv(gymnasium.Env):
     asserted).
 
     ``step`` returns ``(obs, reward, terminated, truncated, info)`` with ``reward`` the sum over
-    the repeats (never clipped), ``terminated`` False (it would be True only on a dm_control
-    terminal, discount 0, which no suite task has), ``truncated`` True on the episode's last
+    the repeats (never clipped), ``terminated`` False (True only on a dm_control terminal,
+    discount 0, which only ``lqr`` has), ``truncated`` True on the episode's last
     step, ``info["raw_reward"]`` = reward, ``info["game_over"]`` = the episode ended,
     ``info["episode_steps"]`` agent steps and ``info["env_steps"]`` env steps since reset.
 

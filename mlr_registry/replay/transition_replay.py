@@ -10,7 +10,8 @@ transition of an episode also stores the ``frame_stack`` frames of its ``obs`` (
 which repeats the first render). A stack is then the ``frame_stack`` consecutive frames ending
 at the transition's index, and ``next_obs`` the ones ending one frame later, so every sampled
 ``obs`` / ``next_obs`` is bit-identical to what was added: 3 GB at 100k. ``add`` checks that an
-``obs`` equals the previous ``next_obs`` unless the previous transition ended an episode.
+``obs`` equals the previous ``next_obs`` unless the previous transition ended an episode, and
+that ``next_obs`` is ``obs`` shifted by one frame, so a mismatch is an error, never silent.
 
 The frame ring holds ``capacity + frame_stack * (capacity // 100 + 2)`` frames: enough for
 ``capacity`` transitions whenever episodes last 100 agent steps or more (DMC: 125 to 500). With
@@ -41,6 +42,7 @@ import dataclasses
 import numbers
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 
@@ -145,7 +147,7 @@ class TransitionReplay:
         self._size = 0  # transitions stored: the `size` slots before the next one
         self._frame_count = 0  # frames ever written; frame n lives at n % frames_capacity
         self._episode_open = False  # the last transition did not end its episode
-        self._last_next_obs: torch.Tensor | None = None  # (c h w) uint8, CPU: continuity check
+        self._last_next_obs: np.ndarray | None = None  # (c h w) uint8: continuity check
 
     # --- filling -------------------------------------------------------------------------------
 
@@ -166,29 +168,36 @@ class TransitionReplay:
         """Store one transition (obs, action, reward, next_obs) of the env.
 
         Args:
-            obs, next_obs: uint8 ``(c h w)`` stacks (numpy or torch); unless the previous
-                transition ended an episode, ``obs`` must equal the previous ``next_obs``.
+            obs, next_obs: uint8 ``(c h w)`` stacks (numpy or torch), ``next_obs`` = ``obs``
+                shifted by one frame; unless the previous transition ended an episode, ``obs``
+                must equal the previous ``next_obs``.
             action: the ``(a,)`` action taken at ``obs``.
             reward: the (summed over action repeats) reward received.
             done: a true terminal, not a time limit: ``not_done = 1 - done`` (always 1 on DMC).
             episode_end: this transition ends the episode (terminal or time limit): real_done.
         """
-        obs_t = self._as_obs(obs, "obs")
-        next_t = self._as_obs(next_obs, "next_obs")
-        act = torch.as_tensor(action, dtype=torch.float32).reshape(-1)
+        # Host-side numpy: small torch ops on a busy CPU pay thread start-up for nothing.
+        obs_np = self._as_obs(obs, "obs")
+        next_np = self._as_obs(next_obs, "next_obs")
+        act = action.detach().float() if isinstance(action, torch.Tensor) else torch.from_numpy(
+            np.asarray(action, np.float32))
+        act = act.reshape(-1)
         if act.numel() != self.action_dim:
             raise ValueError(f"action has {act.numel()} entries; this replay stores action_dim = "
                              f"{self.action_dim}")
         f, k = self.frame_channels, self.frame_stack
+        if not np.array_equal(next_np[:-f], obs_np[f:]):
+            raise ValueError("next_obs must be obs shifted by one frame (a frame stack, oldest -> newest): "
+                             "this replay stores only the newest frame of each next_obs")
         if self._episode_open:
-            if not torch.equal(obs_t, self._last_next_obs):
+            if not np.array_equal(obs_np, self._last_next_obs):
                 raise ValueError("obs differs from the previous transition's next_obs, but that transition "
                                  "did not end an episode: pass episode_end=True at the end of each episode")
             newest = self._frame_count - 1  # the previous next_obs frame is this obs's newest
-            new = next_t[-f:].unsqueeze(0)  # (1 f h w)
+            new = next_np[None, -f:].copy()  # (1 f h w)
         else:
             newest = self._frame_count + k - 1  # the obs stack opens the episode's frames
-            new = torch.cat([obs_t.reshape(k, f, *obs_t.shape[1:]), next_t[-f:].unsqueeze(0)])
+            new = np.concatenate([obs_np.reshape(k, f, *obs_np.shape[1:]), next_np[None, -f:]])  # (k+1 f h w)
         last_frame = newest + 1
 
         slot = self._count % self.capacity
@@ -196,8 +205,11 @@ class TransitionReplay:
             self._size -= 1  # the oldest transition is in `slot`
         self._drop_before(last_frame - self.frames_capacity + 1)
 
-        positions = torch.arange(self._frame_count, last_frame + 1) % self.frames_capacity
-        self._frames[positions.to(self.device)] = new.to(self.device)
+        new_t = torch.from_numpy(new).to(self.device)
+        start = self._frame_count % self.frames_capacity
+        head = min(len(new), self.frames_capacity - start)  # the ring may wrap inside the reset stack
+        self._frames[start:start + head] = new_t[:head]
+        self._frames[:len(new) - head] = new_t[head:]
         self._frame_index[slot] = newest
         self._frame_index_host[slot] = newest
         self._action[slot] = act.to(self.device)
@@ -209,7 +221,7 @@ class TransitionReplay:
         self._size += 1
         self._frame_count = last_frame + 1
         self._episode_open = not episode_end
-        self._last_next_obs = next_t.clone() if self._episode_open else None
+        self._last_next_obs = next_np.copy() if self._episode_open else None
 
     def _drop_before(self, first_kept_frame: int) -> None:
         """Drop the oldest transitions whose frames precede ``first_kept_frame`` (about to be overwritten)."""
@@ -219,11 +231,11 @@ class TransitionReplay:
                 break
             self._size -= 1
 
-    def _as_obs(self, value: Any, name: str) -> torch.Tensor:
-        t = torch.as_tensor(value)
-        if t.dtype != torch.uint8 or tuple(t.shape) != self.observation_shape:
-            raise ValueError(f"{name} must be uint8 {self.observation_shape}, got {t.dtype} {tuple(t.shape)}")
-        return t.detach().to("cpu")
+    def _as_obs(self, value: Any, name: str) -> np.ndarray:
+        x = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if x.dtype != np.uint8 or x.shape != self.observation_shape:
+            raise ValueError(f"{name} must be uint8 {self.observation_shape}, got {x.dtype} {x.shape}")
+        return x
 
     # --- sampling ------------------------------------------------------------------------------
 
@@ -242,7 +254,7 @@ class TransitionReplay:
         """The stored transitions at replay ``slots`` ``(b)``."""
         b, k = slots.shape[0], self.frame_stack
         newest = self._frame_index[slots]  # (b)
-        frames = self._frames[(newest[:, None] + self._offsets_obs) % self.frames_capacity]  # (b k+1 f h w)
+        frames = self._gather_frames(newest[:, None] + self._offsets_obs)  # (b k+1 f h w)
         return Transitions(
             obs=frames[:, :k].reshape(b, *self.observation_shape),
             action=self._action[slots],
@@ -251,6 +263,12 @@ class TransitionReplay:
             not_done=self._not_done[slots],
             indices=slots,
         )
+
+    def _gather_frames(self, frame_numbers: torch.Tensor) -> torch.Tensor:
+        """Frames ``(... f h w)`` by absolute frame number ``(...)`` (index_select: a memcpy per frame)."""
+        flat = self._frames.view(self.frames_capacity, -1)
+        picked = flat.index_select(0, (frame_numbers % self.frames_capacity).reshape(-1))
+        return picked.view(*frame_numbers.shape, *self._frames.shape[1:])
 
     def sample_sequences(self, batch_size: int = 128) -> Batch:
         """Up to ``batch_size`` windows of ``sequence_length`` consecutive steps inside one episode.
@@ -270,7 +288,7 @@ class TransitionReplay:
         windows = windows[valid.nonzero().squeeze(1)[:batch_size]]  # (b t), first valid ones
         # A valid window lies in one episode, so its frames are consecutive in the ring.
         newest = self._frame_index[windows[:, 0]]  # (b)
-        frames = self._frames[(newest[:, None] + self._offsets_seq) % self.frames_capacity]  # (b t+k-1 f h w)
+        frames = self._gather_frames(newest[:, None] + self._offsets_seq)  # (b t+k-1 f h w)
         obs = rearrange(frames.unfold(1, self.frame_stack, 1), "b t f h w k -> b t (k f) h w")
         return Batch(obs=obs, action=self._action[windows], reward=self._reward[windows],
                      done=self._real_done[windows], indices=windows[:, 0])
@@ -281,8 +299,8 @@ class TransitionReplay:
         """Tensors and ints only (``torch.load(weights_only=True)`` safe)."""
         n = min(self._count, self.capacity)
         nf = min(self._frame_count, self.frames_capacity)
-        last = self._last_next_obs if self._last_next_obs is not None else torch.zeros(
-            self.observation_shape, dtype=torch.uint8)
+        last = (torch.from_numpy(self._last_next_obs) if self._last_next_obs is not None
+                else torch.zeros(self.observation_shape, dtype=torch.uint8))
         return {
             "capacity": self.capacity, "frame_stack": self.frame_stack, "action_dim": self.action_dim,
             "observation_shape": torch.tensor(self.observation_shape),
@@ -315,5 +333,5 @@ class TransitionReplay:
         self._count, self._size = int(state["count"]), int(state["size"])
         self._frame_count = int(state["frame_count"])
         self._episode_open = bool(int(state["episode_open"]))
-        self._last_next_obs = state["last_next_obs"].to("cpu").clone() if self._episode_open else None
+        self._last_next_obs = state["last_next_obs"].cpu().numpy().copy() if self._episode_open else None
         self._generator.set_state(state["rng_state"])

@@ -14,16 +14,18 @@ that every game weighs the same; per-task means always use every seed. The repor
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
 from mlr_registry.report.data import AGGREGATES, Reference
 from mlr_registry.report.runs import ReportError, RunRecord, sort_seeds
 
-# rliable's own default is 50,000 bootstrap replications (minutes per objective on a CPU); 2,000
-# gives CI bounds that move by about 0.005 HNS between seeds, and takes about a second.
+# rliable's own default is 50,000 bootstrap replications (about 10 s per objective for 26 games x
+# 5 seeds on one CPU core); 2,000 take about 0.3 s, and their CI bounds differ from 50,000's by
+# about 0.003 HNS (measured on such a matrix).
 DEFAULT_REPS = 2000
 CONFIDENCE = 0.95
 
@@ -101,6 +103,16 @@ def score_matrix(stats: dict[str, TaskStats], ref: Reference) -> ScoreMatrix | N
     return ScoreMatrix(scores, tasks, k, tuple(t for t in tasks if stats[t].n > k))
 
 
+def _bootstrap(library, score_dict, func, reps: int, seed: int):
+    """rliable's stratified bootstrap, seeded. arch 7 warns that ``random_state`` (which rliable
+    passes) is deprecated; the warning is not the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        return library.get_interval_estimates(score_dict, func, reps=reps,
+                                              confidence_interval_size=CONFIDENCE,
+                                              random_state=np.random.RandomState(seed))
+
+
 def _rliable():
     try:
         from rliable import library, metrics
@@ -129,9 +141,7 @@ def aggregate_intervals(matrices: dict[str, ScoreMatrix], reps: int = DEFAULT_RE
     score_dict = {obj: m.scores for obj, m in matrices.items()}
     if not score_dict:
         return {}
-    points, cis = library.get_interval_estimates(
-        score_dict, aggregate_function(), reps=reps, confidence_interval_size=CONFIDENCE,
-        random_state=np.random.RandomState(seed))
+    points, cis = _bootstrap(library, score_dict, aggregate_function(), reps, seed)
     return {obj: {metric: Interval(float(points[obj][i]), float(cis[obj][0, i]), float(cis[obj][1, i]))
                   for i, metric in enumerate(AGGREGATES)} for obj in score_dict}
 
@@ -140,13 +150,16 @@ def performance_profiles(matrices: dict[str, ScoreMatrix], taus: np.ndarray, rep
                          seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """rliable score distributions: fraction of runs with normalized score > tau, with CIs.
 
-    Same as ``rliable.library.create_performance_profile``, which has no random_state.
+    Same as ``rliable.library.create_performance_profile`` (which has no random_state), with
+    its per-tau ``np.vectorize`` replaced by one comparison (tens of times faster).
     """
     library, _ = _rliable()
     score_dict = {obj: m.scores for obj, m in matrices.items()}
-    return library.get_interval_estimates(
-        score_dict, lambda scores: library.score_distributions(scores, taus), reps=reps,
-        confidence_interval_size=CONFIDENCE, random_state=np.random.RandomState(seed))
+    taus = np.asarray(taus, dtype=np.float64)
+
+    def score_distribution(scores: np.ndarray) -> np.ndarray:  # (runs, tasks) -> (len(taus),)
+        return (scores.reshape(-1, 1) > taus).mean(axis=0)
+    return _bootstrap(library, score_dict, score_distribution, reps, seed)
 
 
 def task_summary(stats: dict[str, TaskStats], tasks: Iterable[str]) -> dict[str, float]:

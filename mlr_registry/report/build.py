@@ -90,8 +90,9 @@ def _coverage_notes(ref: Reference, objectives: list[str], stats, matrices, extr
             cut = (f"; the first {m.seeds_per_task} seed(s) of every {word[:-1]} are used so that each "
                    f"counts the same ({len(m.truncated)} {word} have more; per-{word[:-1]} means use all)"
                    if m.truncated else "")
-            notes.append(f"{obj}: aggregates over the {len(m.tasks)} of {len(ref.tasks)} {word} with runs "
-                         f"only{cut}")
+            what = "aggregates" if ref.is_atari else "aggregates and the mean/median over tasks"
+            notes.append(f"{obj}: {what} over the {len(m.tasks)} of {len(ref.tasks)} {word} with runs "
+                         f"only (the paper's cover all {len(ref.tasks)}){cut}")
         if m is not None and m.seeds_per_task == 1:
             notes.append(f"{obj}: one seed per {word[:-1]} in the aggregates, so their bootstrap CIs "
                          "(over seeds) have zero width")
@@ -116,8 +117,9 @@ def analyse(client, flt: RunFilter, reps: int = DEFAULT_REPS, seed: int = 0) -> 
     ref = reference(flt.benchmark)
     records, notes = find_runs(client, flt)
     stats = aggregate.task_stats(records, ref)
-    objectives = [o for o in flt.objectives if o in stats] if flt.objectives else sorted(stats)
-    absent = [o for o in flt.objectives if o not in stats]
+    asked = list(dict.fromkeys(flt.objectives))
+    objectives = [o for o in asked if o in stats] if asked else sorted(stats)
+    absent = [o for o in asked if o not in stats]
     if absent:
         notes.append(f"no runs for objective(s): {', '.join(absent)}")
     extra = sorted({t for obj in objectives for t in stats[obj] if t not in ref.tasks})
@@ -138,8 +140,9 @@ def _plots(client, report: Report, out: Path, reps: int, seed: int) -> list[Path
     files = []
     if report.intervals:
         files.append(plots.plot_aggregates(report, out / "aggregates.png"))
-        top = 8.0 if report.ref.is_atari else 1.0
-        taus = np.linspace(0.0, top, 81)
+        # Up to the best normalized score seen (at least 1: human level, or DMC's maximum).
+        best = max(float(np.max(m.scores)) for m in report.matrices.values())
+        taus = np.linspace(0.0, max(1.0, np.ceil(best * 4) / 4), 81)
         profiles, cis = aggregate.performance_profiles(report.matrices, taus, reps=reps, seed=seed)
         files.append(plots.plot_profiles(report, profiles, cis, taus, out / "performance_profiles.png"))
     name = "per_game.png" if report.ref.is_atari else "per_task.png"

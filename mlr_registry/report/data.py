@@ -123,7 +123,7 @@ def _dmc(benchmark: str) -> Reference:
                      aggregates)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(benchmark: str) -> Reference:
     """The reference table of ``benchmark`` (one of :data:`BENCHMARKS`)."""
     if benchmark == "atari100k":

@@ -55,7 +55,7 @@ def plot_aggregates(report: Report, path: Path) -> Path:
         colors=_colors(report.objectives), xlabel=report.ref.normalized_name.capitalize(),
         row_height=max(0.6, 0.45 * len(objectives)))
     scale = 1.0 if report.ref.is_atari else 1000.0
-    for ax, metric in zip(np.atleast_1d(axes), AGGREGATES):
+    for ax, metric in zip(np.atleast_1d(axes), AGGREGATES, strict=True):
         for method in PAPER_METHODS:
             value = report.ref.paper_aggregates.get(metric, {}).get(method)
             if value is not None:
@@ -67,7 +67,7 @@ def plot_aggregates(report: Report, path: Path) -> Path:
 
 def _paper_handles(ax):
     handles, labels = ax.get_legend_handles_labels()
-    keep = [(h, lab) for h, lab in zip(handles, labels) if lab.startswith("paper ")]
+    keep = [(h, lab) for h, lab in zip(handles, labels, strict=True) if lab.startswith("paper ")]
     return [h for h, _ in keep], [lab for _, lab in keep]
 
 
@@ -78,7 +78,7 @@ def plot_profiles(report: Report, profiles: dict, cis: dict, taus: np.ndarray, p
     plot_utils.plot_performance_profiles(
         profiles, taus, performance_profile_cis=cis, colors=_colors(report.objectives), ax=ax,
         xlabel=rf"{report.ref.normalized_name.capitalize()} ($\tau$)")
-    ax.legend(list(profiles), loc="upper right", frameon=False)
+    ax.legend(loc="upper right", frameon=False)
     ax.set_title(f"{report.ref.benchmark}: performance profiles")
     return _save(fig, path)
 
@@ -116,7 +116,7 @@ def plot_per_task(report: Report, path: Path) -> Path:
     if ref.is_atari:
         ax.axvline(1.0, color="0.8", linewidth=0.8)
         ax.set_xscale("symlog", linthresh=1.0)
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     ax.set_title(f"{ref.benchmark}: per {'game' if ref.is_atari else 'task'}, ours vs the paper")
     return _save(fig, path)
 
@@ -128,7 +128,7 @@ def plot_learning_curves(report: Report, curves: dict[str, dict[str, Curve]], pa
     rows = max(1, math.ceil(len(tasks) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False)
     colors = _colors(report.objectives)
-    for ax, task in zip(axes.flat, tasks):
+    for ax, task in zip(axes.flat, tasks, strict=False):
         for obj in report.objectives:
             curve = curves.get(obj, {}).get(task)
             if curve is None:

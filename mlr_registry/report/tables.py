@@ -34,7 +34,7 @@ class Table:
 
         def line(cells: list[str]) -> str:
             return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                             for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
         rule = "  ".join("-" * w for w in widths)
         return "\n".join([line(self.headers), rule, *(line(r) for r in self.rows)])
 
@@ -79,7 +79,8 @@ def per_task_table(report: Report) -> Table:
             headers += [f"{obj} (n)", f"{obj} HNS"]
         headers += [f"Paper {m}" for m in PAPER_METHODS]
     else:
-        headers = ["Task", *(f"{obj} (n)" for obj in report.objectives), *(f"Paper {m}" for m in PAPER_METHODS)]
+        headers = ["Task", *(f"{obj} (n)" for obj in report.objectives),
+                   *(f"Paper {m}" for m in PAPER_METHODS)]
     rows = []
     for task in tasks:
         row = [ref.titles.get(task, task)]
@@ -197,7 +198,7 @@ def write_aggregates_csv(report: Report, path: Path) -> None:
                 paper = [ref.paper_aggregates.get(metric, {}).get(m) for m in PAPER_METHODS]
                 w.writerow([ref.benchmark, obj, metric, ref.normalized_name, repr(iv.point), repr(iv.low),
                             repr(iv.high), len(matrix.tasks), matrix.seeds_per_task,
-                            *("" if p is None else p / scale for p in paper)])
+                            *("" if p is None else round(p / scale, 6) for p in paper)])
             if not ref.is_atari and obj in report.summaries:
                 # Table 2's rows: mean and median over tasks of the per-task mean returns (no CI).
                 for metric, value in report.summaries[obj].items():

@@ -153,6 +153,8 @@ class Atari100kTrainer:
             if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
                 tracker.log_metrics(self._eval_metrics(self.evaluate()), step=step + 1)
         bar.close()
+        if window:
+            tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
         final = self._eval_metrics(self.evaluate(), final=True)
         tracker.log_metrics(final, step=self.num_env_steps)
         return final

@@ -58,6 +58,10 @@ class MetricWindow:
             self._sums[key] += float(value)
             self._counts[key] += 1
 
+    def __bool__(self) -> bool:
+        """True when metrics were added since the last flush."""
+        return bool(self._sums)
+
     def flush(self, env_steps: int, updates: int, prefix: str = "train/") -> dict[str, float]:
         """Means since the last flush plus env steps/s and updates/s; resets the window."""
         now = time.perf_counter()

@@ -1,0 +1,240 @@
+"""``python -m mlr_registry.report``: the paper's tables from MLflow runs.
+
+One temporary SQLite MLflow store holds three experiments: ``paper`` (Table 1's MLR column as one
+seed per game), ``seeds`` (several seeds on a few games, plus runs that must not count) and
+``dmc`` (DMC-100k, four of the six tasks). Every number is checked against numpy by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from mlr_registry.report.build import REPORT_EXPERIMENT, analyse
+from mlr_registry.report.cli import main
+from mlr_registry.report.data import reference
+from mlr_registry.report.runs import NoRunsError, RunFilter
+from mlr_registry.report.tables import NO_RUNS, per_task_table
+
+ATARI = reference("atari100k")
+PAPER_MLR = ATARI.paper["MLR"]
+SEED_GAMES = {"alien": 3, "pong": 3, "boxing": 3, "breakout": 2}  # game -> seeds of objective mlr
+DMC_TASKS = {"finger-spin": [900.0, 950.0, 870.0], "cartpole-swingup": [800.0, 760.0, 840.0],
+             "cheetah-run": [480.0, 500.0, 430.0], "walker-walk": [600.0, 700.0, 650.0]}
+
+
+def _hns(game: str, score):
+    return (np.asarray(score) - ATARI.random[game]) / (ATARI.human[game] - ATARI.random[game])
+
+
+def _seed_score(game: str, seed: int) -> float:
+    return PAPER_MLR[game] * (0.8 + 0.2 * seed)
+
+
+def _add_run(client, exp_id, tags, final=None, status="FINISHED", curve=None):
+    run_id = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}).info.run_id
+    now = int(time.time() * 1000)
+    metrics = [Metric("eval/return_mean", v, now, s) for s, v in (curve or [])]
+    if final is not None:
+        metrics.append(Metric("final_return", float(final), now, 100_000))
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+    if status != "RUNNING":
+        client.set_terminated(run_id, status=status)
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+
+    def experiment(name):
+        return client.create_experiment(name, artifact_location=(root / name).as_uri())
+
+    paper = experiment("paper")
+    for game in ATARI.tasks:
+        _add_run(client, paper, dict(benchmark="atari100k", env=game, agent="rainbow", objective="paper_mlr",
+                                     seed=0), final=PAPER_MLR[game])
+    seeds = experiment("seeds")
+    for game, n in SEED_GAMES.items():
+        for seed in range(n):
+            score = _seed_score(game, seed)
+            _add_run(client, seeds, dict(benchmark="atari100k", env=game, agent="rainbow", objective="mlr",
+                                         seed=seed), final=score,
+                     curve=[(0, ATARI.random[game]), (50_000, score / 2), (100_000, score)])
+        if game in ("alien", "pong"):
+            for seed in range(2):
+                tags = dict(benchmark="atari100k", env=game, agent="rainbow", objective="baseline", seed=seed)
+                _add_run(client, seeds, tags, final=ATARI.paper["Baseline"][game])
+    common = dict(benchmark="atari100k", env="alien", agent="rainbow", objective="mlr", seed=7)
+    _add_run(client, seeds, common, final=1e9, status="FAILED")
+    _add_run(client, seeds, common, final=1e9, status="RUNNING")
+    _add_run(client, seeds, common, final=None)  # FINISHED without a final evaluation
+    _add_run(client, seeds, {**common, "env": "tetris", "seed": 0}, final=123.0)
+    dmc = experiment("dmc")
+    for task, returns in DMC_TASKS.items():
+        for seed, ret in enumerate(returns):
+            tags = dict(benchmark="dmc100k", env=task, agent="sac", objective="mlr", seed=seed)
+            _add_run(client, dmc, tags, final=ret, curve=[(0, 10.0), (100_000, ret)])
+    return uri, client
+
+
+def test_package_data_matches_the_paper_and_the_env_module():
+    from mlr_registry.envs.atari import ATARI_100K_GAMES, HUMAN_SCORES, RANDOM_SCORES
+
+    assert ATARI.tasks == ATARI_100K_GAMES
+    assert ATARI.human == HUMAN_SCORES and ATARI.random == RANDOM_SCORES
+    assert PAPER_MLR["pong"] == 4.9 and ATARI.paper["Baseline"]["kangaroo"] == 5036.0
+    assert ATARI.paper_aggregates["iqm"]["MLR"] == 0.432
+    assert ATARI.paper_aggregates["optimality_gap"]["Baseline"] == 0.614
+    dmc = reference("dmc500k")
+    assert dmc.paper["MLR"]["walker-walk"] == 939 and dmc.paper_std["MLR"]["walker-walk"] == 10
+    assert dmc.paper_aggregates["mean"]["MLR"] == 896.5
+    assert dmc.paper_aggregates["median"]["Baseline"] == 907.0
+    assert "SLAC" not in {m for m, by in reference("dmc100k").paper.items() if "cartpole-swingup" in by}
+
+
+def test_paper_mlr_column_gives_the_hand_computed_aggregates(store):
+    uri, client = store
+    report = analyse(client, RunFilter("atari100k", uri, ("paper",)), reps=50)
+    assert report.objectives == ["paper_mlr"]
+    h = np.array([_hns(g, PAPER_MLR[g]) for g in ATARI.tasks])
+    by_hand = {"iqm": np.sort(h)[6:20].mean(),  # 25% trimmed: 6 of 26 off each end
+               "optimality_gap": np.mean(np.maximum(1.0 - h, 0.0)),
+               "median": np.median(h), "mean": np.mean(h)}
+    got = report.intervals["paper_mlr"]
+    for metric, value in by_hand.items():
+        assert got[metric].point == pytest.approx(value, abs=1e-12)
+        # one seed per game: the stratified bootstrap over seeds cannot move anything
+        assert got[metric].low == pytest.approx(value) and got[metric].high == pytest.approx(value)
+    spec = {"iqm": 0.435, "optimality_gap": 0.522, "median": 0.428, "mean": 0.679}  # MLR_SPEC, from the means
+    for metric, value in spec.items():
+        assert got[metric].point == pytest.approx(value, abs=5e-4)
+    assert any("zero width" in n for n in report.notes)
+    assert not any("no runs on" in n for n in report.notes)
+
+
+def test_several_seeds_means_cis_and_notes(store):
+    uri, client = store
+    report = analyse(client, RunFilter("atari100k", uri, ("seeds",)), reps=300, seed=1)
+    assert report.objectives == ["baseline", "mlr"]
+    alien = report.stats["mlr"]["alien"]
+    assert alien.n == 3 and alien.seeds == ("0", "1", "2")  # FAILED, RUNNING and metric-less runs left out
+    assert alien.mean == pytest.approx(np.mean([_seed_score("alien", s) for s in range(3)]))
+    assert alien.std == pytest.approx(np.std([_seed_score("alien", s) for s in range(3)], ddof=1))
+    assert alien.normalized_mean == pytest.approx(_hns("alien", alien.mean))
+    # uneven seeds: aggregates take the first 2 seeds of every game
+    matrix = report.matrices["mlr"]
+    assert matrix.seeds_per_task == 2 and matrix.tasks == ("alien", "boxing", "breakout", "pong")
+    expected = np.array([[_hns(g, _seed_score(g, s)) for g in matrix.tasks] for s in range(2)])
+    np.testing.assert_allclose(matrix.scores, expected)
+    for metric, iv in report.intervals["mlr"].items():
+        assert iv.low <= iv.point <= iv.high, metric
+    assert report.intervals["mlr"]["iqm"].low < report.intervals["mlr"]["iqm"].high
+    assert report.intervals["mlr"]["mean"].point == pytest.approx(expected.mean())
+    notes = "\n".join(report.notes)
+    assert "mlr: no runs on 22 of 26 games" in notes and "up_n_down" in notes
+    assert "fewer seeds than the most (3) on: breakout (2)" in notes
+    assert "aggregates over the 4 of 26 games with runs only (the paper's cover all 26)" in notes
+    assert "tetris" in notes and report.extra_tasks == ["tetris"]
+    assert "1 FINISHED run(s) without final_return" in notes
+    text = per_task_table(report).to_text()
+    assert NO_RUNS in text and "Alien" in text
+
+
+def test_dmc_mean_std_per_task_and_over_tasks(store):
+    uri, client = store
+    report = analyse(client, RunFilter("dmc100k", uri, ("dmc",), ("mlr",)), reps=100)
+    for task, returns in DMC_TASKS.items():
+        st = report.stats["mlr"][task]
+        assert st.mean == pytest.approx(np.mean(returns)) and st.std == pytest.approx(np.std(returns, ddof=1))
+    means = [np.mean(r) for r in DMC_TASKS.values()]
+    assert report.summaries["mlr"]["mean"] == pytest.approx(np.mean(means))
+    assert report.summaries["mlr"]["median"] == pytest.approx(np.median(means))
+    assert report.intervals["mlr"]["mean"].point == pytest.approx(np.mean(means) / 1000)
+    text = per_task_table(report).to_text()
+    finger = next(line for line in text.splitlines() if line.startswith("Finger, spin"))
+    assert "907 ± 40 (3)" in finger and "907 ± 58" in finger and "853 ± 112" in finger
+    assert text.count(NO_RUNS) == 2  # reacher and ball_in_cup
+    assert "772.8" in text and "836.0" in text  # the paper's Mean and Median rows
+    assert "mlr: no runs on 2 of 6 tasks: reacher-easy, ball_in_cup-catch" in report.notes
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_no_matching_runs_is_a_one_line_error_naming_the_filters(store, capsys, tmp_path):
+    uri, client = store
+    args = ["--benchmark", "atari100k", "--tracking-uri", uri, "--out", str(tmp_path / "r")]
+    assert main([*args, "--experiment", "seeds", "--tag", "agent=nope", "--objective", "mlr"]) == 2
+    line = _error_line(capsys)
+    assert "no FINISHED runs with metric final_return" in line
+    for part in ("benchmark=atari100k", "experiments=seeds", "objectives=mlr", "tag agent=nope", uri):
+        assert part in line
+    assert main([*args, "--experiment", "nosuch"]) == 2
+    assert "no experiment 'nosuch'" in _error_line(capsys)
+    assert main([*args, "--tag", "agent"]) == 2
+    assert "key=value" in _error_line(capsys)
+    with pytest.raises(NoRunsError):
+        main([*args, "--benchmark", "dmc500k", "--debug"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):
+    uri, client = store
+    out = tmp_path / "report"
+    assert main(["--benchmark", "atari100k", "--tracking-uri", uri, "--experiment", "seeds",
+                 "--objective", "mlr", "--objective", "baseline", "--out", str(out), "--reps", "100"]) == 0
+    stdout = capsys.readouterr().out
+    assert "Alien" in stdout and NO_RUNS in stdout and "IQM" in stdout and "Notes:" in stdout
+    header = stdout.splitlines()[2]
+    assert header.index("mlr (n)") < header.index("baseline (n)") < header.index("Paper MLR")
+    pngs = ["aggregates.png", "performance_profiles.png", "per_game.png", "learning_curves.png"]
+    for name in ["table.md", "per_game.csv", "aggregates.csv", *pngs]:
+        assert (out / name).stat().st_size > 0, name
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader(open(out / "per_game.csv")))
+    assert len(rows) == 2 * 27  # 26 games + tetris, per objective
+    pong = next(r for r in rows if r["objective"] == "mlr" and r["task"] == "pong")
+    assert int(pong["n_seeds"]) == 3 and float(pong["paper_MLR"]) == 4.9
+    assert float(pong["mean"]) == pytest.approx(np.mean([_seed_score("pong", s) for s in range(3)]))
+    aggs = list(csv.DictReader(open(out / "aggregates.csv")))
+    assert {(r["objective"], r["metric"]) for r in aggs} >= {("mlr", "iqm"), ("baseline", "optimality_gap")}
+    assert "![learning_curves.png](learning_curves.png)" in (out / "table.md").read_text()
+
+    exp = client.get_experiment_by_name(REPORT_EXPERIMENT)
+    runs = client.search_runs([exp.experiment_id], "tags.report = 'true' and tags.benchmark = 'atari100k'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "report" and run.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"table.md", "aggregates.csv", *pngs}
+    assert "mlr/iqm" in run.data.metrics
+    # a later report over all experiments does not count the report run as a training run
+    again = analyse(client, RunFilter("atari100k", uri), reps=10)
+    assert "1 FINISHED run(s) without final_return left out" in again.notes
+
+
+def test_dmc_cli_without_plots_or_mlflow(store, capsys, tmp_path):
+    uri, client = store
+    out = tmp_path / "dmc"
+    assert main(["--benchmark", "dmc100k", "--tracking-uri", uri, "--out", str(out), "--reps", "50",
+                 "--no-plots", "--no-mlflow"]) == 0
+    assert "Mean (over tasks)" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["aggregates.csv", "per_game.csv", "table.md"]
+    rows = {r["metric"]: r for r in csv.DictReader(open(out / "aggregates.csv"))}
+    means = [np.mean(r) for r in DMC_TASKS.values()]
+    assert float(rows["task_median"]["point"]) == pytest.approx(np.median(means))
+    assert float(rows["task_mean"]["paper_MLR"]) == 772.8
