@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import gin
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import gin
 from mlr_registry.batch import Batch
 from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.errors import ConfigError

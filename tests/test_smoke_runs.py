@@ -4,7 +4,6 @@ dm_control task at tiny size, producing an MLflow run with the conventions of DE
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO, mlflow_runs, run_cli
 
 

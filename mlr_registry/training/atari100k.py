@@ -23,6 +23,7 @@ from mlr_registry.envs.atari import HUMAN_SCORES, AtariEnv, human_normalized
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
+from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.common import (
     MetricWindow,
     objective_of,
@@ -76,6 +77,8 @@ class Atari100kTrainer:
         benchmark: str = "atari100k",
         objective: str | None = None,
         progress: bool = True,
+        video: bool = True,
+        video_max_steps: int = 2000,
     ):
         if agent is None:
             raise ConfigError("atari100k.agent is not set; bind it, e.g. atari100k.agent = @agents.rainbow")
@@ -109,6 +112,8 @@ class Atari100kTrainer:
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
         self.progress = progress
+        self.video = video
+        self.video_max_steps = video_max_steps
         self.update_count = 0
 
     def run_tags(self) -> dict[str, str]:
@@ -121,6 +126,7 @@ class Atari100kTrainer:
         return linear_epsilon(step, self.learning_starts, decay, initial, final)
 
     def train(self, tracker: Tracker) -> dict[str, float]:
+        tracker = CurveTracker(tracker)
         if self.eval_at_start:
             tracker.log_metrics(self._eval_metrics(self.evaluate(epsilon=1.0)), step=0)
         obs, _ = self.env.reset(seed=self.seed)
@@ -157,6 +163,8 @@ class Atari100kTrainer:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
         final = self._eval_metrics(self.evaluate(), final=True)
         tracker.log_metrics(final, step=self.num_env_steps)
+        frames = self.record_episode() if self.video else None
+        log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
 
     def _update(self) -> dict[str, float]:
@@ -205,3 +213,19 @@ class Atari100kTrainer:
         for env in envs:
             env.close()
         return scores
+
+    video_fps = 15  # agent steps per second of video (each is 4 frames of the game)
+
+    def record_episode(self) -> list[np.ndarray]:
+        """Newest frames (84x84 gray) of one greedy evaluation episode, for the run's video."""
+        env = self.env_factory(seed=self.seed * 100 + self.eval_episodes, terminal_on_life_loss=False)
+        obs, _ = env.reset(seed=self.seed * 100 + self.eval_episodes)
+        frames = [obs[-1]]
+        for _ in range(self.video_max_steps):
+            action = self.agent.act(torch.as_tensor(obs, device=self.device), epsilon=self.eval_epsilon, greedy=True)
+            obs, _, terminated, truncated, _ = env.step(int(action[0]))
+            frames.append(obs[-1])
+            if terminated or truncated:
+                break
+        env.close()
+        return frames

@@ -14,7 +14,8 @@ evaluates on the training env at episode boundaries, which changes only the env'
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from mlr_registry.envs.dmc import DMCEnv
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.transition_replay import TransitionReplay
+from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.common import (
     MetricWindow,
     objective_of,
@@ -64,6 +66,8 @@ class DMCTrainer:
         benchmark: str | None = None,
         objective: str | None = None,
         progress: bool = True,
+        video: bool = True,
+        video_max_steps: int = 2000,
     ):
         """num_env_steps, eval_every and log_every count env steps; init_steps counts agent
         steps (the reference multiplies its 1000 by the action repeat)."""
@@ -98,6 +102,8 @@ class DMCTrainer:
         self.benchmark = benchmark or f"dmc{num_env_steps // 1000}k"
         self.objective = objective or objective_of(self.agent)
         self.progress = progress
+        self.video = video
+        self.video_max_steps = video_max_steps
         self.update_count = 0
         self._rng = np.random.default_rng(seed)
         self._eval_env = None
@@ -113,6 +119,7 @@ class DMCTrainer:
         return every > 0 and env_step % every < self.action_repeat
 
     def train(self, tracker: Tracker) -> dict[str, float]:
+        tracker = CurveTracker(tracker)
         agent_steps = self.num_env_steps // self.action_repeat
         wants_sequences = len(getattr(self.agent, "aux_losses", [])) > 0
         obs, _ = self.env.reset(seed=self.seed)
@@ -152,6 +159,8 @@ class DMCTrainer:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
         final = self._eval_metrics(self.evaluate(), final=True)
         tracker.log_metrics(final, step=self.num_env_steps)
+        frames = self.record_episode() if self.video else None
+        log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
 
     def _update(self, wants_sequences: bool) -> dict[str, float]:
@@ -186,3 +195,21 @@ class DMCTrainer:
                 scores[episode] += float(info.get("raw_reward", reward))
                 done = terminated or truncated
         return scores
+
+    @property
+    def video_fps(self) -> int:
+        """Real time: dm_control's control step is 0.01 s for these tasks, times the action repeat."""
+        return max(1, round(100 / self.action_repeat))
+
+    def record_episode(self) -> list[np.ndarray]:
+        """Newest RGB frames (h w 3) of one deterministic evaluation episode, for the run's video."""
+        env = self.env_factory(seed=self.seed + 2 * EVAL_SEED_OFFSET)
+        obs, _ = env.reset()
+        frames = [np.moveaxis(obs[-3:], 0, -1)]
+        for _ in range(self.video_max_steps):
+            action = self.agent.act(torch.as_tensor(obs, device=self.device), greedy=True)
+            obs, _, terminated, truncated, _ = env.step(action.reshape(-1).cpu().numpy())
+            frames.append(np.moveaxis(obs[-3:], 0, -1))
+            if terminated or truncated:
+                break
+        return frames
