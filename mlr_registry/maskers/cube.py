@@ -78,33 +78,44 @@ class CubeMasker:
             self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[device]
 
-    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+    per_sample = False  # one mask for the whole batch (the paper); True: one per sample
+
+    def block_length(self, t: int) -> int:
+        """Timesteps sharing one spatial pattern (variants override: spatial 1, tube t)."""
+        return self.block_size
+
+    def _grid(self, obs: torch.Tensor) -> tuple[int, int, int, int]:
         if obs.dim() != 5:
-            raise ValueError(f"cube masker expects obs of shape (b t c h w), got {tuple(obs.shape)}")
+            raise ValueError(f"{type(self).__name__} expects obs of shape (b t c h w), got {tuple(obs.shape)}")
         b, t, _, h, w = obs.shape
         p = self.patch_size
         if h % p or w % p:
             raise ConfigError(
-                f"maskers.cube: frame size {h}x{w} is not divisible by patch_size = {p}; "
+                f"{type(self).__name__}: frame size {h}x{w} is not divisible by patch_size = {p}; "
                 "choose a patch_size that divides both"
             )
-        if t % self.block_size:
+        return b, t, h // p, w // p
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        b, t, gh, gw = self._grid(obs)
+        block = self.block_length(t)
+        if t % block:
             raise ConfigError(
                 f"maskers.cube: sequence length t = {t} is not divisible by block_size = "
-                f"{self.block_size}; choose a block_size that divides the sequence length"
+                f"{block}; choose a block_size that divides the sequence length"
             )
-        gh, gw = h // p, w // p
         num_patches = gh * gw
-        num_blocks = t // self.block_size
+        sets = b if self.per_sample else 1
         device = obs.device
         # argsort of iid uniform noise is a uniform random permutation per block; the patches
         # whose rank is below num_masked form a uniform random subset of exactly that size.
-        noise = torch.rand(num_blocks, num_patches, device=device, generator=self._generator(device))
-        pattern = noise.argsort(dim=1) < self.num_masked(num_patches)  # (nb, gh*gw) bool
-        mask = repeat(pattern, "nb (gh gw) -> (nb bs) 1 (gh ph) (gw pw)",
-                      gh=gh, gw=gw, bs=self.block_size, ph=p, pw=p)  # (t 1 h w)
-        return mask.unsqueeze(0).expand(b, -1, -1, -1, -1)  # (b t 1 h w), shared by the batch
+        noise = torch.rand(sets, t // block, num_patches, device=device, generator=self._generator(device))
+        pattern = noise.argsort(dim=-1) < self.num_masked(num_patches)  # (s nb gh*gw) bool
+        p = self.patch_size
+        mask = repeat(pattern, "s nb (gh gw) -> s (nb bs) 1 (gh ph) (gw pw)",
+                      gh=gh, gw=gw, bs=block, ph=p, pw=p)  # (s t 1 h w)
+        return mask.expand(b, -1, -1, -1, -1)  # (b t 1 h w); shared by the batch unless per_sample
 
     def __repr__(self) -> str:
-        return (f"CubeMasker(patch_size={self.patch_size}, mask_ratio={self.mask_ratio}, "
+        return (f"{type(self).__name__}(patch_size={self.patch_size}, mask_ratio={self.mask_ratio}, "
                 f"block_size={self.block_size}, seed={self.seed})")

@@ -1,0 +1,40 @@
+"""Frame masking: whole observations dropped at random steps of the sequence.
+
+An ablation of the cube mask in time only: exactly ``t - int((1 - mask_ratio)·t)`` of the
+``t`` steps are blanked entirely (the same rounding as ``cube``), one draw per update shared by
+the batch, so the decoder must rebuild whole latents from the remaining steps and the actions.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import repeat
+
+from mlr_registry.errors import check_range
+from mlr_registry.registry import register
+
+
+@register("masker", "frame")
+class FrameMasker:
+    """``masker(obs (b t c h w)) -> mask (b t 1 h w)`` bool, True on every pixel of a dropped step."""
+
+    def __init__(self, mask_ratio: float = 0.5, seed: int | None = None) -> None:
+        """mask_ratio: fraction of steps dropped (exact count); seed: own generator when given."""
+        check_range("maskers.frame.mask_ratio", mask_ratio, 0.0, 1.0)
+        self.mask_ratio = float(mask_ratio)
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def num_masked(self, t: int) -> int:
+        return t - int((1.0 - self.mask_ratio) * t + 1e-9)
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        if obs.dim() != 5:
+            raise ValueError(f"FrameMasker expects obs of shape (b t c h w), got {tuple(obs.shape)}")
+        b, t, _, h, w = obs.shape
+        generator = None
+        if self.seed is not None:
+            generator = self._generators.setdefault(
+                obs.device, torch.Generator(device=obs.device).manual_seed(self.seed))
+        steps = torch.rand(t, device=obs.device, generator=generator).argsort() < self.num_masked(t)  # (t)
+        return repeat(steps, "t -> b t 1 h w", b=b, h=h, w=w)
