@@ -62,3 +62,26 @@ def test_bench_rainbow_act(benchmark):
 
     action = benchmark.pedantic(act, rounds=3, iterations=5)
     assert action.shape == (1,) and 0 <= int(action) < A
+
+
+def test_bench_rainbow_mlr_update(benchmark):
+    """The full-size MLR update: Rainbow + the MLR loss (157M-parameter transformer over 1,024
+    tokens of 3,136 dims). Seconds per update on a CPU, so only with --benchmark-enable."""
+    if benchmark.disabled:
+        import pytest
+
+        pytest.skip("full-size MLR update (seconds on a CPU) runs only with --benchmark-enable (tox -e bench)")
+    from mlr_registry.losses.mlr import MLRLoss
+
+    torch.manual_seed(0)
+    agent = Rainbow((4, 84, 84), A, device=DEVICE, aux_losses=[MLRLoss()])
+    batch = _batch()
+    agent.update(batch)
+
+    def step():
+        metrics = agent.update(batch)
+        _sync()
+        return metrics
+
+    metrics = benchmark.pedantic(step, rounds=3, iterations=1)
+    assert {"rl_loss", "mlr_loss"} <= set(metrics)
