@@ -94,3 +94,30 @@ def mlflow_runs(db: Path, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment!r} in {db}"
     return client, client.search_runs([exp.experiment_id])
+
+
+class RecordingTracker:
+    """An in-memory tracker for in-process trainer runs: metric histories and artifact copies."""
+
+    def __init__(self, keep: Path | None = None) -> None:
+        self.history: dict[str, list[float]] = {}
+        self.keep = keep
+        self.files: dict[str, Path] = {}
+
+    def log_metrics(self, metrics, step):
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append(float(value))
+
+    def log_artifact(self, local_path, artifact_path=None):
+        if self.keep is not None:  # the trainer deletes its temporary folder afterwards
+            import shutil
+
+            target = self.keep / f"{artifact_path}__{Path(local_path).name}"
+            shutil.copy(local_path, target)
+            self.files[f"{artifact_path}/{Path(local_path).name}"] = target
+
+    def log_text(self, text, artifact_file):
+        pass
+
+    def set_tags(self, tags):
+        pass

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gin
 import pytest
+from conftest import RecordingTracker
 
 from mlr_registry import config, registry
 from mlr_registry.training.experiment import experiment
@@ -30,23 +31,6 @@ def _tiny_for(files: list[str]) -> str:
 
 
 ALL_GIN = sorted(str(p.relative_to(GIN)) for p in GIN.rglob("*.gin"))
-
-
-class ListTracker:
-    def __init__(self) -> None:
-        self.metrics: list[tuple[int, dict]] = []
-
-    def log_metrics(self, metrics, step):
-        self.metrics.append((step, dict(metrics)))
-
-    def log_artifact(self, local_path, artifact_path=None):
-        pass
-
-    def log_text(self, text, artifact_file):
-        pass
-
-    def set_tags(self, tags):
-        pass
 
 
 @pytest.fixture(autouse=True)
@@ -76,10 +60,10 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
     trainer = experiment().trainer()
     tags = trainer.run_tags()
     assert set(tags) >= {"benchmark", "env", "agent", "objective", "seed"}
-    tracker = ListTracker()
+    tracker = RecordingTracker()
     final = trainer.train(tracker)
     assert "final_return" in final and trainer.update_count > 0
-    logged = {key for _, m in tracker.metrics for key in m}
+    logged = set(tracker.history)
     assert "train/rl_loss" in logged or "train/critic_loss" in logged
     if "mlr" in trainer.objective:
         assert "train/mlr_loss" in logged

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gin
 import pytest
+from conftest import RecordingTracker
 
 from mlr_registry import config, registry
 from mlr_registry.training.experiment import experiment
@@ -17,30 +18,12 @@ RANDOM_SCORE = -0.59
 THRESHOLD = 0.3
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.history: dict[str, list[float]] = {}
-
-    def log_metrics(self, metrics, step):
-        for key, value in metrics.items():
-            self.history.setdefault(key, []).append(float(value))
-
-    def log_artifact(self, local_path, artifact_path=None):
-        pass
-
-    def log_text(self, text, artifact_file):
-        pass
-
-    def set_tags(self, tags):
-        pass
-
-
-def _train(gin_file: str) -> Recorder:
+def _train(gin_file: str) -> RecordingTracker:
     registry.load_all()
     config.parse([REPO / gin_file])
     try:
         trainer = experiment().trainer()
-        recorder = Recorder()
+        recorder = RecordingTracker()
         trainer.train(recorder)
     finally:
         gin.clear_config()

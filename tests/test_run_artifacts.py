@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import gin
 import imageio.v2 as imageio
+from conftest import RecordingTracker
 
 from mlr_registry import config, registry
 from mlr_registry.training.experiment import experiment
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class FileTracker:
-    def __init__(self, keep: Path) -> None:
-        self.keep = keep
-        self.files: dict[str, Path] = {}
-
-    def log_metrics(self, metrics, step):
-        pass
-
-    def log_artifact(self, local_path, artifact_path=None):
-        target = self.keep / f"{artifact_path}__{Path(local_path).name}"
-        shutil.copy(local_path, target)  # the trainer deletes its temporary folder afterwards
-        self.files[f"{artifact_path}/{Path(local_path).name}"] = target
-
-    def log_text(self, text, artifact_file):
-        pass
-
-    def set_tags(self, tags):
-        pass
 
 
 def test_training_logs_learning_curve_and_video(tmp_path):
@@ -42,7 +22,7 @@ def test_training_logs_learning_curve_and_video(tmp_path):
                   "trainers.atari100k.log_every = 20"])
     try:
         trainer = experiment().trainer()
-        tracker = FileTracker(tmp_path)
+        tracker = RecordingTracker(keep=tmp_path)
         trainer.train(tracker)
     finally:
         gin.clear_config()
