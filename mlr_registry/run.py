@@ -9,6 +9,7 @@ unknown component or parameter, out-of-range value, broken plugin) print one lin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,16 @@ class Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum, frame):  # noqa: ARG001
     raise Terminated()
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -95,7 +106,9 @@ def train(args: argparse.Namespace) -> int:
         print(f"interrupted: MLflow run {run.run_id} ends KILLED with what it had logged", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        run.end(status)
+        # A second Ctrl-C or SIGTERM while the status is written would leave the run RUNNING.
+        with _signals_ignored():
+            run.end(status)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in final.items())
     print(f"finished MLflow run {run.run_id}: {summary}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -116,11 +117,23 @@ class TrackedRun:
         return path
 
     def end(self, status: str) -> None:
-        """Flush and mark the run FINISHED, FAILED or KILLED (only the first call counts)."""
+        """Flush and mark the run FINISHED, FAILED or KILLED (only the first call counts).
+
+        Ending must not fail: metrics that cannot be written (e.g. a batch cut short by Ctrl-C
+        inside a database write) are dropped with a warning, and the status write is retried
+        once with a fresh client, so the run never stays RUNNING.
+        """
         if self._ended or self.run_id is None:
             return
         self._ended = True
         try:
             self.flush()
-        finally:
+        except Exception as exc:  # noqa: BLE001 - the status below matters more than a metric batch
+            print(f"warning: {len(self._pending)} metric values of run {self.run_id} were not written: "
+                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            self._pending.clear()
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception:  # noqa: BLE001 - retry once on a fresh connection
+            self.client = self._mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
             self.client.set_terminated(self.run_id, status=status)
