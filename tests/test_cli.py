@@ -86,16 +86,17 @@ def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
                              "--bind", "trainers.toy.steps = 1000", "--bind", "trainers.toy.sleep_s = 0.05",
                              "--tracking-uri", f"sqlite:///{db}"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    # Wait for the CLI's "MLflow run ... in experiment" line, printed once the run exists. The test
+    # must not open the store itself meanwhile: two processes creating the SQLite schema race.
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until the run has logged something
-        time.sleep(0.5)
-        if db.exists():
-            try:
-                client, runs = mlflow_runs(db, "toy")
-            except Exception:  # noqa: BLE001 - store still being created
-                continue
-            if runs and client.get_metric_history(runs[0].info.run_id, "train/loss"):
-                break
+    seen = []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if line.startswith("MLflow run ") or not line:
+            break
+    assert any(line.startswith("MLflow run ") for line in seen), "".join(seen)
+    time.sleep(1.0)  # a few toy steps: metrics are in the store
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
