@@ -44,10 +44,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a gin binding applied after the files, e.g. --bind \"atari.game = 'pong'\"")
     p.add_argument("--list", action="store_true",
                    help="list every registered component by kind, with origin, parameters and defaults")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra MLflow tag on the run (repeatable), e.g. --tag sweep=alien-seeds")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the config and train a handful of steps at tiny widths; track nothing")
     p.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     args = p.parse_args(argv)
+    bad = [t for t in args.tag if "=" not in t or not t.split("=", 1)[0].strip()]
+    if bad:
+        p.error(f"--tag {bad[0]!r}: expected KEY=VALUE, e.g. --tag sweep=alien-seeds")
     if not args.list and not args.gin:
         p.error("give at least one --gin FILE (or --list); e.g. --gin gin/smoke/atari_mlr.gin")
     return args
@@ -90,7 +97,8 @@ def train(args: argparse.Namespace) -> int:
     tags = {**trainer.run_tags(),
             "plugins": ",".join(sorted(set(plugins.values()))) or "none",
             "mlr_registry_version": __version__, "git_commit": git_commit(),
-            "gin_files": ",".join(args.gin)}
+            "gin_files": ",".join(args.gin),
+            **dict(t.split("=", 1) for t in args.tag)}
     run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
     run.start(tags, config.operative_params())
     print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)
@@ -125,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"warning: {failure}", file=sys.stderr)
         if args.list:
             print_components()
+            return 0
+        if args.dry_run:
+            from mlr_registry.dry_run import dry_run
+
+            dry_run(args.gin, args.bind)
             return 0
         return train(args)
     except MLRError as exc:

@@ -9,8 +9,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `tox` runs one pytest-xdist worker per core: one torch thread each. More threads than cores
+    # oversubscribes them and makes every update 5-10x slower. Subprocesses (the CLI) inherit it.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 TOY_PLUGIN = '''
 import time
@@ -79,8 +86,9 @@ def run_cli(args: list[str], cwd: Path, site: Path | None = None, timeout: float
     """``python -m mlr_registry.run ARGS`` in a subprocess (a fresh registry and gin)."""
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
-    if site is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    # This checkout first (it may not be pip-installed), then the test's plugin site, if any.
+    paths = [str(REPO), *([str(site)] if site is not None else []), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
     env.update(extra_env or {})
     return subprocess.run([sys.executable, "-m", "mlr_registry.run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

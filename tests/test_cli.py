@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import make_distribution, mlflow_runs, run_cli
+from conftest import REPO, make_distribution, mlflow_runs, run_cli
 
 
 def _single_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -37,6 +37,7 @@ def test_run_creates_mlflow_run_with_params_tags_and_config(tmp_path, toy_site, 
     override.write_text("trainers.toy.steps = 4\n")
     db = tmp_path / "store.db"
     proc = run_cli(["--gin", str(toy_gin), "--gin", str(override), "--bind", "trainers.toy.lr = 0.5",
+                    "--tag", "sweep=s1", "--tag", "note=a=b",
                     "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, site=toy_site)
     assert proc.returncode == 0, proc.stderr
     client, runs = mlflow_runs(db, "toy")
@@ -51,11 +52,19 @@ def test_run_creates_mlflow_run_with_params_tags_and_config(tmp_path, toy_site, 
         "toy", "toy-env", "none", "baseline", "0"}
     assert tags["plugins"] == "toy-plugin"
     assert tags["mlr_registry_version"] and tags["git_commit"]
+    assert tags["sweep"] == "s1" and tags["note"] == "a=b"  # --tag KEY=VALUE, split at the first '='
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in history] == [0, 1, 2, 3]
     assert history[-1].value == pytest.approx(0.25)
     config_text = client.download_artifacts(run.info.run_id, "config/operative_config.gin", str(tmp_path))
     assert "toy.steps = 4" in open(config_text).read()
+
+
+def test_malformed_tag_is_a_usage_error(tmp_path, toy_site, toy_gin):
+    proc = run_cli(["--gin", str(toy_gin), "--tag", "no-equals-sign"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 2
+    assert "--tag 'no-equals-sign': expected KEY=VALUE" in proc.stderr
+    assert not (tmp_path / "mlruns.db").exists()
 
 
 def test_default_store_is_local_sqlite(tmp_path, toy_site, toy_gin):
@@ -80,7 +89,7 @@ def test_crash_ends_failed_with_logged_metrics(tmp_path, toy_site, toy_gin):
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
 def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
     db = tmp_path / "store.db"
-    env = dict(os.environ, PYTHONPATH=str(toy_site))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(toy_site)]))
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, "-m", "mlr_registry.run", "--gin", str(toy_gin),
                              "--bind", "trainers.toy.steps = 1000", "--bind", "trainers.toy.sleep_s = 0.05",

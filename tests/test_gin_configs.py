@@ -11,6 +11,7 @@ import pytest
 from conftest import RecordingTracker
 
 from mlr_registry import config, registry
+from mlr_registry.dry_run import tiny_bindings
 from mlr_registry.training.experiment import experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,11 +24,6 @@ OVERLAYS = {
 }
 for task in (GIN / "dmc").glob("*.gin"):
     OVERLAYS[f"dmc/{task.name}"] = ["gin/dmc_mlr.gin"]
-
-
-def _tiny_for(files: list[str]) -> str:
-    text = "".join((REPO / f).read_text() for f in files)
-    return "gin/smoke/tiny_dmc.gin" if "trainers.dmc" in text or "dmc_" in text else "gin/smoke/tiny_atari.gin"
 
 
 ALL_GIN = sorted(str(p.relative_to(GIN)) for p in GIN.rglob("*.gin"))
@@ -48,15 +44,8 @@ def test_every_gin_file_is_listed():
 
 @pytest.mark.parametrize("name", ALL_GIN)
 def test_gin_file_builds_and_runs_a_few_steps(name):
-    files = [*OVERLAYS.get(name, []), f"gin/{name}"]
-    files.append(_tiny_for(files))
-    budget = ["trainers.atari100k.num_env_steps = 48", "trainers.atari100k.learning_starts = 40",
-              "trainers.atari100k.eval_episodes = 1", "trainers.atari100k.eval_max_steps = 5",
-              "trainers.atari100k.batch_size = 2",
-              # 160 env steps: a multiple of every action repeat, one episode, > 17 agent steps
-              "trainers.dmc.num_env_steps = 160", "trainers.dmc.init_steps = 17", "trainers.dmc.eval_every = 0",
-              "envs.dmc.episode_length = 160", "encoders.nature_cnn.channels = (2, 4, 4)"]
-    config.parse([REPO / f for f in files], budget)
+    files = [str(REPO / f) for f in (*OVERLAYS.get(name, []), f"gin/{name}")]
+    config.parse(files, tiny_bindings(files, []))  # the CLI's --dry-run sizes
     trainer = experiment().trainer()
     tags = trainer.run_tags()
     assert set(tags) >= {"benchmark", "env", "agent", "objective", "seed"}
