@@ -19,6 +19,12 @@ step, which gives the reference's one-update lag; SAC: every 2nd step).
 Atari and DMC differ only in parameters here; the DMC gin file sets ``target_tau = 0.05``,
 ``projector = "mlp"``, ``predictor = "mlp"``, ``unnormalized_masked_input = False``,
 ``init = "trunc_normal"`` and ``reinit_encoder_linear = True``.
+
+Ablations (gin/ablations/): ``distance = "mse"`` (plain latent MSE instead of the normalized
+distance), ``projector = "none"`` / ``predictor = "none"`` (identity heads), and any registered
+decoder (``decoders.mlp``: no temporal context; ``decoders.none``: no decoder). The pixel-target
+variant is its own loss, ``losses.pixel_mlr`` (losses/pixel_reconstruction.py), built from the
+helpers below (``sequence_window``, ``mask_pixels``, ``importance_weighted``, ...).
 """
 
 from __future__ import annotations
@@ -37,8 +43,9 @@ from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss
 from mlr_registry.maskers.cube import CubeMasker
 from mlr_registry.registry import register
 
-PROJECTORS = ("agent", "mlp")
-PREDICTORS = ("linear", "mlp")
+PROJECTORS = ("agent", "mlp", "none")
+PREDICTORS = ("linear", "mlp", "none")
+DISTANCES = ("cosine", "mse")
 INITS = ("torch_default", "trunc_normal")
 
 
@@ -49,6 +56,71 @@ def normalized_squared_distance(p: torch.Tensor, z: torch.Tensor, eps: float = 1
     p = p / p.norm(dim=-1, keepdim=True).clamp_min(eps)
     z = z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
     return (p - z).pow(2).sum(dim=-1)
+
+
+def mean_squared_error(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``(n f), (n f) -> (n)``: ``mean_f (p − z)²`` in float32, no normalization (the "mse"
+    distance ablation: the latents' scale now matters, so the encoder could shrink it)."""
+    return (p.float() - z.float()).pow(2).mean(dim=-1)
+
+
+# --- shared by the masked-sequence objectives (this loss and losses.pixel_mlr) ---------------
+
+def check_sequence_length(name: str, value: int) -> None:
+    """``value`` must be an integer >= 1 (``name`` is the gin parameter, for the message)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} = {value!r} must be an integer")
+    check_range(name, value, 1)
+
+
+def check_decoder_factory(name: str, decoder: object) -> None:
+    if not callable(decoder):
+        raise ConfigError(f"{name} = {decoder!r} must be a decoder factory, e.g. "
+                          "@decoders.transformer (without parentheses)")
+
+
+def build_decoder(factory: Callable[..., nn.Module], agent: AuxHost) -> nn.Module:
+    """The decoder sized from the agent ("widths follow the encoder")."""
+    return factory(dim=int(agent.latent_dim), num_actions=int(agent.num_actions),
+                   discrete_actions=bool(agent.discrete_actions))
+
+
+def sequence_window(batch: Batch, length: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``length`` steps: obs ``(b t c h w)`` uint8 and actions ``(b t)`` or ``(b t a)``.
+    ``name`` is the loss's sequence_length parameter, for the error message."""
+    if batch.obs.shape[1] < length:
+        raise ConfigError(f"{name} = {length} but the batch holds only "
+                          f"{batch.obs.shape[1]} steps; sample longer sequences from replay")
+    return batch.obs[:, :length], batch.action[:, :length]
+
+
+def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor],
+                unnormalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``obs (b t c h w) uint8 -> (mask (b t 1 h w) bool, masked (b t c h w) float)``: masked
+    pixels are zeroed on the raw pixels, before any augmentation (MLR_SPEC §3); ``masked`` is
+    in [0, 255] when ``unnormalized`` (the Atari quirk), else in [0, 1]."""
+    mask = masker(obs)  # True = zeroed
+    masked = obs.masked_fill(mask, 0).float()
+    if not unnormalized:
+        masked = masked / 255.0
+    return mask, masked
+
+
+def importance_weighted(per_sample: torch.Tensor, batch: Batch, use: bool) -> torch.Tensor:
+    """``per_sample (b ...)`` times the PER importance weight of its sequence (MLR_SPEC §4.7),
+    when ``use`` and the batch has weights; unchanged otherwise."""
+    if not use or batch.weights is None:
+        return per_sample
+    w = batch.weights.to(per_sample)
+    return per_sample * w.reshape(-1, *([1] * (per_sample.dim() - 1)))
+
+
+def decoder_clip_groups(decoder: nn.Module) -> list[list[nn.Parameter]]:
+    """The decoder's ``block_parameters()`` (its transformer blocks: MLR_SPEC checklist 25), or
+    all its parameters when it has no such method; no group when that is empty."""
+    blocks = getattr(decoder, "block_parameters", decoder.parameters)
+    group = list(blocks())
+    return [group] if group else []
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -83,7 +155,7 @@ class MLRLoss(AuxiliaryLoss):
                  projection_hidden: int = 100, predictor: str = "linear",
                  unnormalized_masked_input: bool = True, use_importance_weights: bool = True,
                  normalize_eps: float = 1e-3, init: str = "torch_default",
-                 reinit_encoder_linear: bool = False) -> None:
+                 reinit_encoder_linear: bool = False, distance: str = "cosine") -> None:
         """
         Args:
             masker: a masker instance (gin: ``@maskers.cube()``), ``obs (b t c h w) -> mask
@@ -103,11 +175,15 @@ class MLRLoss(AuxiliaryLoss):
                 value/advantage layers, mu weights, 512-d, §4.3) and a deep copy of it as the
                 target projector; "mlp" = this loss's ``Linear(d, projection_hidden) ReLU
                 Linear(projection_hidden, d)`` and an independently initialized target
-                projector of the same shape (DMC, Part 2 §5 / §7 item 7).
+                projector of the same shape (DMC, Part 2 §5 / §7 item 7); "none" = the
+                identity on both sides (ablation: the loss compares decoded latents with
+                target-encoder latents directly; on Atari MLR then no longer shapes the Q-head).
             projection_hidden: hidden width of the "mlp" projector and predictor (DMC
                 ``latent_dim`` = 100).
             predictor: "linear" = ``Linear(p, p)`` (Atari §4.4); "mlp" = ``Linear(p,
-                projection_hidden) ReLU Linear(projection_hidden, p)`` (DMC).
+                projection_hidden) ReLU Linear(projection_hidden, p)`` (DMC); "none" = the
+                identity (ablation: the online and target branches become symmetric but for
+                the decoder). p is the projector's output width (d with projector "none").
             unnormalized_masked_input: the Atari DTYPE QUIRK (MLR_SPEC §3, checklist 14): the
                 masked online branch gets ``mask·raw pixels`` in [0, 255], NOT divided by 255,
                 while the target branch gets [0, 1]. True (default) reproduces the released
@@ -121,25 +197,25 @@ class MLRLoss(AuxiliaryLoss):
             reinit_encoder_linear: the DMC reference's MTM init also re-initializes the
                 Linear/LayerNorm layers of the shared online encoder and of the target encoder,
                 each with an independent draw (Part 2 §7 item 10). Requires init="trunc_normal".
+            distance: "cosine" (both papers, §4.7): ``‖p/‖p‖ − z/‖z‖‖²`` = 2 − 2·cos per step;
+                "mse" (ablation): ``mean_f (p − z)²``, no normalization, in float32. The
+                ``mlr_cosine`` metric is the cosine similarity either way.
         """
         super().__init__()
         check_range("losses.mlr.weight", weight, 0.0)
-        if isinstance(sequence_length, bool) or not isinstance(sequence_length, int):
-            raise ConfigError(f"losses.mlr.sequence_length = {sequence_length!r} must be an integer")
-        check_range("losses.mlr.sequence_length", sequence_length, 1)
+        check_sequence_length("losses.mlr.sequence_length", sequence_length)
         check_range("losses.mlr.target_tau", target_tau, 0.0, 1.0, low_open=True)
         check_range("losses.mlr.projection_hidden", projection_hidden, 1)
         check_range("losses.mlr.normalize_eps", normalize_eps, 0.0, low_open=True)
         for name, value, allowed in (("projector", projector, PROJECTORS),
-                                     ("predictor", predictor, PREDICTORS), ("init", init, INITS)):
+                                     ("predictor", predictor, PREDICTORS), ("init", init, INITS),
+                                     ("distance", distance, DISTANCES)):
             if value not in allowed:
                 raise ConfigError(f"losses.mlr.{name} = {value!r}; expected one of {', '.join(allowed)}")
         if reinit_encoder_linear and init != "trunc_normal":
             raise ConfigError("losses.mlr.reinit_encoder_linear = True re-initializes the encoder with this "
                               f"loss's init scheme; set losses.mlr.init = 'trunc_normal' (got {init!r})")
-        if not callable(decoder):
-            raise ConfigError(f"losses.mlr.decoder = {decoder!r} must be a decoder factory, e.g. "
-                              "@decoders.transformer (without parentheses)")
+        check_decoder_factory("losses.mlr.decoder", decoder)
         self.masker = masker if masker is not None else CubeMasker()
         self.decoder_factory = decoder
         self.weight = float(weight)
@@ -153,14 +229,14 @@ class MLRLoss(AuxiliaryLoss):
         self.normalize_eps = float(normalize_eps)
         self.init = init
         self.reinit_encoder_linear = bool(reinit_encoder_linear)
+        self.distance = distance
         # (online encoder, online projector): the modules the targets track. A plain tuple, so
         # the agent's modules are not registered here (no duplicates in optimizers/state_dicts).
         self._online: tuple[nn.Module, nn.Module] | None = None
 
     def setup(self, agent: AuxHost) -> None:
         d = int(agent.latent_dim)
-        self.decoder = self.decoder_factory(dim=d, num_actions=int(agent.num_actions),
-                                            discrete_actions=bool(agent.discrete_actions))
+        self.decoder = build_decoder(self.decoder_factory, agent)
         self.target_encoder = _frozen_copy(agent.encoder)
         if self.reinit_encoder_linear:  # after the copy: the two get independent draws (DMC)
             trunc_normal_init(agent.encoder)
@@ -172,12 +248,19 @@ class MLRLoss(AuxiliaryLoss):
             online_projector = agent.projector
             self.target_projector = _frozen_copy(online_projector)
             p = _output_size(online_projector, d)
-        else:
+        elif self.projector_kind == "mlp":
             self.projector = _mlp(d, self.projection_hidden, d)
             self.target_projector = _mlp(d, self.projection_hidden, d).requires_grad_(False)
             online_projector, p = self.projector, d
-        self.predictor = (nn.Linear(p, p) if self.predictor_kind == "linear"
-                          else _mlp(p, self.projection_hidden, p))
+        else:  # "none"
+            self.projector, self.target_projector = nn.Identity(), nn.Identity()
+            online_projector, p = self.projector, d
+        if self.predictor_kind == "linear":
+            self.predictor = nn.Linear(p, p)
+        elif self.predictor_kind == "mlp":
+            self.predictor = _mlp(p, self.projection_hidden, p)
+        else:  # "none"
+            self.predictor = nn.Identity()
         if self.init == "trunc_normal":
             for module in (self.predictor, self.target_projector,
                            self.projector if self.projector_kind == "mlp" else None):
@@ -199,18 +282,11 @@ class MLRLoss(AuxiliaryLoss):
         if self._online is None:
             raise RuntimeError("MLRLoss.setup(agent) must be called before the loss is used")
         T = self.sequence_length
-        if batch.obs.shape[1] < T:
-            raise ConfigError(f"losses.mlr.sequence_length = {T} but the batch holds only "
-                              f"{batch.obs.shape[1]} steps; sample longer sequences from replay")
-        obs = batch.obs[:, :T]  # (b t c h w) uint8
-        actions = batch.action[:, :T]  # (b t) or (b t a)
+        obs, actions = sequence_window(batch, T, "losses.mlr.sequence_length")  # (b t c h w) uint8
         b = obs.shape[0]
 
         # Online branch: mask raw pixels, then augment (MLR_SPEC §3 "mask first").
-        mask = self.masker(obs)  # (b t 1 h w) bool, True = zeroed
-        masked = obs.masked_fill(mask, 0).float()  # zero on the raw pixels
-        if not self.unnormalized_masked_input:
-            masked = masked / 255.0
+        _, masked = mask_pixels(obs, self.masker, self.unnormalized_masked_input)  # (b t c h w)
         masked = rearrange(masked, "b t c h w -> (b t) c h w")
         latents = agent.encoder(agent.augment(masked)).reshape(b * T, -1)  # (n d)
         decoded = self.decoder(rearrange(latents, "(b t) d -> b t d", b=b), actions)  # (b t d)
@@ -222,15 +298,18 @@ class MLRLoss(AuxiliaryLoss):
             target_latents = self.target_encoder(agent.augment(target_in)).reshape(b * T, -1)
             target = self.target_projector(target_latents)  # (n p)
 
-        per_step = rearrange(normalized_squared_distance(pred, target, self.normalize_eps),
-                             "(b t) -> b t", b=b)  # (b t) float32
-        weighted = per_step
-        if self.use_importance_weights and batch.weights is not None:
-            weighted = per_step * batch.weights.to(per_step)[:, None]
+        if self.distance == "cosine":
+            distance = normalized_squared_distance(pred, target, self.normalize_eps)
+        else:
+            distance = mean_squared_error(pred, target)
+        per_step = rearrange(distance, "(b t) -> b t", b=b)  # (b t) float32
+        weighted = importance_weighted(per_step, batch, self.use_importance_weights)
         loss = self.weight * weighted.mean()
 
         with torch.no_grad():  # cosine = 1 − L/2 (exact when both norms exceed eps)
-            stats = torch.stack([per_step.mean(), 1.0 - 0.5 * per_step.mean()])
+            nsd = per_step if self.distance == "cosine" else normalized_squared_distance(
+                pred, target, self.normalize_eps)
+            stats = torch.stack([per_step.mean(), 1.0 - 0.5 * nsd.mean()])
         mlr_loss, mlr_cosine = stats.tolist()  # one device sync for both metrics
         return loss, {"mlr_loss": mlr_loss, "mlr_cosine": mlr_cosine}
 
@@ -238,11 +317,10 @@ class MLRLoss(AuxiliaryLoss):
         """The decoder's transformer blocks, clipped on their own (MLR_SPEC checklist 25). The
         predictor and action embedding are left unclipped; the Atari projector is the agent's
         and is clipped with its stem. A decoder without ``block_parameters()`` is clipped
-        whole."""
+        whole; one without parameters (``decoders.none``) gives no group."""
         if self._online is None:
             raise RuntimeError("MLRLoss.setup(agent) must be called before grad_clip_groups()")
-        blocks = getattr(self.decoder, "block_parameters", self.decoder.parameters)
-        return [list(blocks())]
+        return decoder_clip_groups(self.decoder)
 
     @torch.no_grad()
     def update_targets(self) -> None:
