@@ -105,3 +105,63 @@ def test_augmentation_composes_shift_then_intensity():
         Augmentation(shift_pad=-1)
     with pytest.raises(ConfigError, match="intensity_scale"):
         Augmentation(intensity_scale=-0.1)
+
+
+# --- the vectorized crop against the original index-grid implementation -------------------------
+
+def _reference_crop(x, top, left, out_h, out_w, pad=0):
+    """The original ``_crop`` (four broadcast index grids), kept as the reference."""
+    n, c, h, w = x.shape
+    rows = top[:, None] + torch.arange(out_h, device=x.device) - pad
+    cols = left[:, None] + torch.arange(out_w, device=x.device) - pad
+    if pad:
+        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+    return x[torch.arange(n, device=x.device)[:, None, None, None],
+             torch.arange(c, device=x.device)[None, :, None, None],
+             rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _reference_random_shift(x, pad, generator):
+    flat = x.reshape(-1, *x.shape[-3:])
+    n, _, h, w = flat.shape
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    return _reference_crop(flat, top, left, h, w, pad=pad).reshape(x.shape)
+
+
+def _reference_random_crop(x, size, generator):
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, *x.shape[-3:])
+    n = flat.shape[0]
+    top = torch.randint(0, h - size + 1, (n,), generator=generator)
+    left = torch.randint(0, w - size + 1, (n,), generator=generator)
+    return _reference_crop(flat, top, left, size, size).reshape(*x.shape[:-2], size, size)
+
+
+@pytest.mark.parametrize("shape, pad", [((6, 5, 4, 84, 84), 4), ((7, 3, 20, 24), 2), ((5, 1, 9, 9), 6)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_random_shift_equals_the_reference_for_the_same_draws(shape, pad, dtype):
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    g_new, g_ref = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    for _ in range(3):  # the same numbers consumed in the same order, call after call
+        assert torch.equal(random_shift(x, pad, generator=g_new), _reference_random_shift(x, pad, g_ref))
+    assert torch.equal(g_new.get_state(), g_ref.get_state())
+    # the global generator is consumed identically too
+    torch.manual_seed(5)
+    a = random_shift(x, pad)
+    torch.manual_seed(5)
+    assert torch.equal(a, _reference_random_shift(x, pad, None))
+
+
+@pytest.mark.parametrize("shape, size", [((6, 9, 100, 100), 84), ((2, 3, 3, 12, 10), 8), ((4, 2, 7, 7), 7)])
+def test_random_crop_equals_the_reference_for_the_same_draws(shape, size):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    g_new, g_ref = torch.Generator().manual_seed(12), torch.Generator().manual_seed(12)
+    for _ in range(3):
+        assert torch.equal(random_crop(x, size, generator=g_new), _reference_random_crop(x, size, g_ref))
+    assert torch.equal(g_new.get_state(), g_ref.get_state())
+    # a non-contiguous input (SAC's exclusive-offset crop slices the last row and column off first)
+    sliced = x[..., :-1, :-1]
+    size = min(size, sliced.shape[-1])
+    g_new, g_ref = torch.Generator().manual_seed(13), torch.Generator().manual_seed(13)
+    assert torch.equal(random_crop(sliced, size, generator=g_new), _reference_random_crop(sliced, size, g_ref))

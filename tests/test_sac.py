@@ -374,7 +374,7 @@ def test_checkpoint_round_trip_resumes_identically():
     ({"critic_beta": 1.0}, "critic_beta"), ({"actor_log_std_min": 2.0}, "actor_log_std_min"),
     ({"actor_update_period": 0}, "actor_update_period"), ({"critic_tau": 0.0}, "critic_tau"),
     ({"encoder_tau": 1.5}, "encoder_tau"), ({"image_size": 101}, "image_size"),
-    ({"aux_warmup": 0}, "aux_warmup"), ({"aux_max_grad_norm": 0.0}, "aux_max_grad_norm"),
+    ({"aux_warmup": -1}, "aux_warmup"), ({"aux_max_grad_norm": 0.0}, "aux_max_grad_norm"),
     ({"aux_lr_scale": -1.0}, "aux_lr_scale"), ({"device": "nope"}, "device"),
 ])
 def test_bad_parameters_are_config_errors(kwargs, match):

@@ -15,16 +15,23 @@ from mlr_registry.errors import check_range
 def _crop(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, out_h: int, out_w: int,
           pad: int = 0) -> torch.Tensor:
     """Per-image crop of (n c h w) ``x`` at integer offsets ``top``/``left`` (n) into the image
-    replicate-padded by ``pad``: padded[i, j] = x[clamp(i - pad), clamp(j - pad)], so the padded
-    image is never materialized."""
+    replicate-padded by ``pad``: out[k, :, i, j] = x[k, :, clamp(top_k + i − pad), clamp(left_k + j − pad)].
+
+    One vectorized gather either way, no per-image loop, the padded image never materialized:
+    with ``pad`` a ``gather`` of clamped linear pixel indices (one (n out_h·out_w) index shared
+    by the channels); without, advanced indexing of the sliding-window view
+    ``x.unfold(2, out_h, 1).unfold(3, out_w, 1)`` (n c h' w' out_h out_w), which copies each
+    window as strided blocks (about 2× faster than an index gather on CPU for 100 → 84 crops).
+    """
     n, c, h, w = x.shape
-    rows = top[:, None] + torch.arange(out_h, device=x.device) - pad  # (n out_h)
-    cols = left[:, None] + torch.arange(out_w, device=x.device) - pad  # (n out_w)
-    if pad:
-        rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-    return x[torch.arange(n, device=x.device)[:, None, None, None],
-             torch.arange(c, device=x.device)[None, :, None, None],
-             rows[:, None, :, None], cols[:, None, None, :]]  # (n c out_h out_w)
+    if not pad:
+        windows = x.unfold(2, out_h, 1).unfold(3, out_w, 1)  # (n c h-out_h+1 w-out_w+1 out_h out_w)
+        return windows[torch.arange(n, device=x.device), :, top, left]  # (n c out_h out_w)
+    rows = (top[:, None] + torch.arange(out_h, device=x.device) - pad).clamp(0, h - 1)  # (n out_h)
+    cols = (left[:, None] + torch.arange(out_w, device=x.device) - pad).clamp(0, w - 1)  # (n out_w)
+    pixels = (rows[:, :, None] * w + cols[:, None, :]).reshape(n, 1, out_h * out_w)  # (n 1 out_h·out_w)
+    out = x.reshape(n, c, h * w).gather(2, pixels.expand(n, c, out_h * out_w))  # (n c out_h·out_w)
+    return out.reshape(n, c, out_h, out_w)
 
 
 def _offsets(n: int, high: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch import nn
 
 from mlr_registry.agents.augmentation import Augmentation
 from mlr_registry.agents.distributional import make_support, project_distribution
+from mlr_registry.agents.fast_path import FastPath, compile_targets
 from mlr_registry.agents.noisy import NoisyLinear, reset_noise, set_sampling
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
@@ -114,6 +115,14 @@ class Rainbow(nn.Module):
             forward calls do.
         grad_scale_head_input: gradient scale on the head input (2^-0.5, SPR's head).
         device: where the networks live and batches are moved to.
+        precision: "fp32" (default: the reference's arithmetic), "bf16" (autocast around every
+            network forward of update and act, aux losses' included; float32 master weights,
+            losses and C51 projection) or "auto" (bf16 on a bf16-capable GPU). Not in the paper:
+            the GPU fast path of :mod:`mlr_registry.agents.fast_path`.
+        compile: ``torch.compile`` the encoders, Q heads and aux losses' networks in place
+            (False by default; True; "auto" = on CUDA only); falls back to eager with a warning
+            where unsupported. compile_mode: torch.compile's mode ("default"; "reduce-overhead"
+            adds CUDA graphs).
     """
 
     discrete_actions = True
@@ -126,7 +135,8 @@ class Rainbow(nn.Module):
                  double_dqn: bool = True, n_step: int = 10, discount: float = 0.99,
                  learning_rate: float = 1e-4, adam_eps: float = 1.5e-4, max_grad_norm: float = 10.0,
                  target_update_period: int = 1, augment: bool = True, target_augmentation: bool = True,
-                 grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu"):
+                 grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu", precision: str = "fp32",
+                 compile: bool | str = False, compile_mode: str = "default"):  # noqa: A002 - gin name
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"rainbow.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -171,6 +181,10 @@ class Rainbow(nn.Module):
                                           eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
         self.update_count = 0
         self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
+        # GPU fast path (off by default): bf16 autocast, compiled networks (no RNG inside them).
+        self.fast_path = FastPath("rainbow", self.device, precision, compile, compile_mode)
+        self.fast_path.compile_modules([self.encoder, self.head, self.target_encoder, self.target_head,
+                                        *compile_targets(self.aux_losses)])
 
     def _check_encoder(self) -> int:
         """The encoder's output size, checked against a dummy forward (an image_size mismatch
@@ -221,7 +235,9 @@ class Rainbow(nn.Module):
             return torch.randint(0, self.num_actions, (b,), device=self.device)
         self.eval()
         set_sampling(self.head, not greedy)
-        probs = F.softmax(self.head(self.encoder(obs.float() / 255.0)), dim=-1)  # (b A atoms)
+        with self.fast_path.autocast():
+            logits = self.head(self.encoder(obs.float() / 255.0)).float()  # (b A atoms)
+        probs = F.softmax(logits, dim=-1)
         actions = (probs @ self.support).argmax(dim=-1)  # (b)
         if epsilon > 0:
             explore = torch.rand(b, device=self.device) < epsilon
@@ -232,6 +248,9 @@ class Rainbow(nn.Module):
     def update(self, batch: Batch) -> dict[str, float]:
         """One gradient step on ``batch`` (obs (b t c h w) uint8 with t > n_step; action (b t);
         returns, done_n (b ≥1); weights (b) or None). Priorities go to ``last_priorities``."""
+        return self.fast_path.run(self._update, batch)
+
+    def _update(self, batch: Batch) -> dict[str, float]:
         batch = batch.to(self.device)
         if batch.obs.shape[1] <= self.n_step or batch.returns is None or batch.done_n is None:
             raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
@@ -244,7 +263,9 @@ class Rainbow(nn.Module):
 
         # RL branch: obs at t = 0, its own augmentation → log p(· | s_0, a_0).
         obs0 = self.augment(batch.obs[:, 0].float() / 255.0)
-        log_probs = F.log_softmax(self.head(self.encoder(obs0)), dim=-1)  # (b A atoms)
+        with self.fast_path.autocast():  # networks in bf16 on the fast path; losses in float32
+            logits = self.head(self.encoder(obs0)).float()
+        log_probs = F.log_softmax(logits, dim=-1)  # (b A atoms)
         log_p = log_probs[rows, batch.action[:, 0]]  # (b atoms)
 
         # Bootstrap target at t = n: online argmax (double DQN), target-net distribution, projected.
@@ -254,10 +275,13 @@ class Rainbow(nn.Module):
             def next_view() -> torch.Tensor:  # a fresh augmentation per network, as the reference
                 return self.augment(next_obs) if self.target_augmentation else next_obs
 
-            target_logits = self.target_head(self.target_encoder(next_view()))  # (b A atoms)
+            with self.fast_path.autocast():
+                target_logits = self.target_head(self.target_encoder(next_view())).float()  # (b A atoms)
             target_probs = F.softmax(target_logits, dim=-1)
             if self.double_dqn:
-                online_probs = F.softmax(self.head(self.encoder(next_view())), dim=-1)
+                with self.fast_path.autocast():
+                    online_logits = self.head(self.encoder(next_view())).float()
+                online_probs = F.softmax(online_logits, dim=-1)
                 next_action = (online_probs @ self.support).argmax(dim=-1)  # (b)
             else:
                 next_action = (target_probs @ self.support).argmax(dim=-1)
@@ -273,7 +297,8 @@ class Rainbow(nn.Module):
         total_loss = rl_loss
         metrics: dict[str, float] = {}
         for loss in self.aux_losses:
-            aux_loss, aux_metrics = loss(batch, self)
+            with self.fast_path.autocast():
+                aux_loss, aux_metrics = loss(batch, self)
             loss.update_targets()
             total_loss = total_loss + aux_loss
             metrics.update(aux_metrics)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import center_crop, intensity, random_crop
+from mlr_registry.agents.fast_path import FastPath, compile_targets
 from mlr_registry.agents.lr_schedule import inverse_sqrt_warmup
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
@@ -32,6 +33,11 @@ from mlr_registry.losses.auxiliary import AuxiliaryLoss
 from mlr_registry.registry import register
 
 LOG_PROB_EPS = 1e-6  # the reference's squash correction eps
+
+
+def _constant_lr(step: int) -> float:
+    """The aux lr multiplier with ``aux_warmup = 0``: always 1."""
+    return 1.0
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -66,7 +72,7 @@ class Actor(nn.Module):
 
     def distribution(self, obs: torch.Tensor, detach_conv: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(b A) mu (pre-tanh) and log_std."""
-        mu, raw = self.trunk(self.encoder(obs, detach_conv=detach_conv)).chunk(2, dim=-1)
+        mu, raw = self.trunk(self.encoder(obs, detach_conv=detach_conv)).float().chunk(2, dim=-1)  # fp32 under autocast
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw) + 1)
         return mu, log_std
 
@@ -94,7 +100,7 @@ class Critic(nn.Module):
                 detach_conv: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """obs (b c h w), action (b A) → Q1, Q2 (b)."""
         h = torch.cat([self.encoder(obs, detach_conv=detach_conv), action], dim=-1)
-        return self.q1(h).squeeze(-1), self.q2(h).squeeze(-1)
+        return self.q1(h).squeeze(-1).float(), self.q2(h).squeeze(-1).float()  # fp32 under autocast
 
 
 def _field(transitions: Any, name: str) -> torch.Tensor:
@@ -135,9 +141,23 @@ class SAC(nn.Module):
         aux_lr, aux_lr_scale: the aux optimizer's lr is ``aux_lr_scale·aux_lr`` (the yamls'
             ``auxiliary_task_lr`` 1e-3, or 2e-4 for cheetah, times the hard-coded 0.5, §1.4).
             Adam betas (0.9, 0.999), no weight decay.
-        aux_warmup: warmup updates of the aux lr schedule (:func:`inverse_sqrt_warmup`, 6000).
+        aux_warmup: warmup updates of the aux lr schedule (:func:`inverse_sqrt_warmup`, 6000);
+            0 = a constant aux lr, no schedule (CURL: its encoder and CPC Adams have none).
         aux_max_grad_norm: grad-norm clip over all aux-optimizer parameters, the critic encoder
             included (10).
+        aux_encoder_extra_adam: CURL QUIRK: CURL's ``encoder_optimizer`` (critic encoder) and
+            ``cpc_optimizer`` (W + the same encoder) both step on the contrastive gradient, so
+            the encoder takes two Adam steps per aux update. True adds that second Adam over the
+            critic encoder (betas (0.9, 0.999), the aux optimizer's current lr), stepped right
+            after the aux optimizer on the same (clipped) gradients. False (MLR): one step.
+        precision: "fp32" (default: the reference's arithmetic), "bf16" (autocast around every
+            network forward of update and act, aux losses' included; float32 master weights,
+            Q values, log-probabilities and losses) or "auto" (bf16 on a bf16-capable GPU). Not
+            in the paper: the GPU fast path of :mod:`mlr_registry.agents.fast_path`.
+        compile: ``torch.compile`` the encoders, Q MLPs, actor trunk and aux losses' networks in
+            place (False by default; True; "auto" = on CUDA only; the policy's sampling stays
+            eager); falls back to eager with a warning where unsupported. compile_mode:
+            torch.compile's mode ("default"; "reduce-overhead" adds CUDA graphs).
     """
 
     discrete_actions = False
@@ -153,7 +173,9 @@ class SAC(nn.Module):
                  actor_update_period: int = 2, target_update_period: int = 2,
                  critic_tau: float = 0.01, encoder_tau: float = 0.05, image_size: int = 84,
                  crop_offsets_exclusive: bool = True, aux_lr: float = 1e-3, aux_lr_scale: float = 0.5,
-                 aux_warmup: int = 6000, aux_max_grad_norm: float = 10.0):
+                 aux_warmup: int = 6000, aux_max_grad_norm: float = 10.0,
+                 aux_encoder_extra_adam: bool = False, precision: str = "fp32",
+                 compile: bool | str = False, compile_mode: str = "default"):  # noqa: A002 - gin name
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"sac.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -180,7 +202,7 @@ class SAC(nn.Module):
         if crop_offsets_exclusive and (h, w) != (image_size, image_size) and min(h, w) - 1 < image_size:
             raise ConfigError(f"sac.crop_offsets_exclusive = True needs both observation sides above "
                               f"image_size = {image_size} (got {h}x{w}); set it False or match the sizes")
-        check_range("sac.aux_warmup", aux_warmup, 1)
+        check_range("sac.aux_warmup", aux_warmup, 0)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
@@ -225,6 +247,7 @@ class SAC(nn.Module):
         self.aux_parameters: list[nn.Parameter] = []
         self.aux_optimizer: torch.optim.Optimizer | None = None
         self.aux_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.aux_encoder_optimizer: torch.optim.Optimizer | None = None
         if len(self.aux_losses) > 0:
             seen: set[int] = set()
             for p in [*self.aux_losses.parameters(), *self.critic.encoder.parameters()]:
@@ -233,8 +256,19 @@ class SAC(nn.Module):
                     self.aux_parameters.append(p)
             self.aux_optimizer = torch.optim.Adam(self.aux_parameters, lr=aux_lr_scale * aux_lr,
                                                   betas=(0.9, 0.999))
-            self.aux_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.aux_optimizer, functools.partial(inverse_sqrt_warmup, warmup=aux_warmup))
+            schedule = (functools.partial(inverse_sqrt_warmup, warmup=aux_warmup) if aux_warmup > 0
+                        else _constant_lr)
+            self.aux_scheduler = torch.optim.lr_scheduler.LambdaLR(self.aux_optimizer, schedule)
+            if aux_encoder_extra_adam:
+                self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
+                                                              lr=aux_lr_scale * aux_lr, betas=(0.9, 0.999))
+        # GPU fast path (off by default): bf16 autocast; compiled networks (no RNG inside them,
+        # so the actor's Gaussian sample stays eager).
+        self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode)
+        self.fast_path.compile_modules([
+            self.critic.encoder, self.critic.q1, self.critic.q2, self.actor.encoder, self.actor.trunk,
+            self.critic_target.encoder, self.critic_target.q1, self.critic_target.q2,
+            *compile_targets(self.aux_losses)])
 
     def _check_encoder(self, encoder: nn.Module) -> int:
         """The encoder's output size, checked with a dummy forward at the crop size."""
@@ -296,7 +330,8 @@ class SAC(nn.Module):
         single = obs.dim() == 3
         obs = obs[None] if single else obs
         x = center_crop(obs, self.image_size).float() / 255.0
-        mean_action, action, _, _ = self.actor(x)
+        with self.fast_path.autocast():
+            mean_action, action, _, _ = self.actor(x)
         out = mean_action if greedy else action
         return out[0] if single else out
 
@@ -304,7 +339,7 @@ class SAC(nn.Module):
     def td_target(self, next_obs: torch.Tensor, reward: torch.Tensor, not_done: torch.Tensor) -> torch.Tensor:
         """y = r + not_done·γ·(min(Q1', Q2')(s', a') − α·log π(a'|s')), a' ~ π(s'), Q' from the
         critic target; no gradient. next_obs (b c h w) in [0, 1]; reward, not_done (b)."""
-        with torch.no_grad():
+        with torch.no_grad(), self.fast_path.autocast():
             _, next_action, next_log_pi, _ = self.actor(next_obs)
             q1, q2 = self.critic_target(next_obs, next_action)
             target_v = torch.min(q1, q2) - self.alpha * next_log_pi
@@ -318,6 +353,9 @@ class SAC(nn.Module):
             (b t c h w) uint8, action (b t A)) or None (no aux step). step: agent updates so far;
             actor/α and the target EMAs run when ``step % period == 0``.
         """
+        return self.fast_path.run(self._update, transitions, sequences, step)
+
+    def _update(self, transitions: Any, sequences: Batch | None, step: int) -> dict[str, float]:
         self.train()
         obs = self.crop(_field(transitions, "obs").to(self.device)).float() / 255.0  # (b c 84 84)
         next_obs = self.crop(_field(transitions, "next_obs").to(self.device)).float() / 255.0
@@ -327,7 +365,8 @@ class SAC(nn.Module):
 
         # 1. Critic: MSE of both Q heads to the soft TD target; the full encoder trains.
         target_q = self.td_target(next_obs, reward, not_done)
-        q1, q2 = self.critic(obs, action)
+        with self.fast_path.autocast():  # networks in bf16 on the fast path; Q values and losses fp32
+            q1, q2 = self.critic(obs, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -340,7 +379,8 @@ class SAC(nn.Module):
             sequences = sequences.to(self.device)
             aux_total = torch.zeros((), device=self.device)
             for loss in self.aux_losses:
-                value, aux_metrics = loss(sequences, self)
+                with self.fast_path.autocast():
+                    value, aux_metrics = loss(sequences, self)
                 aux_total = aux_total + value
                 metrics.update(aux_metrics)
             metrics["aux_lr"] = float(self.aux_optimizer.param_groups[0]["lr"])  # the lr of this step
@@ -349,13 +389,17 @@ class SAC(nn.Module):
             tensors["aux_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.aux_parameters,
                                                                       self.aux_max_grad_norm)
             self.aux_optimizer.step()
+            if self.aux_encoder_optimizer is not None:  # CURL's second encoder step, same lr
+                self.aux_encoder_optimizer.param_groups[0]["lr"] = self.aux_optimizer.param_groups[0]["lr"]
+                self.aux_encoder_optimizer.step()
             self.aux_scheduler.step()
             tensors["aux_loss"] = aux_total.detach()
 
         # 3. Actor and temperature, on the same crops, conv features detached (every 2nd step).
         if step % self.actor_update_period == 0:
-            _, pi, log_pi, log_std = self.actor(obs, detach_conv=True)
-            actor_q1, actor_q2 = self.critic(obs, pi, detach_conv=True)
+            with self.fast_path.autocast():
+                _, pi, log_pi, log_std = self.actor(obs, detach_conv=True)
+                actor_q1, actor_q2 = self.critic(obs, pi, detach_conv=True)
             actor_loss = (self.alpha.detach() * log_pi - torch.min(actor_q1, actor_q2)).mean()
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -400,6 +444,8 @@ class SAC(nn.Module):
         if self.aux_optimizer is not None:
             state["aux_optimizer"] = self.aux_optimizer.state_dict()
             state["aux_scheduler"] = self.aux_scheduler.state_dict()
+        if self.aux_encoder_optimizer is not None:
+            state["aux_encoder_optimizer"] = self.aux_encoder_optimizer.state_dict()
         return state
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -410,3 +456,5 @@ class SAC(nn.Module):
         if self.aux_optimizer is not None:
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
             self.aux_scheduler.load_state_dict(state["aux_scheduler"])
+        if self.aux_encoder_optimizer is not None:
+            self.aux_encoder_optimizer.load_state_dict(state["aux_encoder_optimizer"])

@@ -1,0 +1,248 @@
+"""The GPU fast path both agents share (issue #9): bf16 autocast and ``torch.compile``.
+
+Neither is part of the paper (MLR_SPEC: the references train in fp32, eagerly); both are off by
+default, so the default path is the faithful reference path. An agent builds one
+:class:`FastPath` from its gin parameters ``precision``, ``compile`` and ``compile_mode`` and
+uses it three ways:
+
+- ``with fast.autocast():`` around the forward passes of its networks (and of its auxiliary
+  losses). Master weights, gradients, optimizer state and every loss stay float32: the agent
+  casts network outputs to float before a loss, and MLR's distance is computed in float32
+  (``losses/mlr.py``). bf16 needs no gradient scaler (its exponent range is float32's).
+- ``fast.compile_modules(...)`` after the networks exist: each module is compiled in place
+  (``nn.Module.compile``), so parameters, ``state_dict`` keys and checkpoints are unchanged.
+  Only modules whose forward draws no random numbers are given (inductor's RNG differs from
+  eager's), so a compiled forward computes what the eager one does.
+- ``fast.run(fn, ...)`` around an update: a compile failure at run time (no C++ compiler, no
+  Triton, an unsupported op) warns once with the reason, switches compilation off and runs
+  ``fn`` again eagerly; the retry may re-draw the failed attempt's random numbers.
+
+A switch that cannot take effect (bf16 on a GPU without bf16, compile where dynamo or its
+backend is missing) is turned off with a ``RuntimeWarning`` naming the reason, and the reason
+is kept in :attr:`FastPath.notes` (``describe()`` gives loggable strings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import shutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from mlr_registry.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "auto")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# torch.compile's backend for every FastPath built without one. Tests set "aot_eager" (graph
+# capture + AOT autograd without code generation: seconds instead of minutes on a CPU).
+DEFAULT_COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
+
+T = TypeVar("T")
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "compilation failed", not "the model is wrong"."""
+    errors: list[type[BaseException]] = []
+    try:
+        from torch._dynamo.exc import TorchDynamoException
+        errors.append(TorchDynamoException)
+    except ImportError:  # pragma: no cover - torch without dynamo
+        pass
+    try:
+        from torch._inductor.exc import CppCompileError, InductorError
+        errors += [InductorError, CppCompileError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+def bf16_unsupported_reason(device: torch.device) -> str | None:
+    """Why bf16 autocast cannot run on ``device``, or None when it can."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        if not torch.cuda.is_bf16_supported():
+            return f"{torch.cuda.get_device_name(device)} has no bf16 support (needs compute capability >= 8.0)"
+        return None
+    if device.type == "cpu":
+        return None
+    if not torch.amp.is_autocast_available(device.type):
+        return f"torch has no autocast for device type {device.type!r}"
+    return None
+
+
+def compile_unsupported_reason(device: torch.device, backend: Any = "inductor") -> str | None:
+    """Why ``torch.compile`` cannot run on ``device``, or None when it should. Only the
+    "inductor" backend needs a code generator (Triton on CUDA, a C++ compiler on a CPU)."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    try:
+        dynamo = importlib.import_module("torch._dynamo")
+    except ImportError as exc:  # pragma: no cover
+        return f"torch._dynamo cannot be imported ({exc})"
+    if not dynamo.is_dynamo_supported():
+        return "torch.compile (dynamo) does not support this Python version or platform"
+    if backend != "inductor":
+        return None
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:  # pragma: no cover
+            return "torch.utils._triton is missing, so Triton cannot be checked"
+        if not has_triton():
+            return "Triton (inductor's GPU code generator) is not installed or does not support this GPU"
+        return None
+    if device.type == "cpu":
+        from torch._inductor import config as inductor_config
+        cxx = inductor_config.cpp.cxx
+        candidates = [c for c in (cxx if isinstance(cxx, tuple) else (cxx,)) if c] or ["g++"]
+        if not any(shutil.which(c) for c in candidates):
+            return f"no C++ compiler found for inductor's CPU backend (looked for {', '.join(candidates)})"
+        return None
+    return f"inductor does not target device type {device.type!r}"
+
+
+def compile_targets(aux_losses: Iterable[nn.Module]) -> list[nn.Module]:
+    """The networks of auxiliary losses worth compiling: each loss's direct child modules that
+    hold parameters and no active dropout (MLR: decoder, predictor, projectors, target encoder).
+    Parameter-free children (maskers, which draw random numbers) stay eager."""
+    found = []
+    for loss in aux_losses:
+        for child in loss.children():
+            has_params = next(child.parameters(), None) is not None
+            random = any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in child.modules())
+            if has_params and not random:
+                found.append(child)
+    return found
+
+
+class FastPath:
+    """Precision and compilation switches of one agent.
+
+    Args:
+        owner: the gin name of the owning component (``rainbow``, ``sac``), for messages.
+        device: the agent's device.
+        precision: "fp32" (default, the references' arithmetic); "bf16" = bf16 autocast around
+            network forwards, float32 master weights and losses (falls back to fp32 with a
+            warning where bf16 is unsupported); "auto" = bf16 on a bf16-capable CUDA device,
+            else fp32 (no warning).
+        compile: False (default); True = ``torch.compile`` the given modules (falls back to
+            eager with a warning where unsupported); "auto" = compile on CUDA only (on a CPU
+            inductor's first compilation takes tens of seconds, longer than short runs gain).
+        compile_mode: ``torch.compile``'s mode. "reduce-overhead" adds CUDA graphs (whole
+            forward/backward replay per compiled module, static input shapes), GPU only.
+        compile_backend: ``torch.compile``'s backend; None = :data:`DEFAULT_COMPILE_BACKEND`
+            ("inductor").
+    """
+
+    def __init__(self, owner: str, device: torch.device, precision: str = "fp32",
+                 compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
+                 compile_backend: str | Callable[..., Any] | None = None):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"{owner}.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        if not (compile is True or compile is False or compile == "auto"):
+            raise ConfigError(f"{owner}.compile = {compile!r}; expected False, True or 'auto'")
+        if compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"{owner}.compile_mode = {compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        self.owner, self.device = owner, torch.device(device)
+        self.compile_mode = compile_mode
+        self.compile_backend = DEFAULT_COMPILE_BACKEND if compile_backend is None else compile_backend
+        self.notes: dict[str, str] = {}
+
+        # Precision.
+        self.dtype: torch.dtype | None = None
+        if precision != "fp32":
+            reason = bf16_unsupported_reason(self.device)
+            if precision == "auto" and self.device.type != "cuda":
+                reason = reason or f"'auto' uses bf16 on CUDA only (device {self.device})"
+            if reason is None:
+                self.dtype = torch.bfloat16
+            else:
+                self._off("precision", f"{owner}.precision = {precision!r} runs in fp32: {reason}",
+                          warn=precision == "bf16")
+
+        # Compilation.
+        self.compile_enabled = False
+        if compile is not False:
+            reason = compile_unsupported_reason(self.device, self.compile_backend)
+            if compile == "auto" and self.device.type != "cuda":
+                reason = reason or f"'auto' compiles on CUDA only (device {self.device})"
+            if compile_mode == "reduce-overhead" and self.device.type != "cuda":
+                reason = reason or "compile_mode 'reduce-overhead' (CUDA graphs) needs a CUDA device"
+            if reason is None:
+                self.compile_enabled = True
+            else:
+                self._off("compile", f"{owner}.compile = {compile!r} runs eagerly: {reason}", warn=compile is True)
+        self._compiled: list[nn.Module] = []
+
+    @property
+    def precision(self) -> str:
+        """The precision in effect: "bf16" or "fp32"."""
+        return "bf16" if self.dtype is torch.bfloat16 else "fp32"
+
+    def _off(self, switch: str, message: str, warn: bool) -> None:
+        self.notes[switch] = message
+        if warn:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def describe(self) -> dict[str, str]:
+        """What is in effect and why, as strings (for run params/tags): precision, compile and
+        the reason of each switch that was turned off."""
+        info = {"precision": self.precision,
+                "compile": f"{self.compile_backend}/{self.compile_mode}" if self.compile_enabled else "off"}
+        info.update({f"{k}_note": v for k, v in self.notes.items()})
+        return info
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """bf16 autocast on the agent's device type when bf16 is in effect, else nothing."""
+        if self.dtype is None:
+            yield
+            return
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            yield
+
+    def compile_modules(self, modules: Iterable[nn.Module | None]) -> None:
+        """Compile each module in place (no-op when compilation is off). Give only modules whose
+        forward draws no random numbers; a module given twice is compiled once."""
+        if not self.compile_enabled:
+            return
+        for module in modules:
+            if module is None or any(module is m for m in self._compiled):
+                continue
+            if self.compile_mode == "default":  # inductor's mode; other backends take none
+                module.compile(backend=self.compile_backend)
+            else:
+                module.compile(mode=self.compile_mode, backend=self.compile_backend)
+            self._compiled.append(module)
+
+    def disable_compile(self, reason: str) -> None:
+        """Turn compilation off (every compiled module back to eager), warn with ``reason``."""
+        for module in self._compiled:
+            module._compiled_call_impl = None  # what nn.Module.compile() set; None = eager __call__
+        self._compiled.clear()
+        self.compile_enabled = False
+        self._off("compile", f"{self.owner}.compile turned off: {reason}", warn=True)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``; if compiled modules fail to compile, fall back to eager once."""
+        if not self._compiled:
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except _compile_errors() as exc:
+            self.disable_compile(f"compilation failed ({_reason(exc)}); running eagerly")
+            return fn(*args, **kwargs)
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line`` of the innermost cause (dynamo wraps the backend's own error)."""
+    while getattr(exc, "inner_exception", None) is not None or exc.__cause__ is not None:
+        exc = getattr(exc, "inner_exception", None) or exc.__cause__
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"

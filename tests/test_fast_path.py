@@ -1,0 +1,318 @@
+"""The GPU fast path (issue #9) against the reference path, on the same batch and the same seed.
+
+Tolerances (stated here, asserted below):
+- bf16 autocast vs fp32: every reported loss within rel 2e-2 (abs 1e-3 for losses near 0), and
+  per parameter group the cosine similarity of the gradients above 0.99; weights, gradients and
+  Adam state stay float32 (fp32 master weights).
+- torch.compile vs eager: losses within 1e-5. On a CPU inductor's first compilation of even the
+  tiny agents takes minutes (166 s measured on the 2-core CI machine), so the CPU tests compile
+  with the "aot_eager" backend (the same dynamo capture and AOT autograd, no code generation);
+  inductor itself is checked by the CUDA tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlr_registry.agents import fast_path
+from mlr_registry.agents.fast_path import FastPath, compile_targets
+from mlr_registry.agents.rainbow import Rainbow
+from mlr_registry.agents.sac import SAC
+from mlr_registry.batch import Batch
+from mlr_registry.decoders.transformer import TransformerDecoder
+from mlr_registry.encoders.nature_cnn import NatureCNN
+from mlr_registry.encoders.pixel_encoder import PixelEncoder
+from mlr_registry.errors import ConfigError
+from mlr_registry.losses.mlr import MLRLoss
+from mlr_registry.maskers.cube import CubeMasker
+
+CPU = torch.device("cpu")
+LOSS_RTOL, LOSS_ATOL, GRAD_COSINE = 2e-2, 1e-3, 0.99
+COMPILE_TOL = 1e-5
+
+
+# --- builders --------------------------------------------------------------------------------
+
+def rainbow_mlr(device: str = "cpu", channels=(4, 8, 4), hidden: int = 32, seq: int = 4, **kw) -> Rainbow:
+    torch.manual_seed(0)
+    loss = MLRLoss(masker=CubeMasker(seed=0, block_size=seq // 2), sequence_length=seq)
+    return Rainbow((4, 84, 84), 4, encoder=functools.partial(NatureCNN, channels=channels), hidden_size=hidden,
+                   n_step=3, aux_losses=[loss], device=device, **kw)
+
+
+def rainbow_batch(b: int = 4, t: int = 5, device: str = "cpu") -> Batch:
+    g = torch.Generator().manual_seed(3)
+    return Batch(obs=torch.randint(0, 256, (b, t, 4, 84, 84), dtype=torch.uint8, generator=g),
+                 action=torch.randint(0, 4, (b, t), generator=g), reward=torch.zeros(b, t),
+                 done=torch.zeros(b, t, dtype=torch.bool), returns=torch.rand(b, t, generator=g) * 6 - 3,
+                 done_n=torch.zeros(b, t, dtype=torch.bool), weights=torch.rand(b, generator=g) + 0.5,
+                 indices=torch.arange(b)).to(device)
+
+
+def sac_mlr(device: str = "cpu", filters: int = 8, feature: int = 8, hidden: int = 16, **kw) -> SAC:
+    torch.manual_seed(0)
+    loss = MLRLoss(masker=CubeMasker(patch_size=10, block_size=4, seed=0), sequence_length=8, target_tau=0.05,
+                   projector="mlp",
+                   predictor="mlp", unnormalized_masked_input=False, init="trunc_normal",
+                   reinit_encoder_linear=True,
+                   decoder=functools.partial(TransformerDecoder, init="trunc_normal"))
+    return SAC((9, 100, 100), 2, device=device, hidden_dim=hidden, aux_losses=[loss],
+               encoder=functools.partial(PixelEncoder, num_filters=filters, feature_dim=feature), **kw)
+
+
+def sac_data(b: int = 4, t: int = 8, device: str = "cpu"):
+    g = torch.Generator().manual_seed(4)
+    transitions = types.SimpleNamespace(
+        obs=torch.randint(0, 256, (b, 9, 100, 100), dtype=torch.uint8, generator=g).to(device),
+        next_obs=torch.randint(0, 256, (b, 9, 100, 100), dtype=torch.uint8, generator=g).to(device),
+        action=(torch.rand(b, 2, generator=g) * 2 - 1).to(device), reward=torch.rand(b, generator=g).to(device),
+        not_done=torch.ones(b, device=device))
+    sequences = Batch(obs=torch.randint(0, 256, (b, t, 9, 100, 100), dtype=torch.uint8, generator=g),
+                      action=torch.rand(b, t, 2, generator=g) * 2 - 1, reward=torch.zeros(b, t),
+                      done=torch.zeros(b, t, dtype=torch.bool)).to(device)
+    return transitions, sequences
+
+
+def run_rainbow(agent: Rainbow, batch: Batch, seed: int) -> dict[str, float]:
+    torch.manual_seed(seed)  # augmentation and noise draws: the same numbers for both paths
+    return agent.update(batch)
+
+
+def run_sac(agent: SAC, data, seed: int, step: int = 0) -> dict[str, float]:
+    torch.manual_seed(seed)
+    return agent.update(*data, step=step)
+
+
+def grad_groups(agent: nn.Module) -> dict[str, torch.Tensor]:
+    """The gradients left by the last update, flattened per network (encoder, head, critic.q1,
+    aux_losses.0.decoder, ...). Rainbow's ``advantage_bias`` has an exactly-zero gradient (the
+    dueling mean cancels it), so it is only compared inside its head."""
+    groups: dict[str, list[torch.Tensor]] = {}
+    depth = {"aux_losses": 3, "critic": 2, "actor": 2}  # aux_losses.0.decoder, critic.q1, head, ...
+    for name, p in agent.named_parameters():
+        if p.grad is not None:
+            parts = name.split(".")
+            key = ".".join(parts[:min(depth.get(parts[0], 1), len(parts) - 1) or 1])
+            groups.setdefault(key, []).append(p.grad.flatten().float())
+    return {k: torch.cat(v) for k, v in groups.items()}
+
+
+def assert_losses_close(ref: dict[str, float], fast: dict[str, float], rtol: float, atol: float) -> None:
+    losses = [k for k in ref if k.endswith("_loss")]
+    assert len(losses) >= 2
+    for k in losses:
+        assert math.isfinite(fast[k]), k
+        assert fast[k] == pytest.approx(ref[k], rel=rtol, abs=atol), k
+
+
+def assert_grads_aligned(ref: nn.Module, fast: nn.Module) -> int:
+    g_ref, g_fast = grad_groups(ref), grad_groups(fast)
+    assert g_ref.keys() == g_fast.keys()
+    checked = 0
+    for key, a in g_ref.items():
+        b = g_fast[key]
+        if a.norm() < 1e-12:
+            continue
+        cosine = F.cosine_similarity(a, b, dim=0).item()
+        assert cosine > GRAD_COSINE, (key, cosine)
+        checked += 1
+    return checked
+
+
+def assert_fp32_master_state(agent: nn.Module, optimizers) -> None:
+    assert all(p.dtype == torch.float32 for p in agent.parameters())
+    assert all(p.grad.dtype == torch.float32 for p in agent.parameters() if p.grad is not None)
+    for opt in optimizers:
+        for state in opt.state.values():
+            assert all(v.dtype == torch.float32 for k, v in state.items() if k != "step")
+
+
+# --- the switch itself -----------------------------------------------------------------------
+
+def test_defaults_are_the_reference_path():
+    path = FastPath("rainbow", CPU)
+    assert path.precision == "fp32" and path.dtype is None and not path.compile_enabled
+    assert path.describe() == {"precision": "fp32", "compile": "off"}
+    with path.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    agent = rainbow_mlr()
+    assert agent.fast_path.describe() == {"precision": "fp32", "compile": "off"}
+    assert agent.encoder._compiled_call_impl is None
+
+
+def test_bf16_autocast_on_cpu_and_auto_choices():
+    path = FastPath("sac", CPU, precision="bf16")
+    assert path.precision == "bf16" and path.notes == {}
+    with path.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32  # only inside the context
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 'auto' switching off on a CPU is expected: no warning
+        auto = FastPath("sac", CPU, precision="auto", compile="auto")
+    assert auto.precision == "fp32" and not auto.compile_enabled
+    assert "CUDA only" in auto.notes["precision"] and "CUDA only" in auto.notes["compile"]
+    assert auto.describe()["compile_note"].startswith("sac.compile = 'auto' runs eagerly")
+    with pytest.warns(RuntimeWarning, match="CUDA graphs"):
+        assert not FastPath("sac", CPU, compile=True, compile_mode="reduce-overhead").compile_enabled
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"precision": "fp16"}, "rainbow.precision = 'fp16'; expected one of fp32, bf16, auto"),
+    ({"compile": "yes"}, "rainbow.compile = 'yes'; expected False, True or 'auto'"),
+    ({"compile_mode": "fast"}, "rainbow.compile_mode = 'fast'"),
+])
+def test_bad_values_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        FastPath("rainbow", CPU, **kwargs)
+    with pytest.raises(ConfigError, match=match.replace("rainbow", "sac")):
+        SAC((9, 100, 100), 2, hidden_dim=8, encoder=functools.partial(PixelEncoder, num_filters=4, feature_dim=4),
+            **kwargs)
+
+
+def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler++",))
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found .*no-such-compiler"):
+        agent = rainbow_mlr(compile=True)
+    assert not agent.fast_path.compile_enabled and agent.encoder._compiled_call_impl is None
+    assert "no C++ compiler" in agent.fast_path.describe()["compile_note"]
+
+
+def test_compile_targets_skip_random_and_parameter_free_children():
+    class Loss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.decoder = nn.Linear(2, 2)
+            self.noisy = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+            self.masker = nn.Identity()
+
+    loss = Loss()
+    assert compile_targets([loss]) == [loss.decoder]
+    mlr = rainbow_mlr().aux_losses[0]
+    assert {id(m) for m in compile_targets([mlr])} == {id(mlr.decoder), id(mlr.target_encoder),
+                                                     id(mlr.target_projector), id(mlr.predictor)}
+
+
+# --- parity: bf16 vs fp32 --------------------------------------------------------------------
+
+def test_rainbow_mlr_bf16_matches_fp32_losses_and_gradients():
+    ref, fast = rainbow_mlr(), rainbow_mlr(precision="bf16")
+    for p, q in zip(ref.parameters(), fast.parameters(), strict=True):
+        assert torch.equal(p, q)  # the same initialization
+    batch = rainbow_batch()
+    m_ref, m_fast = run_rainbow(ref, batch, seed=7), run_rainbow(fast, batch, seed=7)
+    assert {"rl_loss", "mlr_loss", "total_loss"} <= set(m_ref)
+    assert_losses_close(m_ref, m_fast, LOSS_RTOL, LOSS_ATOL)
+    assert m_fast["rl_loss"] != m_ref["rl_loss"]  # bf16 really ran
+    assert assert_grads_aligned(ref, fast) >= 4  # encoder, head, decoder, predictor
+    assert_fp32_master_state(fast, [fast.optimizer])
+    torch.testing.assert_close(fast.last_priorities, ref.last_priorities, rtol=5e-2, atol=1e-3)
+    # acting: the same greedy actions on clear-cut random frames (noise off)
+    obs = rainbow_batch(b=16).obs[:, 0]
+    assert (fast.act(obs, greedy=True) == ref.act(obs, greedy=True)).float().mean() >= 0.75
+
+
+def test_sac_mlr_bf16_matches_fp32_losses_and_gradients():
+    ref, fast = sac_mlr(), sac_mlr(precision="bf16")
+    data = sac_data()
+    m_ref, m_fast = run_sac(ref, data, seed=7), run_sac(fast, data, seed=7)
+    assert {"critic_loss", "mlr_loss", "actor_loss", "alpha_loss", "aux_loss"} <= set(m_ref)
+    assert_losses_close(m_ref, m_fast, LOSS_RTOL, LOSS_ATOL)
+    assert m_fast["critic_loss"] != m_ref["critic_loss"]
+    assert assert_grads_aligned(ref, fast) >= 5  # critic q1/q2 and encoder, actor trunk, aux nets
+    assert_fp32_master_state(fast, [fast.critic_optimizer, fast.actor_optimizer, fast.aux_optimizer,
+                                    fast.log_alpha_optimizer])
+    obs = data[0].obs
+    torch.manual_seed(1)
+    a_ref = ref.act(obs, greedy=True)
+    torch.manual_seed(1)
+    a_fast = fast.act(obs, greedy=True)
+    assert a_fast.dtype == torch.float32
+    torch.testing.assert_close(a_fast, a_ref, rtol=0, atol=5e-2)
+
+
+# --- parity: compiled vs eager ---------------------------------------------------------------
+
+def test_rainbow_mlr_compiled_matches_eager(monkeypatch):
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    ref, fast = rainbow_mlr(), rainbow_mlr(compile=True)
+    assert fast.fast_path.compile_enabled and fast.encoder._compiled_call_impl is not None
+    assert fast.aux_losses[0].decoder._compiled_call_impl is not None
+    assert fast.state_dict().keys() == ref.state_dict().keys()  # in place: checkpoints unchanged
+    batch = rainbow_batch()
+    for seed in (7, 8):  # two updates: the second runs on the first one's optimizer step
+        m_ref, m_fast = run_rainbow(ref, batch, seed), run_rainbow(fast, batch, seed)
+        assert_losses_close(m_ref, m_fast, 0.0, COMPILE_TOL)
+    obs = batch.obs[:, 0]
+    assert torch.equal(fast.act(obs, greedy=True), ref.act(obs, greedy=True))
+
+
+def test_sac_mlr_compiled_matches_eager(monkeypatch):
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    ref, fast = sac_mlr(), sac_mlr(compile=True)
+    assert fast.critic.encoder._compiled_call_impl is not None
+    assert fast.actor.forward.__self__ is fast.actor and fast.actor._compiled_call_impl is None  # sampling eager
+    data = sac_data()
+    m_ref, m_fast = run_sac(ref, data, seed=7), run_sac(fast, data, seed=7)  # step 0: every branch runs
+    assert {"critic_loss", "mlr_loss", "actor_loss"} <= set(m_fast)
+    assert_losses_close(m_ref, m_fast, 0.0, COMPILE_TOL)
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("simulated: no code generator on this machine")
+
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", broken_backend)
+    agent = rainbow_mlr(compile=True)
+    assert agent.fast_path.compile_enabled
+    with pytest.warns(RuntimeWarning, match="rainbow.compile turned off: compilation failed .*simulated"):
+        metrics = run_rainbow(agent, rainbow_batch(), seed=7)
+    assert math.isfinite(metrics["total_loss"]) and agent.update_count == 1
+    assert not agent.fast_path.compile_enabled and agent.encoder._compiled_call_impl is None
+    assert "simulated" in agent.fast_path.describe()["compile_note"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_rainbow(agent, rainbow_batch(), seed=8)  # eager from now on, no further warning
+    assert agent.update_count == 2
+
+
+# --- GPU: bigger agents, inductor ------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_gpu_rainbow_mlr_bf16_and_inductor_parity():
+    big = {"channels": (32, 64, 64), "hidden": 256, "seq": 8}
+    batch = rainbow_batch(b=16, t=11, device="cuda")
+    ref = rainbow_mlr("cuda", **big)
+    m_ref = run_rainbow(ref, batch, seed=7)
+    if torch.cuda.is_bf16_supported():
+        fast = rainbow_mlr("cuda", precision="bf16", **big)
+        assert_losses_close(m_ref, run_rainbow(fast, batch, seed=7), LOSS_RTOL, LOSS_ATOL)
+        assert assert_grads_aligned(ref, fast) >= 4
+        assert_fp32_master_state(fast, [fast.optimizer])
+    compiled = rainbow_mlr("cuda", compile=True, **big)
+    if not compiled.fast_path.compile_enabled:
+        pytest.skip(compiled.fast_path.notes["compile"])
+    # TF32 and kernel choices differ between eager and inductor on a GPU: a looser bound than CPU's
+    assert_losses_close(m_ref, run_rainbow(compiled, batch, seed=7), 1e-3, 1e-4)
+
+
+@cuda
+def test_gpu_sac_mlr_bf16_parity():
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    data = sac_data(b=32, device="cuda")
+    ref, fast = sac_mlr("cuda", 32, 50, 256), sac_mlr("cuda", 32, 50, 256, precision="bf16")
+    assert_losses_close(run_sac(ref, data, 7), run_sac(fast, data, 7), LOSS_RTOL, LOSS_ATOL)
+    assert assert_grads_aligned(ref, fast) >= 5
