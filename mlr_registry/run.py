@@ -2,8 +2,14 @@
 
 Files compose in order (later wins), then ``--bind`` bindings. The operative config is saved
 as an MLflow artifact and flattened into params. Errors caused by input (missing file, syntax,
-unknown component or parameter, out-of-range value, broken plugin) print one line and exit 2;
-``--debug`` shows the traceback.
+unknown component or parameter, out-of-range value, broken plugin, a missing, corrupt or
+mismatched checkpoint) print one line and exit 2; ``--debug`` shows the traceback.
+
+``--resume RUN_ID`` continues a run from its latest checkpoint (``checkpoints/`` in the run's
+artifacts) with the config it logged (``config/config.gin``): the same MLflow run goes back to
+RUNNING, metrics continue at their steps, and it ends FINISHED. Exit codes: 0 finished, 2 input
+or checkpoint error (the run is left untouched), 130 interrupted (Ctrl-C / SIGTERM: a checkpoint
+is written at the end of the current step, then the run ends KILLED).
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="gin config file; repeat to compose (later files override earlier ones)")
     p.add_argument("--bind", action="append", default=[], metavar="BINDING",
                    help="a gin binding applied after the files, e.g. --bind \"atari.game = 'pong'\"")
+    p.add_argument("--resume", default=None, metavar="RUN_ID",
+                   help="continue the MLflow run RUN_ID from its latest checkpoint, with its logged config "
+                        "(--bind may change only run-control params such as progress or checkpoint_every)")
     p.add_argument("--list", action="store_true",
                    help="list every registered component by kind, with origin, parameters and defaults")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
@@ -55,8 +64,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     bad = [t for t in args.tag if "=" not in t or not t.split("=", 1)[0].strip()]
     if bad:
         p.error(f"--tag {bad[0]!r}: expected KEY=VALUE, e.g. --tag sweep=alien-seeds")
-    if not args.list and not args.gin:
-        p.error("give at least one --gin FILE (or --list); e.g. --gin gin/smoke/atari_mlr.gin")
+    if args.resume and args.gin:
+        p.error("--resume continues a run with the config it logged; it takes no --gin")
+    if not args.list and not args.gin and not args.resume:
+        p.error("give at least one --gin FILE (or --list, or --resume RUN_ID); e.g. --gin gin/smoke/atari_mlr.gin")
     return args
 
 
@@ -79,12 +90,12 @@ def print_components(out=sys.stdout) -> None:
         print(f"broken: {failure}", file=out)
 
 
-def train(args: argparse.Namespace) -> int:
-    from mlr_registry import __version__, config, registry
-    from mlr_registry.tracking.mlflow_run import TrackedRun, git_commit
+def _build_trainer(gin_files, bindings):
+    """Parse the config, build the experiment's trainer; returns (settings, trainer, params)."""
+    from mlr_registry import config
     from mlr_registry.training.experiment import experiment
 
-    config.parse(args.gin, args.bind)
+    config.parse(gin_files, bindings)
     try:
         settings = experiment()
         trainer = settings.trainer()
@@ -93,20 +104,98 @@ def train(args: argparse.Namespace) -> int:
         if translated is None:
             raise
         raise translated from exc
+    return settings, trainer, config.operative_params()
+
+
+def _extra_tags(args: argparse.Namespace) -> dict[str, str]:
+    """``--tag KEY=VALUE`` options (split at the first '=')."""
+    return {k.strip(): v for k, v in (t.split("=", 1) for t in args.tag)}
+
+
+def _checkpointer(run, params):
+    from mlr_registry.training.checkpoint import Checkpointer
+
+    return Checkpointer(run.checkpoint_root(), params, before_save=run.flush, after_save=run.upload_checkpoint)
+
+
+def _accepts_checkpointer(trainer) -> bool:
+    import inspect
+
+    return "checkpointer" in inspect.signature(trainer.train).parameters
+
+
+def train(args: argparse.Namespace) -> int:
+    from mlr_registry import __version__, config, registry
+    from mlr_registry.tracking.mlflow_run import TrackedRun, git_commit
+
+    settings, trainer, params = _build_trainer(args.gin, args.bind)
     plugins = registry.loaded_plugins()
     tags = {**trainer.run_tags(),
             "plugins": ",".join(sorted(set(plugins.values()))) or "none",
             "mlr_registry_version": __version__, "git_commit": git_commit(),
-            "gin_files": ",".join(args.gin),
-            **dict(t.split("=", 1) for t in args.tag)}
+            "gin_files": ",".join(args.gin), **_extra_tags(args)}
     run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
-    run.start(tags, config.operative_params())
+    run.start(tags, params)
     print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)
+    checkpointer = _checkpointer(run, params) if _accepts_checkpointer(trainer) else None
+    return _run_to_end(run, trainer, checkpointer, preamble=lambda: (
+        run.log_text(config.config_str(), "config/config.gin"),
+        run.log_text(config.operative_config_str(), "config/operative_config.gin")))
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Continue run ``args.resume``. Everything is read and checked (config, checkpoint files,
+    state shapes) before the run is touched, so a failure leaves it exactly as it was."""
+    import tempfile
+
+    import mlflow
+
+    from mlr_registry.errors import CheckpointError
+    from mlr_registry.tracking.mlflow_run import RESUMABLE_STATUSES, TrackedRun
+    from mlr_registry.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    run = TrackedRun(args.tracking_uri)
+    info = run.get_run(args.resume).info
+    if info.status not in RESUMABLE_STATUSES:
+        raise CheckpointError(f"run {args.resume} is {info.status}; only {', '.join(RESUMABLE_STATUSES)} runs resume")
+    with tempfile.TemporaryDirectory(prefix="mlr_registry_resume_") as tmp:
+        try:
+            config_file = mlflow.artifacts.download_artifacts(
+                run_id=args.resume, artifact_path="config/config.gin", dst_path=tmp, tracking_uri=run.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - any failure means the artifact is not there
+            raise CheckpointError(f"run {args.resume} has no config/config.gin artifact to rebuild it from: "
+                                  f"{str(exc).splitlines()[0]}") from None
+        _, trainer, params = _build_trainer([config_file], args.bind)
+    root = run.download_checkpoints(args.resume)
+    latest = latest_checkpoint(root) if root is not None else None
+    if latest is None:
+        raise CheckpointError(f"run {args.resume} has no checkpoint (no {root}/latest): it ran with "
+                              "checkpoint_every = 0 or stopped before its first checkpoint")
+    state, meta = load_checkpoint(latest, params)
+    try:
+        trainer.load_state_dict(state)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{latest}: {exc}") from None
+    except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{latest} does not fit this run's trainer: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    step = int(meta["step"])
+    run.resume(args.resume, from_step=step)
+    run.set_tags({"resumed_from_step": str(step), **_extra_tags(args)})
+    print(f"resuming MLflow run {run.run_id} from step {step} ({latest})", file=sys.stderr)
+    checkpointer = _checkpointer(run, params)
+    checkpointer.last_saved_step = step
+    return _run_to_end(run, trainer, checkpointer)
+
+
+def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
+    from mlr_registry import config
+
     status = "FAILED"
     try:
-        run.log_text(config.config_str(), "config/config.gin")
-        run.log_text(config.operative_config_str(), "config/operative_config.gin")
-        final = trainer.train(run)
+        if preamble is not None:
+            preamble()
+        final = trainer.train(run, checkpointer) if checkpointer is not None else trainer.train(run)
         run.log_text(config.operative_config_str(), "config/operative_config.gin")
         status = "FINISHED"
     except KeyboardInterrupt:
@@ -139,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             dry_run(args.gin, args.bind)
             return 0
-        return train(args)
+        return resume(args) if args.resume else train(args)
     except MLRError as exc:
         if args.debug:
             raise

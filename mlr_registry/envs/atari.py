@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import gymnasium
 import numpy as np
-from ale_py import Action, ALEInterface, LoggerMode, roms
+from ale_py import Action, ALEInterface, ALEState, LoggerMode, roms
 from gymnasium import spaces
 
 from mlr_registry.errors import ConfigError, check_range
@@ -242,6 +242,32 @@ class AtariEnv(gymnasium.Env):
         reward = float(np.sign(raw_reward)) if self.clip_rewards else float(raw_reward)
         info = self._info(raw_reward=float(raw_reward), life_loss=life_loss)
         return self._stack.copy(), reward, bool(terminated), bool(truncated), info
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything the next ``step``/``reset`` depends on, as arrays and plain values: the
+        emulator (``cloneState(include_rng=True)``, serialized), the noop RNG, the max-pool
+        frames, the frame stack, and the life / step / episode flags."""
+        ale_state = self._ale.cloneState(include_rng=True).serialize()
+        return {"game": self.game, "ale": np.frombuffer(ale_state, np.uint8).copy(),
+                "np_random": self.np_random.bit_generator.state,
+                "raw_frame_1": self._raw_frame_1.copy(), "raw_frame_2": self._raw_frame_2.copy(),
+                "max_frame": self._max_frame.copy(), "stack": self._stack.copy(), "lives": self._lives,
+                "steps": self._steps, "started": self._started, "game_over": self._game_over,
+                "soft_reset_pending": self._soft_reset_pending}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned (same game; the ROM stays loaded)."""
+        if state["game"] != self.game:
+            raise ValueError(f"env state is for game {state['game']!r}, this env plays {self.game!r}")
+        self._ale.restoreState(ALEState(np.asarray(state["ale"], np.uint8).tobytes()))
+        self.np_random.bit_generator.state = state["np_random"]
+        for name in ("raw_frame_1", "raw_frame_2", "max_frame", "stack"):
+            getattr(self, f"_{name}")[...] = state[name]
+        self._lives, self._steps = int(state["lives"]), int(state["steps"])
+        self._started, self._game_over = bool(state["started"]), bool(state["game_over"])
+        self._soft_reset_pending = bool(state["soft_reset_pending"])
 
     # --- internals -----------------------------------------------------------------------------
 

@@ -99,6 +99,17 @@ class CatchEnv(gymnasium.Env):
         info = {"raw_reward": reward, "game_over": terminated, "life_loss": False}
         return self._stack.copy(), reward, terminated, False, info
 
+    def get_state(self) -> dict[str, Any]:
+        """Board, frame stack and the ball-column RNG (arrays and plain values)."""
+        return {"np_random": self.np_random.bit_generator.state, "stack": self._stack.copy(),
+                "ball": (self._ball_row, self._ball_col), "paddle": self._paddle, "done": self._done}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.np_random.bit_generator.state = state["np_random"]
+        self._stack[...] = state["stack"]
+        self._ball_row, self._ball_col = (int(v) for v in state["ball"])
+        self._paddle, self._done = int(state["paddle"]), bool(state["done"])
+
     def _push_frame(self) -> None:
         board = np.zeros((self.grid, self.grid), np.uint8)  # (rows cols)
         board[self._ball_row, self._ball_col] = 255

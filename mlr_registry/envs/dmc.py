@@ -216,6 +216,61 @@ class DMCEnv(gymnasium.Env):
     def close(self) -> None:
         self._env.close()
 
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    # Model fields dm_control tasks rewrite per episode (reacher's and finger's targets, ...).
+    _MODEL_FIELDS = ("body_pos", "body_quat", "geom_pos", "geom_quat", "geom_size", "geom_rgba",
+                     "site_pos", "site_quat", "site_size", "site_rgba", "mat_rgba")
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything the next ``step``/``reset`` depends on, as arrays and plain values:
+        MuJoCo's full integration state (``mj_getState(mjSTATE_INTEGRATION)``: time, qpos, qvel,
+        act, controls, applied forces, warm start), the model fields tasks rewrite per episode,
+        the task's ``RandomState``, the dm_control step counter, the gymnasium RNGs and the
+        frame stack."""
+        import mujoco
+
+        physics = self._env.physics
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        model, data = physics.model._model, physics.data._data
+        integration = np.empty(mujoco.mj_stateSize(model, spec), np.float64)
+        mujoco.mj_getState(model, data, integration, spec)
+        kind, keys, pos, has_gauss, cached = self._env.task.random.get_state()
+        return {
+            "game": self.game, "physics": integration,
+            "model": {name: getattr(model, name).copy() for name in self._MODEL_FIELDS},
+            "task_random": {"kind": kind, "keys": keys, "pos": int(pos), "has_gauss": int(has_gauss),
+                            "cached_gaussian": float(cached)},
+            "control_step_count": int(self._env._step_count),
+            "control_reset_next_step": bool(self._env._reset_next_step),
+            "np_random": self.np_random.bit_generator.state,
+            "action_space_random": self.action_space.np_random.bit_generator.state,
+            "stack": self._stack.copy(), "steps": self._steps, "env_steps": self._env_steps,
+            "started": self._started, "game_over": self._game_over}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned, then recompute the position-dependent
+        quantities (``mj_step1``), which is where dm_control leaves them after every step."""
+        import mujoco
+
+        if state["game"] != self.game:
+            raise ValueError(f"env state is for task {state['game']!r}, this env is {self.game!r}")
+        physics = self._env.physics
+        model, data = physics.model._model, physics.data._data
+        for name in self._MODEL_FIELDS:
+            getattr(model, name)[...] = state["model"][name]
+        mujoco.mj_setState(model, data, np.asarray(state["physics"], np.float64), mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_step1(model, data)
+        r = state["task_random"]
+        self._env.task.random.set_state((r["kind"], r["keys"], r["pos"], r["has_gauss"], r["cached_gaussian"]))
+        self._env._step_count = int(state["control_step_count"])
+        self._env._reset_next_step = bool(state["control_reset_next_step"])
+        self.np_random.bit_generator.state = state["np_random"]
+        self.action_space.np_random.bit_generator.state = state["action_space_random"]
+        self._stack[...] = state["stack"]
+        self._steps, self._env_steps = int(state["steps"]), int(state["env_steps"])
+        self._started, self._game_over = bool(state["started"]), bool(state["game_over"])
+
     # --- internals -----------------------------------------------------------------------------
 
     def _seed(self, seed: int) -> None:

@@ -2,7 +2,8 @@
 
 Only the CLI and the trainer use this module; components never see MLflow. The run always ends
 with a terminal status: FINISHED, FAILED (an exception) or KILLED (Ctrl-C or SIGTERM), so the
-UI never shows a dead run as RUNNING.
+UI never shows a dead run as RUNNING. A run can be reopened (:meth:`TrackedRun.resume`) to
+continue from a checkpoint; its checkpoints live in its artifact store under ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
@@ -23,6 +25,8 @@ DEFAULT_EXPERIMENT = "mlr_registry"
 _PARAM_LIMIT = 6000
 _PARAM_BATCH = 100
 _METRIC_BATCH = 1000
+CHECKPOINT_DIR = "checkpoints"
+RESUMABLE_STATUSES = ("RUNNING", "KILLED", "FAILED")
 
 
 def resolve_tracking_uri(flag: str | None = None) -> str:
@@ -64,6 +68,7 @@ class TrackedRun:
         self._last_flush = time.monotonic()
         self._flush_every_s = flush_every_s
         self._ended = False
+        self._already_logged: set[tuple[str, int]] = set()
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -86,6 +91,82 @@ class TrackedRun:
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.runName", run.info.run_name)])
         return self.run_id
 
+    def get_run(self, run_id: str) -> Any:
+        """The MLflow run ``run_id`` (a CheckpointError when the store does not have it)."""
+        from mlflow.exceptions import MlflowException
+
+        from mlr_registry.errors import CheckpointError
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            raise CheckpointError(f"no MLflow run {run_id!r} in {self.tracking_uri}: "
+                                  f"{str(exc).splitlines()[0]}") from None
+
+    def resume(self, run_id: str, from_step: int) -> None:
+        """Reopen ``run_id`` (status back to RUNNING) to continue it from a checkpoint at
+        ``from_step``. Metric points the interrupted process had already logged at steps >=
+        ``from_step`` (after its last checkpoint, before a SIGKILL) are not logged again, so
+        each (metric, step) keeps one value."""
+        run = self.get_run(run_id)
+        self.run_id = run_id
+        self.experiment = self.client.get_experiment(run.info.experiment_id).name
+        self.run_name = run.info.run_name
+        for key in run.data.metrics:
+            for m in self.client.get_metric_history(run_id, key):
+                if m.step >= from_step:
+                    self._already_logged.add((key, int(m.step)))
+        self.client.update_run(run_id, status="RUNNING")
+        self._ended = False
+
+    def artifact_dir(self) -> Path | None:
+        """The run's artifact folder when the artifact store is a local file system, else None."""
+        uri = self.client.get_run(self.run_id).info.artifact_uri
+        parsed = urlparse(uri)
+        if parsed.scheme == "file":
+            return Path(unquote(parsed.path))
+        if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+            return Path(uri)
+        return None
+
+    def checkpoint_root(self) -> Path:
+        """Where this run's checkpoints are written: ``<artifact dir>/checkpoints`` for a local
+        artifact store (written in place, so a killed process leaves its last complete
+        checkpoint in the run's artifacts); a local staging folder for a remote store, whose
+        checkpoints :meth:`upload_checkpoint` copies into the run's ``checkpoints/``."""
+        local = self.artifact_dir()
+        if local is not None:
+            return local / CHECKPOINT_DIR
+        return Path(tempfile.mkdtemp(prefix=f"mlr_registry_ckpt_{self.run_id}_"))
+
+    def upload_checkpoint(self, path: Path) -> None:
+        """Copy a checkpoint written to a staging folder into a remote artifact store, then its
+        ``latest`` pointer (no-op for local stores, where it was written in place)."""
+        if self.artifact_dir() is not None:
+            return
+        self.client.log_artifacts(self.run_id, str(path), f"{CHECKPOINT_DIR}/{path.name}")
+        self.client.log_artifact(self.run_id, str(path.parent / "latest"), CHECKPOINT_DIR)
+
+    def download_checkpoints(self, run_id: str) -> Path | None:
+        """A local folder holding the run's ``latest`` pointer and the checkpoint it names
+        (the artifact folder itself for a local store); None when the run has no checkpoint."""
+        self.run_id = run_id
+        local = self.artifact_dir()
+        if local is not None:
+            return local / CHECKPOINT_DIR
+        import mlflow
+
+        dest = Path(tempfile.mkdtemp(prefix=f"mlr_registry_ckpt_{run_id}_"))
+        try:
+            latest = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/latest",
+                                                         dst_path=str(dest), tracking_uri=self.tracking_uri)
+        except Exception:  # noqa: BLE001 - no checkpoint uploaded
+            return None
+        name = Path(latest).read_text().strip()
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}",
+                                            dst_path=str(dest), tracking_uri=self.tracking_uri)
+        return dest / CHECKPOINT_DIR
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -95,7 +176,8 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items()
+                             if (k, int(step)) not in self._already_logged)
         if time.monotonic() - self._last_flush > self._flush_every_s or len(self._pending) >= _METRIC_BATCH:
             self.flush()
 

@@ -28,6 +28,14 @@ class CurveTracker:
                 self.curves[key].append((int(step), float(value)))
         self.tracker.log_metrics(metrics, step)
 
+    def state_dict(self) -> dict[str, list[tuple[int, float]]]:
+        """The series so far (a checkpoint keeps them so a resumed run plots the whole curve)."""
+        return {k: list(v) for k, v in self.curves.items()}
+
+    def load_state_dict(self, state: Mapping[str, list[tuple[int, float]]]) -> None:
+        for key, points in state.items():
+            self.curves[key] = [(int(s), float(v)) for s, v in points]
+
     def __getattr__(self, name):  # log_artifact, log_text, set_tags, flush, ...
         return getattr(self.tracker, name)
 

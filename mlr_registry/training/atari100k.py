@@ -12,6 +12,8 @@ The trainer owns the progress bar and all metric logging; components never see M
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -20,16 +22,22 @@ import torch
 from tqdm.auto import tqdm
 
 from mlr_registry.envs.atari import HUMAN_SCORES, AtariEnv, human_normalized
-from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.errors import CheckpointError, ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
+from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     MetricWindow,
+    global_rng_state,
+    missing_checkpoint_methods,
     objective_of,
     registered_name,
     resolve_device,
     seed_everything,
+    seeded_generator_states,
+    set_global_rng_state,
+    set_seeded_generator_states,
 )
 from mlr_registry.training.trainer import Tracker
 
@@ -52,6 +60,10 @@ class Atari100kTrainer:
     ``@replays.prioritized_sequence``, without parentheses): the trainer supplies the seeds,
     shapes and device. ``objective`` defaults to the agent's aux-loss names (``baseline`` when
     there are none).
+
+    ``checkpoint_every`` (env steps, 0 = off) sets how often :meth:`train` writes a checkpoint
+    when the CLI gives it a :class:`Checkpointer` (every 10k steps: a checkpoint holds the whole
+    replay, ~0.7 GB at full size; see ``training/checkpoint.py``).
     """
 
     def __init__(
@@ -79,6 +91,7 @@ class Atari100kTrainer:
         progress: bool = True,
         video: bool = True,
         video_max_steps: int = 2000,
+        checkpoint_every: int = 10_000,
     ):
         if agent is None:
             raise ConfigError("atari100k.agent is not set; bind it, e.g. atari100k.agent = @agents.rainbow")
@@ -90,6 +103,7 @@ class Atari100kTrainer:
         check_range("atari100k.eval_epsilon", eval_epsilon, 0, 1)
         check_range("atari100k.eval_every", eval_every, 0)
         check_range("atari100k.log_every", log_every, 1)
+        check_range("atari100k.checkpoint_every", checkpoint_every, 0)
         self.device = resolve_device(device)
         seed_everything(seed)
         self.seed = seed
@@ -114,7 +128,9 @@ class Atari100kTrainer:
         self.progress = progress
         self.video = video
         self.video_max_steps = video_max_steps
+        self.checkpoint_every = checkpoint_every
         self.update_count = 0
+        self._resume: dict[str, Any] | None = None
 
     def run_tags(self) -> dict[str, str]:
         return {"benchmark": self.benchmark, "env": str(self.env.game),
@@ -125,39 +141,60 @@ class Atari100kTrainer:
         initial, final, decay = self.epsilon
         return linear_epsilon(step, self.learning_starts, decay, initial, final)
 
-    def train(self, tracker: Tracker) -> dict[str, float]:
+    def train(self, tracker: Tracker, checkpointer: Checkpointer | None = None) -> dict[str, float]:
+        """Run the loop (from the loaded checkpoint's step after :meth:`load_state_dict`), then
+        the final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every``
+        steps, and Ctrl-C / SIGTERM checkpoint at the end of the current step before stopping."""
         tracker = CurveTracker(tracker)
-        if self.eval_at_start:
-            tracker.log_metrics(self._eval_metrics(self.evaluate(epsilon=1.0)), step=0)
-        obs, _ = self.env.reset(seed=self.seed)
-        episode_score, episode_steps = 0.0, 0
-        window = MetricWindow()
-        bar = tqdm(total=self.num_env_steps, disable=not self.progress, unit="step", dynamic_ncols=True,
-                   desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
-        for step in range(self.num_env_steps):
-            obs_t = torch.as_tensor(obs, device=self.device)
-            action = int(self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)[0])
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            done = bool(terminated or truncated)
-            self.replay.add(obs, action, float(reward), done)
-            episode_score += float(info.get("raw_reward", reward))
-            episode_steps += 1
-            if info.get("game_over", done):
-                tracker.log_metrics({"train/episode_return": episode_score,
-                                     "train/episode_length": episode_steps}, step=step)
-                episode_score, episode_steps = 0.0, 0
-            obs = self.env.reset()[0] if done else next_obs
-            self.replay.set_step(step)
-            if step >= self.learning_starts:
-                for _ in range(self.updates_per_step):
-                    window.add(self._update())
-            bar.update(1)
-            if (step + 1) % self.log_every == 0:
-                metrics = window.flush(step + 1, self.update_count)
-                tracker.log_metrics({**metrics, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
-                bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
-            if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
-                tracker.log_metrics(self._eval_metrics(self.evaluate()), step=step + 1)
+        self._curves = tracker
+        if self._resume is None:
+            if self.eval_at_start:
+                tracker.log_metrics(self._eval_metrics(self.evaluate(epsilon=1.0)), step=0)
+            self._obs, _ = self.env.reset(seed=self.seed)
+            self._episode_score, self._episode_steps = 0.0, 0
+            self._window = MetricWindow()
+            self._steps_done = 0
+        else:
+            self._restore_loop(self._resume)
+            self._resume = None
+        window = self._window
+        bar = tqdm(total=self.num_env_steps, initial=self._steps_done, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
+        missing = missing_checkpoint_methods(self.env, self.agent, self.replay) if checkpointer is not None else []
+        if missing:
+            print(f"warning: no checkpoints for this run: it needs {', '.join(missing)}", file=sys.stderr)
+            checkpointer = None
+        guard = checkpointer.interrupts_deferred() if checkpointer is not None else contextlib.nullcontext()
+        with guard:
+            for step in range(self._steps_done, self.num_env_steps):
+                obs = self._obs
+                obs_t = torch.as_tensor(obs, device=self.device)
+                action = int(self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)[0])
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                done = bool(terminated or truncated)
+                self.replay.add(obs, action, float(reward), done)
+                self._episode_score += float(info.get("raw_reward", reward))
+                self._episode_steps += 1
+                if info.get("game_over", done):
+                    tracker.log_metrics({"train/episode_return": self._episode_score,
+                                         "train/episode_length": self._episode_steps}, step=step)
+                    self._episode_score, self._episode_steps = 0.0, 0
+                self._obs = self.env.reset()[0] if done else next_obs
+                self.replay.set_step(step)
+                if step >= self.learning_starts:
+                    for _ in range(self.updates_per_step):
+                        window.add(self._update())
+                bar.update(1)
+                if (step + 1) % self.log_every == 0:
+                    metrics = window.flush(step + 1, self.update_count)
+                    tracker.log_metrics({**metrics, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
+                    bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
+                if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
+                    tracker.log_metrics(self._eval_metrics(self.evaluate()), step=step + 1)
+                self._steps_done = step + 1
+                if checkpointer is not None:
+                    due = self.checkpoint_every > 0 and (step + 1) % self.checkpoint_every == 0
+                    checkpointer.step_end(step + 1, self.state_dict, "atari100k", due)
         bar.close()
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
@@ -166,6 +203,42 @@ class Atari100kTrainer:
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the loop needs to continue exactly at a step boundary: agent (networks,
+        optimizer, counters), replay (contents, priorities, sampler RNG), env (emulator + RNG),
+        the global RNGs, the current observation, the open episode, the metric window and the
+        learning curves so far. Only valid between steps of :meth:`train`."""
+        return {"trainer": "atari100k", "step": self._steps_done, "agent": self.agent.checkpoint_state(),
+                "replay": self.replay.state_dict(), "env": self.env.get_state(), "rng": global_rng_state(),
+                "generators": seeded_generator_states(self.agent),
+                "loop": {"obs": np.asarray(self._obs), "episode_score": self._episode_score,
+                         "episode_steps": self._episode_steps, "update_count": self.update_count,
+                         "window": self._window.state_dict(), "curves": self._curves.state_dict()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load agent, replay and env now (errors surface before anything runs); the RNGs and
+        the loop state are applied when :meth:`train` starts."""
+        if state.get("trainer") != "atari100k":
+            raise CheckpointError(f"checkpoint is from trainer {state.get('trainer')!r}, not atari100k")
+        self.agent.load_checkpoint_state(state["agent"])
+        self.replay.load_state_dict(state["replay"])
+        self.env.set_state(state["env"])
+        set_seeded_generator_states(self.agent, state["generators"])
+        self._resume = state
+
+    def _restore_loop(self, state: dict[str, Any]) -> None:
+        loop = state["loop"]
+        self._steps_done = int(state["step"])
+        self._obs = np.array(loop["obs"])
+        self._episode_score, self._episode_steps = float(loop["episode_score"]), int(loop["episode_steps"])
+        self.update_count = int(loop["update_count"])
+        self._window = MetricWindow()
+        self._window.load_state_dict(loop["window"])
+        self._curves.load_state_dict(loop["curves"])
+        set_global_rng_state(state["rng"])
 
     def _update(self) -> dict[str, float]:
         batch = self.replay.sample(self.batch_size)

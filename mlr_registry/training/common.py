@@ -1,4 +1,5 @@
-"""Pieces every trainer shares: device choice, seeding, tags, and windowed metric averages."""
+"""Pieces every trainer shares: device choice, seeding (and RNG checkpoints), tags, and windowed
+metric averages."""
 
 from __future__ import annotations
 
@@ -27,6 +28,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def global_rng_state() -> dict[str, Any]:
+    """The global RNG streams a run draws from after construction: Python's ``random``,
+    numpy's legacy global ``RandomState``, torch's CPU generator and (when present) every CUDA
+    device's generator. Checkpoint-safe: tensors, arrays and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": {"kind": kind, "keys": keys, "pos": int(pos), "has_gauss": int(has_gauss),
+                                       "cached_gaussian": float(cached)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_global_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`global_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"], n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def generator_state(rng: np.random.Generator) -> dict[str, Any]:
+    """A numpy ``Generator``'s bit-generator state (plain ints and strings)."""
+    return rng.bit_generator.state
+
+
+def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state
 
 
 def registered_name(kind: str, obj: Any) -> str:
@@ -58,6 +92,18 @@ class MetricWindow:
             self._sums[key] += float(value)
             self._counts[key] += 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """Sums, counts and the step/update marks of the open window (throughput's clock is not
+        saved: after a resume the first window's rates count from the resume)."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts), "steps0": self._steps0,
+                "updates0": self._updates0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sums = defaultdict(float, {k: float(v) for k, v in state["sums"].items()})
+        self._counts = defaultdict(int, {k: int(v) for k, v in state["counts"].items()})
+        self._steps0, self._updates0 = int(state["steps0"]), int(state["updates0"])
+        self._t0 = time.perf_counter()
+
     def __bool__(self) -> bool:
         """True when metrics were added since the last flush."""
         return bool(self._sums)
@@ -73,3 +119,29 @@ class MetricWindow:
         self._counts.clear()
         self._t0, self._steps0, self._updates0 = now, env_steps, updates
         return out
+
+
+def seeded_generator_states(agent: Any) -> dict[str, torch.Tensor]:
+    """States of the private ``torch.Generator``s of the agent's aux-loss maskers (maskers built
+    with a ``seed``; the default ``seed=None`` draws from torch's global RNG instead)."""
+    states = {}
+    for i, loss in enumerate(getattr(agent, "aux_losses", [])):
+        for device, generator in getattr(getattr(loss, "masker", None), "_generators", {}).items():
+            states[f"{i}|{device}"] = generator.get_state()
+    return states
+
+
+def set_seeded_generator_states(agent: Any, states: Mapping[str, torch.Tensor]) -> None:
+    losses = list(getattr(agent, "aux_losses", []))
+    for key, state in states.items():
+        index, device = key.split("|", 1)
+        generators = losses[int(index)].masker._generators
+        device = torch.device(device)
+        generators.setdefault(device, torch.Generator(device=device)).set_state(state)
+
+
+def missing_checkpoint_methods(env: Any, agent: Any, replay: Any) -> list[str]:
+    """The state methods a checkpoint needs that these components lack (plugins may lack them)."""
+    needed = ((env, "env", ("get_state", "set_state")), (agent, "agent", ("checkpoint_state", "load_checkpoint_state")),
+              (replay, "replay", ("state_dict", "load_state_dict")))
+    return [f"{role}.{name}" for obj, role, names in needed for name in names if not hasattr(obj, name)]

@@ -14,6 +14,8 @@ evaluates on the training env at episode boundaries, which changes only the env'
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -23,16 +25,24 @@ from tqdm.auto import tqdm
 
 from mlr_registry.agents.sac import SAC
 from mlr_registry.envs.dmc import DMCEnv
-from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.errors import CheckpointError, ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.transition_replay import TransitionReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
+from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     MetricWindow,
+    generator_state,
+    global_rng_state,
+    missing_checkpoint_methods,
     objective_of,
     registered_name,
     resolve_device,
     seed_everything,
+    seeded_generator_states,
+    set_generator_state,
+    set_global_rng_state,
+    set_seeded_generator_states,
 )
 from mlr_registry.training.trainer import Tracker
 
@@ -68,9 +78,12 @@ class DMCTrainer:
         progress: bool = True,
         video: bool = True,
         video_max_steps: int = 2000,
+        checkpoint_every: int = 50_000,
     ):
-        """num_env_steps, eval_every and log_every count env steps; init_steps counts agent
-        steps (the reference multiplies its 1000 by the action repeat)."""
+        """num_env_steps, eval_every, log_every and checkpoint_every count env steps;
+        init_steps counts agent steps (the reference multiplies its 1000 by the action repeat).
+        checkpoint_every (0 = off) applies when the CLI gives :meth:`train` a Checkpointer; a
+        checkpoint holds the whole replay (~3 GB at capacity 100k), hence the sparse default."""
         check_range("dmc.num_env_steps", num_env_steps, 1)
         check_range("dmc.init_steps", init_steps, 0)
         check_range("dmc.batch_size", batch_size, 1)
@@ -78,6 +91,7 @@ class DMCTrainer:
         check_range("dmc.eval_every", eval_every, 0)
         check_range("dmc.eval_episodes", eval_episodes, 1)
         check_range("dmc.log_every", log_every, 1)
+        check_range("dmc.checkpoint_every", checkpoint_every, 0)
         self.device = resolve_device(device)
         seed_everything(seed)
         self.seed = seed
@@ -104,9 +118,11 @@ class DMCTrainer:
         self.progress = progress
         self.video = video
         self.video_max_steps = video_max_steps
+        self.checkpoint_every = checkpoint_every
         self.update_count = 0
         self._rng = np.random.default_rng(seed)
         self._eval_env = None
+        self._resume: dict[str, Any] | None = None
 
     def run_tags(self) -> dict[str, str]:
         return {"benchmark": self.benchmark, "env": str(self.env.game),
@@ -118,42 +134,65 @@ class DMCTrainer:
         (exactly ``env_step % every == 0`` when ``every`` is a multiple of the action repeat)."""
         return every > 0 and env_step % every < self.action_repeat
 
-    def train(self, tracker: Tracker) -> dict[str, float]:
+    def train(self, tracker: Tracker, checkpointer: Checkpointer | None = None) -> dict[str, float]:
+        """Run the loop (from the loaded checkpoint's step after :meth:`load_state_dict`), then
+        the final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every``
+        env steps, and Ctrl-C / SIGTERM checkpoint at the end of the current agent step first."""
         tracker = CurveTracker(tracker)
+        self._curves = tracker
         agent_steps = self.num_env_steps // self.action_repeat
         wants_sequences = len(getattr(self.agent, "aux_losses", [])) > 0
-        obs, _ = self.env.reset(seed=self.seed)
-        episode_return, episode_steps = 0.0, 0
-        window = MetricWindow()
-        bar = tqdm(total=self.num_env_steps, disable=not self.progress, unit="env step", dynamic_ncols=True,
+        if self._resume is None:
+            self._obs, _ = self.env.reset(seed=self.seed)
+            self._episode_return, self._episode_steps = 0.0, 0
+            self._window = MetricWindow()
+            self._agent_steps_done = 0
+        else:
+            self._restore_loop(self._resume)
+            self._resume = None
+        window = self._window
+        bar = tqdm(total=self.num_env_steps, initial=self._agent_steps_done * self.action_repeat,
+                   disable=not self.progress, unit="env step", dynamic_ncols=True,
                    desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
-        for i in range(agent_steps):
-            env_step = i * self.action_repeat
-            if self._due(env_step, self.eval_every) and (env_step > 0 or self.eval_at_start):
-                tracker.log_metrics(self._eval_metrics(self.evaluate()), step=env_step)
-            if i < self.init_steps:
-                action = self._rng.uniform(-1.0, 1.0, self.env.action_dim).astype(np.float32)
-            else:
-                obs_t = torch.as_tensor(obs, device=self.device)
-                action = self.agent.act(obs_t, greedy=False).reshape(-1).cpu().numpy()
-            if i >= self.init_steps:
-                window.add(self._update(wants_sequences))
-            next_obs, reward, terminated, truncated, info = self.env.step(action)
-            self.replay.add(obs, action, float(reward), next_obs, done=bool(terminated),
-                            episode_end=bool(terminated or truncated))
-            episode_return += float(info.get("raw_reward", reward))
-            episode_steps += 1
-            obs = next_obs
-            if terminated or truncated:
-                tracker.log_metrics({"train/episode_return": episode_return,
-                                     "train/episode_length": episode_steps}, step=env_step + self.action_repeat)
-                episode_return, episode_steps = 0.0, 0
-                obs, _ = self.env.reset()
-            bar.update(self.action_repeat)
-            if self._due(env_step + self.action_repeat, self.log_every):
-                metrics = window.flush(env_step + self.action_repeat, self.update_count)
-                tracker.log_metrics(metrics, step=env_step + self.action_repeat)
-                bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
+        missing = missing_checkpoint_methods(self.env, self.agent, self.replay) if checkpointer is not None else []
+        if missing:
+            print(f"warning: no checkpoints for this run: it needs {', '.join(missing)}", file=sys.stderr)
+            checkpointer = None
+        guard = checkpointer.interrupts_deferred() if checkpointer is not None else contextlib.nullcontext()
+        with guard:
+            for i in range(self._agent_steps_done, agent_steps):
+                env_step = i * self.action_repeat
+                if self._due(env_step, self.eval_every) and (env_step > 0 or self.eval_at_start):
+                    tracker.log_metrics(self._eval_metrics(self.evaluate()), step=env_step)
+                obs = self._obs
+                if i < self.init_steps:
+                    action = self._rng.uniform(-1.0, 1.0, self.env.action_dim).astype(np.float32)
+                else:
+                    obs_t = torch.as_tensor(obs, device=self.device)
+                    action = self.agent.act(obs_t, greedy=False).reshape(-1).cpu().numpy()
+                if i >= self.init_steps:
+                    window.add(self._update(wants_sequences))
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                self.replay.add(obs, action, float(reward), next_obs, done=bool(terminated),
+                                episode_end=bool(terminated or truncated))
+                self._episode_return += float(info.get("raw_reward", reward))
+                self._episode_steps += 1
+                self._obs = next_obs
+                if terminated or truncated:
+                    tracker.log_metrics({"train/episode_return": self._episode_return,
+                                         "train/episode_length": self._episode_steps},
+                                        step=env_step + self.action_repeat)
+                    self._episode_return, self._episode_steps = 0.0, 0
+                    self._obs, _ = self.env.reset()
+                bar.update(self.action_repeat)
+                if self._due(env_step + self.action_repeat, self.log_every):
+                    metrics = window.flush(env_step + self.action_repeat, self.update_count)
+                    tracker.log_metrics(metrics, step=env_step + self.action_repeat)
+                    bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
+                self._agent_steps_done = i + 1
+                if checkpointer is not None:
+                    due = self._due(env_step + self.action_repeat, self.checkpoint_every)
+                    checkpointer.step_end(env_step + self.action_repeat, self.state_dict, "dmc", due)
         bar.close()
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
@@ -162,6 +201,50 @@ class DMCTrainer:
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the loop needs to continue exactly at an agent-step boundary: agent,
+        replay, training and evaluation envs (physics, task RNG, frame stacks), the warm-up
+        action RNG, the global RNGs, the current observation, the open episode, the metric
+        window and the learning curves so far. Only valid between steps of :meth:`train`."""
+        return {"trainer": "dmc", "step": self._agent_steps_done * self.action_repeat,
+                "agent_steps": self._agent_steps_done, "agent": self.agent.checkpoint_state(),
+                "replay": self.replay.state_dict(), "env": self.env.get_state(),
+                "eval_env": self._eval_env.get_state() if self._eval_env is not None else None,
+                "rng": global_rng_state(), "trainer_rng": generator_state(self._rng),
+                "generators": seeded_generator_states(self.agent),
+                "loop": {"obs": np.asarray(self._obs), "episode_return": self._episode_return,
+                         "episode_steps": self._episode_steps, "update_count": self.update_count,
+                         "window": self._window.state_dict(), "curves": self._curves.state_dict()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load agent, replay and envs now (errors surface before anything runs); the RNGs and
+        the loop state are applied when :meth:`train` starts."""
+        if state.get("trainer") != "dmc":
+            raise CheckpointError(f"checkpoint is from trainer {state.get('trainer')!r}, not dmc")
+        self.agent.load_checkpoint_state(state["agent"])
+        self.replay.load_state_dict(state["replay"])
+        self.env.set_state(state["env"])
+        if state["eval_env"] is not None:
+            if self._eval_env is None:
+                self._eval_env = self.env_factory(seed=self.seed + EVAL_SEED_OFFSET)
+            self._eval_env.set_state(state["eval_env"])
+        set_seeded_generator_states(self.agent, state["generators"])
+        self._resume = state
+
+    def _restore_loop(self, state: dict[str, Any]) -> None:
+        loop = state["loop"]
+        self._agent_steps_done = int(state["agent_steps"])
+        self._obs = np.array(loop["obs"])
+        self._episode_return, self._episode_steps = float(loop["episode_return"]), int(loop["episode_steps"])
+        self.update_count = int(loop["update_count"])
+        self._window = MetricWindow()
+        self._window.load_state_dict(loop["window"])
+        self._curves.load_state_dict(loop["curves"])
+        set_generator_state(self._rng, state["trainer_rng"])
+        set_global_rng_state(state["rng"])
 
     def _update(self, wants_sequences: bool) -> dict[str, float]:
         transitions = self.replay.sample_transitions(self.batch_size)
