@@ -49,6 +49,9 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
     trainer = experiment().trainer()
     tags = trainer.run_tags()
     assert set(tags) >= {"benchmark", "env", "agent", "objective", "seed"}
+    # what the fast path really runs; on this CPU, compile = 'auto' stays off
+    assert tags["fast_path.precision"] == ("bf16" if name.startswith("fast/") else "fp32")
+    assert tags["fast_path.compile"] == "off"
     tracker = RecordingTracker()
     final = trainer.train(tracker)
     assert "final_return" in final and trainer.update_count > 0

@@ -29,6 +29,7 @@ from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     MetricWindow,
+    fast_path_tags,
     global_rng_state,
     missing_checkpoint_methods,
     objective_of,
@@ -135,7 +136,7 @@ class Atari100kTrainer:
     def run_tags(self) -> dict[str, str]:
         return {"benchmark": self.benchmark, "env": str(self.env.game),
                 "agent": registered_name("agent", self.agent),
-                "objective": self.objective, "seed": str(self.seed)}
+                "objective": self.objective, "seed": str(self.seed), **fast_path_tags(self.agent)}
 
     def epsilon_at(self, step: int) -> float:
         initial, final, decay = self.epsilon

@@ -71,6 +71,15 @@ def registered_name(kind: str, obj: Any) -> str:
     return by_class.get(type(obj), type(obj).__name__.lower())
 
 
+def fast_path_tags(agent: Any) -> dict[str, str]:
+    """What the agent's GPU fast path actually runs (``fast_path.precision``, ``fast_path.compile``
+    and the reason of any switch that turned itself off), as run tags; {} for agents without."""
+    fast = getattr(agent, "fast_path", None)
+    if fast is None or not hasattr(fast, "describe"):
+        return {}
+    return {f"fast_path.{k}": str(v) for k, v in fast.describe().items()}
+
+
 def objective_of(agent: Any) -> str:
     """The ``objective`` tag: the agent's aux-loss names joined by '+', or 'baseline'."""
     names = [registered_name("loss", loss) for loss in getattr(agent, "aux_losses", [])]

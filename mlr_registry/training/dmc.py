@@ -32,6 +32,7 @@ from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     MetricWindow,
+    fast_path_tags,
     generator_state,
     global_rng_state,
     missing_checkpoint_methods,
@@ -127,7 +128,7 @@ class DMCTrainer:
     def run_tags(self) -> dict[str, str]:
         return {"benchmark": self.benchmark, "env": str(self.env.game),
                 "agent": registered_name("agent", self.agent), "objective": self.objective,
-                "seed": str(self.seed)}
+                "seed": str(self.seed), **fast_path_tags(self.agent)}
 
     def _due(self, env_step: int, every: int) -> bool:
         """True when a multiple of ``every`` env steps falls in this agent step's AR env steps

@@ -28,5 +28,8 @@ class Trainer(Protocol):
         ...
 
     def train(self, tracker: Tracker) -> dict[str, float]:
-        """Run to completion, logging to ``tracker``; returns the final metrics."""
+        """Run to completion, logging to ``tracker``; returns the final metrics. Resumable
+        trainers also accept ``checkpointer=`` (:mod:`mlr_registry.training.checkpoint`) and
+        have ``state_dict()`` / ``load_state_dict(state)``; the CLI checks for them, and runs a
+        trainer without them (a plugin's, say) without checkpoints."""
         ...
