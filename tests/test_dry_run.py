@@ -11,7 +11,8 @@ def test_dry_run_trains_the_config_at_tiny_size_and_tracks_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     # the user's bindings and the config's components run; only sizes and budget shrink
-    assert line.startswith("dry run OK (benchmark=atari100k env=pong agent=rainbow objective=mlr seed=0): 16 updates")
+    assert line.startswith("dry run OK (benchmark=atari100k env=pong agent=rainbow objective=mlr seed=0 ")
+    assert "fast_path.precision=fp32" in line and "): 16 updates" in line
     assert "train/mlr_loss=" in line and "train/rl_loss=" in line
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlartifacts").exists()
 
