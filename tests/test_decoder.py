@@ -170,3 +170,31 @@ def test_errors():
         dec(torch.zeros(2, 3, 7), torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="discrete actions"):
         dec(torch.zeros(2, 3, 8), torch.zeros(2, 3, 5))
+
+
+def test_width_projects_in_and_out_and_default_has_no_projection():
+    default = TransformerDecoder(dim=8, num_actions=5)
+    assert default.input_projection is None and default.output_projection is None and default.width == 8
+    narrow = TransformerDecoder(dim=8, num_actions=5, width=4, num_heads=2)
+    assert narrow.width == 4 and narrow.pe.shape == (128, 4)
+    assert narrow.action_embedding.weight.shape == (4, 5)
+    assert all(block.attn.qkv.weight.shape == (12, 4) for block in narrow.blocks)
+    latents, actions = _inputs()
+    out = narrow(latents, actions)
+    assert out.shape == (2, 6, 8)
+    out.sum().backward()  # the projections are trained with the blocks
+    assert narrow.input_projection.weight.grad.abs().sum() > 0
+    assert narrow.output_projection.weight.grad.abs().sum() > 0
+    # Atari sizes: width 512 instead of 3136 shrinks the two-block decoder about 21x.
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        full = count(TransformerDecoder(dim=3136, num_actions=18))
+        slim = count(TransformerDecoder(dim=3136, num_actions=18, width=512))
+    assert 157e6 < full < 158e6 and 7e6 < slim < 8e6
+
+
+def test_width_errors_name_the_parameter():
+    with pytest.raises(ConfigError, match="width = 6 is not divisible by num_heads = 4"):
+        TransformerDecoder(dim=8, num_actions=2, width=6, num_heads=4)
+    with pytest.raises(ConfigError, match="width"):
+        TransformerDecoder(dim=8, num_actions=2, width=0)

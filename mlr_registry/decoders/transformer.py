@@ -91,7 +91,7 @@ class TransformerDecoder(nn.Module):
 
     def __init__(self, dim: int, num_actions: int, discrete_actions: bool = True, depth: int = 2,
                  num_heads: int = 1, mlp_ratio: float = 2.0, action_tokens: bool = True,
-                 max_len: int = 128, init: str = "torch_default") -> None:
+                 max_len: int = 128, init: str = "torch_default", width: int | None = None) -> None:
         """
         Args:
             dim: token width = the encoder's latent size d. Supplied by the loss from the
@@ -112,20 +112,28 @@ class TransformerDecoder(nn.Module):
             init: "torch_default" (Atari: no special init, MLR_SPEC §4.6) or "trunc_normal"
                 (DMC: Linear weights trunc-normal std 0.02 cut at ±0.02, bias 0, LayerNorm
                 1/0; Part 2 §5).
+            width: the blocks' token width w. None (default, both references) = ``dim``: the
+                latents are the tokens. An integer = the width ablation: ``Linear(dim, w)``
+                before the blocks and ``Linear(w, dim)`` after them (the action embedding and
+                positional table are then w wide). On Atari w = 512 instead of 3136 cuts the
+                decoder from ≈157M to ≈7.4M parameters. ``w`` must be a multiple of num_heads.
         """
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("num_actions", num_actions, 1), ("depth", depth, 1),
-                                 ("num_heads", num_heads, 1), ("max_len", max_len, 1)):
+                                 ("num_heads", num_heads, 1), ("max_len", max_len, 1),
+                                 ("width", dim if width is None else width, 1)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"decoders.transformer: {name} = {value!r} must be an integer")
             check_range(f"decoders.transformer.{name}", value, low)
         check_range("decoders.transformer.mlp_ratio", mlp_ratio, 0.0, low_open=True)
-        if dim % num_heads:
-            raise ConfigError(f"decoders.transformer: dim = {dim} is not divisible by "
+        tokens = dim if width is None else width  # the blocks' width
+        if tokens % num_heads:
+            what = "dim" if width is None else "width"
+            raise ConfigError(f"decoders.transformer: {what} = {tokens} is not divisible by "
                               f"num_heads = {num_heads}")
-        if int(dim * mlp_ratio) < 1:
+        if int(tokens * mlp_ratio) < 1:
             raise ConfigError(f"decoders.transformer: mlp_ratio = {mlp_ratio} gives an empty MLP "
-                              f"at dim {dim}")
+                              f"at width {tokens}")
         if init not in INITS:
             raise ConfigError(f"decoders.transformer: init = {init!r}; expected one of {', '.join(INITS)}")
         self.dim = dim
@@ -133,10 +141,14 @@ class TransformerDecoder(nn.Module):
         self.discrete_actions = bool(discrete_actions)
         self.action_tokens = bool(action_tokens)
         self.max_len = max_len
-        # Fixed, not learned; not saved in checkpoints (it is a function of max_len and dim).
-        self.register_buffer("pe", sinusoidal_table(max_len, dim), persistent=False)  # (max_len d)
-        self.action_embedding = nn.Linear(num_actions, dim) if self.action_tokens else None
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.width = tokens
+        projected = width is not None
+        self.input_projection = nn.Linear(dim, tokens) if projected else None  # (b t d) -> (b t w)
+        self.output_projection = nn.Linear(tokens, dim) if projected else None  # (b t w) -> (b t d)
+        # Fixed, not learned; not saved in checkpoints (it is a function of max_len and width).
+        self.register_buffer("pe", sinusoidal_table(max_len, tokens), persistent=False)  # (max_len w)
+        self.action_embedding = nn.Linear(num_actions, tokens) if self.action_tokens else None
+        self.blocks = nn.ModuleList(Block(tokens, num_heads, mlp_ratio) for _ in range(depth))
         if init == "trunc_normal":
             trunc_normal_init(self)
 
@@ -146,14 +158,17 @@ class TransformerDecoder(nn.Module):
         return self.blocks.parameters()
 
     def tokens(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The input sequence: ``(b t d)`` state tokens, then (if enabled) ``(b t d)`` action
-        tokens, each with ``pe[t]`` added → ``(b t d)`` or ``(b 2t d)``."""
+        """The input sequence: ``(b t w)`` state tokens (the latents, projected when ``width``
+        is set; w = d by default), then (if enabled) ``(b t w)`` action tokens, each with
+        ``pe[t]`` added → ``(b t w)`` or ``(b 2t w)``."""
         if latents.dim() != 3 or latents.shape[-1] != self.dim:
             raise ValueError(f"decoder expects latents (b t {self.dim}), got {tuple(latents.shape)}")
         b, t, _ = latents.shape
         if t > self.max_len:
             raise ConfigError(f"decoders.transformer: sequence length {t} exceeds max_len = {self.max_len}")
-        pe = self.pe[:t].to(latents.dtype)  # (t d)
+        if self.input_projection is not None:
+            latents = self.input_projection(latents)  # (b t w)
+        pe = self.pe[:t].to(latents.dtype)  # (t w)
         states = latents + pe
         if self.action_embedding is None:
             return states
@@ -175,4 +190,5 @@ class TransformerDecoder(nn.Module):
         x = self.tokens(latents, actions)
         for block in self.blocks:
             x = block(x)
-        return x[:, :t]  # the state positions; no final LayerNorm
+        x = x[:, :t]  # the state positions; no final LayerNorm
+        return x if self.output_projection is None else self.output_projection(x)
