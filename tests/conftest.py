@@ -129,3 +129,21 @@ class RecordingTracker:
 
     def set_tags(self, tags):
         pass
+
+
+def train_in_process(*gin_files: str | Path, bindings: tuple[str, ...] = ()) -> RecordingTracker:
+    """Build the trainer that ``gin_files`` (repo-relative) configure and train it in this process,
+    recording every metric; the gin config is cleared afterwards."""
+    import gin
+
+    from mlr_registry import config, registry
+    from mlr_registry.training.experiment import experiment
+
+    registry.load_all()
+    config.parse([REPO / f for f in gin_files], bindings)
+    try:
+        recorder = RecordingTracker()
+        experiment().trainer().train(recorder)
+    finally:
+        gin.clear_config()
+    return recorder

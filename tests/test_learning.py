@@ -4,35 +4,16 @@ solve Catch, a built-in pixel game, within a few CPU minutes. Random play scores
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import gin
 import pytest
-from conftest import RecordingTracker
+from conftest import train_in_process
 
-from mlr_registry import config, registry
-from mlr_registry.training.experiment import experiment
-
-REPO = Path(__file__).resolve().parent.parent
 RANDOM_SCORE = -0.59
 THRESHOLD = 0.3
 
 
-def _train(gin_file: str) -> RecordingTracker:
-    registry.load_all()
-    config.parse([REPO / gin_file])
-    try:
-        trainer = experiment().trainer()
-        recorder = RecordingTracker()
-        trainer.train(recorder)
-    finally:
-        gin.clear_config()
-    return recorder
-
-
 @pytest.mark.slow
 def test_baseline_learns_catch():
-    rec = _train("gin/learning/catch_baseline.gin")
+    rec = train_in_process("gin/learning/catch_baseline.gin")
     final = rec.history["final_return"][-1]
     assert final >= THRESHOLD, f"Baseline scored {final} on Catch (random {RANDOM_SCORE})"
     losses = rec.history["train/rl_loss"]
@@ -41,7 +22,7 @@ def test_baseline_learns_catch():
 
 @pytest.mark.slow
 def test_mlr_learns_catch_and_reduces_its_loss():
-    rec = _train("gin/learning/catch_mlr.gin")
+    rec = train_in_process("gin/learning/catch_mlr.gin")
     final = rec.history["final_return"][-1]
     assert final >= THRESHOLD, f"MLR scored {final} on Catch (random {RANDOM_SCORE})"
     mlr = rec.history["train/mlr_loss"]
