@@ -147,3 +147,32 @@ def train_in_process(*gin_files: str | Path, bindings: tuple[str, ...] = ()) -> 
     finally:
         gin.clear_config()
     return recorder
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's worksteal scheduling each worker first gets a contiguous chunk of the
+    collection. Put the minutes-long learning tests (``@pytest.mark.slow(minutes=...)``) at the
+    front of the chunks, spread by their cost, so that no worker ends with two of them in a row
+    while the others idle; stealing then balances the fast tests."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if workers < 2 or not slow:
+        return
+    fast = [item for item in items if item.get_closest_marker("slow") is None]
+    cost = {item.nodeid: float(item.get_closest_marker("slow").kwargs.get("minutes", 1.0)) for item in slow}
+    chunks: list[list] = [[] for _ in range(workers)]
+    load = [0.0] * workers
+    for item in sorted(slow, key=lambda it: -cost[it.nodeid]):  # longest first, to the lightest chunk
+        i = load.index(min(load))
+        chunks[i].append(item)
+        load[i] += cost[item.nodeid]
+    # The chunk sizes worksteal will send: len(pending) // nodes_remaining, front to back.
+    remaining, sizes = len(items), []
+    for left in range(workers, 0, -1):
+        sizes.append(remaining // left)
+        remaining -= sizes[-1]
+    ordered, rest = [], iter(fast)
+    for chunk, size in zip(chunks, sizes, strict=True):
+        ordered += chunk + [next(rest) for _ in range(max(size - len(chunk), 0))]
+    ordered += list(rest)
+    items[:] = ordered

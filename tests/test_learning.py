@@ -11,7 +11,7 @@ RANDOM_SCORE = -0.59
 THRESHOLD = 0.3
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=0.8)
 def test_baseline_learns_catch():
     rec = train_in_process("gin/learning/catch_baseline.gin")
     final = rec.history["final_return"][-1]
@@ -20,7 +20,7 @@ def test_baseline_learns_catch():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4.2)
 def test_mlr_learns_catch_and_reduces_its_loss():
     rec = train_in_process("gin/learning/catch_mlr.gin")
     final = rec.history["final_return"][-1]

@@ -36,7 +36,7 @@ def _check_learned(rec: RecordingTracker, name: str, num_evals: int) -> None:
     assert final >= start + 30, f"{name} went from {start} to {final} only: {evals}"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3.0)
 def test_baseline_learns_cartpole_swingup():
     rec = train_in_process("gin/learning/dmc_baseline.gin")
     _check_learned(rec, "Baseline", num_evals=5)  # 0, 4k, 8k, 12k, final 16k
@@ -44,7 +44,7 @@ def test_baseline_learns_cartpole_swingup():
     assert all(v == v for v in critic), f"critic loss became NaN: {critic}"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3.7)
 def test_mlr_learns_cartpole_swingup_and_reduces_its_loss():
     rec = train_in_process("gin/learning/dmc_mlr.gin")
     _check_learned(rec, "MLR", num_evals=5)  # 0, 4k, 8k, 12k, final 16k
