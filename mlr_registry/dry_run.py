@@ -59,6 +59,7 @@ def trainer_name() -> str:
 def tiny_bindings(gin_files: Sequence[str], bindings: Sequence[str]) -> list[str]:
     """``bindings`` followed by the tiny overrides for the trainer that the config selects."""
     from mlr_registry import config
+    from mlr_registry.training import experiment  # noqa: F401 - registers the `experiment` configurable
 
     config.parse(gin_files, bindings)
     name = trainer_name()
