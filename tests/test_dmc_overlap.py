@@ -3,10 +3,14 @@ nothing but wall time: every logged metric is identical, step for step."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import train_in_process
 
 from mlr_registry import registry
 from mlr_registry.dry_run import tiny_bindings
+
+# The env thread's EGL context must be freed on that thread, not left to the garbage collector.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 
 
 def test_overlapped_env_step_gives_identical_metrics():

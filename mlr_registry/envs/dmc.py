@@ -216,6 +216,16 @@ class DMCEnv(gymnasium.Env):
     def close(self) -> None:
         self._env.close()
 
+    def release_rendering(self) -> None:
+        """Free the physics' OpenGL and MuJoCo rendering contexts; the next render makes new ones.
+        Call it on the thread that rendered (an EGL context is freed where it is current): the
+        DMC trainer does so when it stepped this env on its own thread. Uses dm_control 1.0.50's
+        private ``_contexts`` (pinned)."""
+        physics = self._env.physics
+        with physics._contexts_lock:
+            if physics._contexts:
+                physics._free_rendering_contexts()
+
     # --- checkpoints ---------------------------------------------------------------------------
 
     # Model fields dm_control tasks rewrite per episode (reacher's and finger's targets, ...).

@@ -207,6 +207,10 @@ class DMCTrainer:
                     due = self._due(env_step + self.action_repeat, self.checkpoint_every)
                     checkpointer.step_end(env_step + self.action_repeat, self.state_dict, "dmc", due)
         bar.close()
+        if executor is not None:  # free the env's EGL context on the thread it is current on
+            self._on_env_thread(executor, self.env.release_rendering)
+            executor.shutdown()
+            self._env_executor = None
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
         final = self._eval_metrics(self.evaluate(), final=True)
