@@ -12,8 +12,6 @@ The trainer owns the progress bar and all metric logging; components never see M
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -29,9 +27,9 @@ from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     MetricWindow,
+    checkpointing,
     fast_path_tags,
     global_rng_state,
-    missing_checkpoint_methods,
     objective_of,
     registered_name,
     resolve_device,
@@ -161,11 +159,7 @@ class Atari100kTrainer:
         window = self._window
         bar = tqdm(total=self.num_env_steps, initial=self._steps_done, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
-        missing = missing_checkpoint_methods(self.env, self.agent, self.replay) if checkpointer is not None else []
-        if missing:
-            print(f"warning: no checkpoints for this run: it needs {', '.join(missing)}", file=sys.stderr)
-            checkpointer = None
-        guard = checkpointer.interrupts_deferred() if checkpointer is not None else contextlib.nullcontext()
+        checkpointer, guard = checkpointing(checkpointer, self.env, self.agent, self.replay)
         with guard:
             for step in range(self._steps_done, self.num_env_steps):
                 obs = self._obs

@@ -3,10 +3,13 @@ metric averages."""
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -154,3 +157,15 @@ def missing_checkpoint_methods(env: Any, agent: Any, replay: Any) -> list[str]:
     needed = ((env, "env", ("get_state", "set_state")), (agent, "agent", ("checkpoint_state", "load_checkpoint_state")),
               (replay, "replay", ("state_dict", "load_state_dict")))
     return [f"{role}.{name}" for obj, role, names in needed for name in names if not hasattr(obj, name)]
+
+
+def checkpointing(checkpointer: Any, env: Any, agent: Any, replay: Any) -> tuple[Any, AbstractContextManager]:
+    """What a trainer's loop checkpoints with: the checkpointer (None, with a warning, when a
+    component lacks the state methods) and the context that defers Ctrl-C / SIGTERM to the end
+    of the current step while the loop runs (a no-op without checkpoints)."""
+    missing = missing_checkpoint_methods(env, agent, replay) if checkpointer is not None else []
+    if missing:
+        print(f"warning: no checkpoints for this run: it needs {', '.join(missing)}", file=sys.stderr)
+        checkpointer = None
+    guard = checkpointer.interrupts_deferred() if checkpointer is not None else contextlib.nullcontext()
+    return checkpointer, guard

@@ -14,8 +14,6 @@ evaluates on the training env at episode boundaries, which changes only the env'
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,10 +31,10 @@ from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     MetricWindow,
+    checkpointing,
     fast_path_tags,
     generator_state,
     global_rng_state,
-    missing_checkpoint_methods,
     objective_of,
     registered_name,
     resolve_device,
@@ -164,11 +162,7 @@ class DMCTrainer:
         bar = tqdm(total=self.num_env_steps, initial=self._agent_steps_done * self.action_repeat,
                    disable=not self.progress, unit="env step", dynamic_ncols=True,
                    desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
-        missing = missing_checkpoint_methods(self.env, self.agent, self.replay) if checkpointer is not None else []
-        if missing:
-            print(f"warning: no checkpoints for this run: it needs {', '.join(missing)}", file=sys.stderr)
-            checkpointer = None
-        guard = checkpointer.interrupts_deferred() if checkpointer is not None else contextlib.nullcontext()
+        checkpointer, guard = checkpointing(checkpointer, self.env, self.agent, self.replay)
         with guard:
             for i in range(self._agent_steps_done, agent_steps):
                 env_step = i * self.action_repeat
