@@ -9,13 +9,26 @@ uses it three ways:
   losses). Master weights, gradients, optimizer state and every loss stay float32: the agent
   casts network outputs to float before a loss, and MLR's distance is computed in float32
   (``losses/mlr.py``). bf16 needs no gradient scaler (its exponent range is float32's).
-- ``fast.compile_modules(...)`` after the networks exist: each module is compiled in place
-  (``nn.Module.compile``), so parameters, ``state_dict`` keys and checkpoints are unchanged.
-  Only modules whose forward draws no random numbers are given (inductor's RNG differs from
-  eager's), so a compiled forward computes what the eager one does.
+- ``compile_scope = "networks"``: ``fast.compile_modules(...)`` after the networks exist
+  compiles each module in place (``nn.Module.compile``), so parameters, ``state_dict`` keys and
+  checkpoints are unchanged. Only modules whose forward draws no random numbers are given
+  (inductor's RNG differs from eager's), so a compiled forward computes what the eager one does.
+- ``compile_scope = "update"`` (whole-update capture): ``fast.compile_step(fn)`` wraps an
+  agent's update phase (forward passes, losses, backward, gradient clipping and, where the lr
+  is constant, the optimizer step) in one ``torch.compile`` call. Dynamo splits it only where it
+  must (``backward()``), so augmentation, masking, the C51 projection, the losses and Adam are
+  fused by the backend, and ``compile_mode = "reduce-overhead"`` replays each piece as a CUDA
+  graph. Random draws inside the phase (augmentation, masks, the policy's noise) then come from
+  the backend's RNG: the same distributions, other numbers than eager's under inductor.
+  Bookkeeping with Python state (update counters, noise resets, target copies, lr schedules,
+  metric conversion) stays eager around the phases, so nothing recompiles from step to step.
 - ``fast.run(fn, ...)`` around an update: a compile failure at run time (no C++ compiler, no
   Triton, an unsupported op) warns once with the reason, switches compilation off and runs
-  ``fn`` again eagerly; the retry may re-draw the failed attempt's random numbers.
+  ``fn`` again eagerly. A failure can come after part of the update ran (a phase stepped its
+  optimizer, then the next phase failed to compile), so while compiled code is unproven (its
+  first :data:`PROVING_CALLS` updates) ``run`` snapshots the agent's state and the torch RNGs
+  first (``protect``) and restores them before the eager retry: the retry is then exactly the
+  eager update, random draws included.
 
 A switch that cannot take effect (bf16 on a GPU without bf16, compile where dynamo or its
 backend is missing) is turned off with a ``RuntimeWarning`` naming the reason, and the reason
@@ -25,6 +38,7 @@ is kept in :attr:`FastPath.notes` (``describe()`` gives loggable strings).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import shutil
 import warnings
@@ -38,6 +52,8 @@ from mlr_registry.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16", "auto")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_SCOPES = ("networks", "update")
+PROVING_CALLS = 2  # updates run with a snapshot to roll back to; later ones have compiled all phases
 # torch.compile's backend for every FastPath built without one. Tests set "aot_eager" (graph
 # capture + AOT autograd without code generation: seconds instead of minutes on a CPU).
 DEFAULT_COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
@@ -121,6 +137,17 @@ def compile_targets(aux_losses: Iterable[nn.Module]) -> list[nn.Module]:
     return found
 
 
+class CompiledStep:
+    """An update phase that runs compiled (``torch.compile(fn)``) while its :class:`FastPath`
+    compiles, and as the plain ``fn`` otherwise (off from the start, or after a failure)."""
+
+    def __init__(self, fn: Callable[..., Any], compiled: Callable[..., Any] | None):
+        self.fn, self.compiled = fn, compiled
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return (self.compiled or self.fn)(*args, **kwargs)
+
+
 class FastPath:
     """Precision and compilation switches of one agent.
 
@@ -134,23 +161,29 @@ class FastPath:
         compile: False (default); True = ``torch.compile`` the given modules (falls back to
             eager with a warning where unsupported); "auto" = compile on CUDA only (on a CPU
             inductor's first compilation takes tens of seconds, longer than short runs gain).
-        compile_mode: ``torch.compile``'s mode. "reduce-overhead" adds CUDA graphs (whole
-            forward/backward replay per compiled module, static input shapes), GPU only.
+        compile_mode: ``torch.compile``'s mode. "reduce-overhead" adds CUDA graphs (replay of
+            each compiled graph, static input shapes), GPU only.
+        compile_scope: what is compiled: "networks" (default: each network module in place) or
+            "update" (whole-update capture: each update phase the agent hands to
+            :meth:`compile_step`, optimizer step included where its lr is constant).
         compile_backend: ``torch.compile``'s backend; None = :data:`DEFAULT_COMPILE_BACKEND`
             ("inductor").
     """
 
     def __init__(self, owner: str, device: torch.device, precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_backend: str | Callable[..., Any] | None = None):
+                 compile_backend: str | Callable[..., Any] | None = None, compile_scope: str = "networks"):
         if precision not in PRECISIONS:
             raise ConfigError(f"{owner}.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if not (compile is True or compile is False or compile == "auto"):
             raise ConfigError(f"{owner}.compile = {compile!r}; expected False, True or 'auto'")
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"{owner}.compile_mode = {compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if compile_scope not in COMPILE_SCOPES:
+            raise ConfigError(f"{owner}.compile_scope = {compile_scope!r}; expected one of "
+                              f"{', '.join(COMPILE_SCOPES)}")
         self.owner, self.device = owner, torch.device(device)
-        self.compile_mode = compile_mode
+        self.compile_mode, self.compile_scope = compile_mode, compile_scope
         self.compile_backend = DEFAULT_COMPILE_BACKEND if compile_backend is None else compile_backend
         self.notes: dict[str, str] = {}
 
@@ -179,6 +212,9 @@ class FastPath:
             else:
                 self._off("compile", f"{owner}.compile = {compile!r} runs eagerly: {reason}", warn=compile is True)
         self._compiled: list[nn.Module] = []
+        self._steps: list[CompiledStep] = []
+        self._state_hooks: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
+        self._proven_calls = 0
 
     @property
     def precision(self) -> str:
@@ -194,7 +230,8 @@ class FastPath:
         """What is in effect and why, as strings (for run params/tags): precision, compile and
         the reason of each switch that was turned off."""
         info = {"precision": self.precision,
-                "compile": f"{self.compile_backend}/{self.compile_mode}" if self.compile_enabled else "off"}
+                "compile": (f"{self.compile_backend}/{self.compile_mode}/{self.compile_scope}"
+                            if self.compile_enabled else "off")}
         info.update({f"{k}_note": v for k, v in self.notes.items()})
         return info
 
@@ -210,7 +247,7 @@ class FastPath:
     def compile_modules(self, modules: Iterable[nn.Module | None]) -> None:
         """Compile each module in place (no-op when compilation is off). Give only modules whose
         forward draws no random numbers; a module given twice is compiled once."""
-        if not self.compile_enabled:
+        if not self.compile_enabled or self.compile_scope != "networks":
             return
         for module in modules:
             if module is None or any(module is m for m in self._compiled):
@@ -221,23 +258,80 @@ class FastPath:
                 module.compile(mode=self.compile_mode, backend=self.compile_backend)
             self._compiled.append(module)
 
+    def compile_step(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """``fn`` as one compiled unit when the scope is "update" and compilation is on, else
+        ``fn`` itself (behind the same wrapper, so a later fall-back needs no rewiring). ``fn``
+        should take and return tensors (or containers of them) and keep Python-side state
+        (counters, lr values) out: a changed Python value is a guard failure and a recompile."""
+        compiled = None
+        if self.compile_enabled and self.compile_scope == "update":
+            options = {} if self.compile_mode == "default" else {"mode": self.compile_mode}
+            # dynamic=False: an update's shapes are fixed for a run; dynamo's automatic dynamic
+            # shapes would retrace with symbolic sizes, which torch.randint's size rejects.
+            compiled = torch.compile(fn, backend=self.compile_backend, dynamic=False, **options)
+        step = CompiledStep(fn, compiled)
+        if compiled is not None:
+            self._steps.append(step)
+        return step
+
     def disable_compile(self, reason: str) -> None:
-        """Turn compilation off (every compiled module back to eager), warn with ``reason``."""
+        """Turn compilation off (every compiled module and phase back to eager), warn with ``reason``."""
         for module in self._compiled:
             module._compiled_call_impl = None  # what nn.Module.compile() set; None = eager __call__
+        for step in self._steps:
+            step.compiled = None
         self._compiled.clear()
+        self._steps.clear()
         self.compile_enabled = False
         self._off("compile", f"{self.owner}.compile turned off: {reason}", warn=True)
 
+    def protect(self, get_state: Callable[[], Any], set_state: Callable[[Any], None]) -> None:
+        """How :meth:`run` rolls a failed compiled update back: ``get_state()`` returns the
+        agent's learning state (networks, optimizers, counters; it is deep-copied) and
+        ``set_state(copy)`` puts it back (the agents' ``checkpoint_state`` pair)."""
+        self._state_hooks = (get_state, set_state)
+
+    def _snapshot(self) -> Callable[[], None] | None:
+        """A closure that restores the agent (when :meth:`protect` was called) and the torch RNGs."""
+        state = copy.deepcopy(self._state_hooks[0]()) if self._state_hooks else None
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+        def restore() -> None:
+            if self._state_hooks is not None:
+                self._state_hooks[1](state)
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        return restore
+
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``fn(*args, **kwargs)``; if compiled modules fail to compile, fall back to eager once."""
-        if not self._compiled:
+        """``fn(*args, **kwargs)``; if compiled code fails to compile, roll back (during the
+        first updates, see :meth:`protect`), switch compilation off and run ``fn`` eagerly."""
+        if not self._compiled and not self._steps:
             return fn(*args, **kwargs)
+        restore = self._snapshot() if self._proven_calls < PROVING_CALLS else None
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except _compile_errors() as exc:
+            if restore is not None:
+                restore()
             self.disable_compile(f"compilation failed ({_reason(exc)}); running eagerly")
             return fn(*args, **kwargs)
+        self._proven_calls += 1
+        return out
+
+
+def metrics_to_floats(*parts: dict[str, Any]) -> dict[str, float]:
+    """Merge metric dicts whose values are 0-d tensors or numbers into floats, with one
+    device→host transfer for all the tensors (a ``.item()`` each would sync once per metric)."""
+    merged = {k: v for part in parts for k, v in part.items()}
+    keys = [k for k, v in merged.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in merged.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        values = torch.stack([merged[k].detach().float().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values, strict=True))
+    return {k: out[k] for k in merged}
 
 
 def _reason(exc: BaseException) -> str:

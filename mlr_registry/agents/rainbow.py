@@ -19,7 +19,7 @@ from torch import nn
 
 from mlr_registry.agents.augmentation import Augmentation
 from mlr_registry.agents.distributional import make_support, project_distribution
-from mlr_registry.agents.fast_path import FastPath, compile_targets
+from mlr_registry.agents.fast_path import FastPath, compile_targets, metrics_to_floats
 from mlr_registry.agents.noisy import NoisyLinear, reset_noise, set_sampling
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
@@ -122,7 +122,9 @@ class Rainbow(nn.Module):
         compile: ``torch.compile`` the encoders, Q heads and aux losses' networks in place
             (False by default; True; "auto" = on CUDA only); falls back to eager with a warning
             where unsupported. compile_mode: torch.compile's mode ("default"; "reduce-overhead"
-            adds CUDA graphs).
+            adds CUDA graphs). compile_scope: "networks" (those modules, in place) or "update"
+            (whole-update capture: augmentation, forwards, losses, backward, clipping and the
+            Adam step as one compiled phase; noise resets, counters and target copies stay eager).
     """
 
     discrete_actions = True
@@ -136,7 +138,8 @@ class Rainbow(nn.Module):
                  learning_rate: float = 1e-4, adam_eps: float = 1.5e-4, max_grad_norm: float = 10.0,
                  target_update_period: int = 1, augment: bool = True, target_augmentation: bool = True,
                  grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu", precision: str = "fp32",
-                 compile: bool | str = False, compile_mode: str = "default"):  # noqa: A002 - gin name
+                 compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
+                 compile_scope: str = "networks"):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"rainbow.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -182,9 +185,13 @@ class Rainbow(nn.Module):
         self.update_count = 0
         self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
         # GPU fast path (off by default): bf16 autocast, compiled networks (no RNG inside them).
-        self.fast_path = FastPath("rainbow", self.device, precision, compile, compile_mode)
+        self.fast_path = FastPath("rainbow", self.device, precision, compile, compile_mode,
+                                  compile_scope=compile_scope)
         self.fast_path.compile_modules([self.encoder, self.head, self.target_encoder, self.target_head,
                                         *compile_targets(self.aux_losses)])
+        self._learn = self.fast_path.compile_step(self._learn_phase)  # itself unless scope 'update'
+        self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
+
 
     def _check_encoder(self) -> int:
         """The encoder's output size, checked against a dummy forward (an image_size mismatch
@@ -255,11 +262,21 @@ class Rainbow(nn.Module):
         if batch.obs.shape[1] <= self.n_step or batch.returns is None or batch.done_n is None:
             raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
                               f"n-step returns/done_n; got obs {tuple(batch.obs.shape)}")
+        self.train()
+        reset_noise(self.head)  # one fresh noise sample per update, online net only (§4.8)
+        self.optimizer.zero_grad(set_to_none=True)
+        tensors, aux_metrics, self.last_priorities = self._learn(batch)
+        self.update_count += 1
+        if self.update_count % self.target_update_period == 0:
+            self.copy_to_target()
+        return metrics_to_floats(aux_metrics, tensors)  # one device sync for every metric
+
+    def _learn_phase(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor]:
+        """The update's tensor work, from the augmentations to Adam's step: (metric tensors, aux
+        losses' metrics, KL priorities (b)). One compiled unit under ``compile_scope = 'update'``."""
         b = batch.batch_size
         rows = torch.arange(b, device=self.device)
         weights = batch.weights.float() if batch.weights is not None else torch.ones(b, device=self.device)
-        self.train()
-        reset_noise(self.head)  # one fresh noise sample per update, online net only (§4.8)
 
         # RL branch: obs at t = 0, its own augmentation → log p(· | s_0, a_0).
         obs0 = self.augment(batch.obs[:, 0].float() / 255.0)
@@ -291,37 +308,27 @@ class Rainbow(nn.Module):
         cross_entropy = -(target * log_p).sum(dim=-1)  # (b)
         rl_loss = (weights * cross_entropy).mean()
         kl = (torch.xlogy(target, target) - target * log_p.detach()).sum(dim=-1)
-        self.last_priorities = kl.clamp(1e-6, 1e6)  # PER priority before ^alpha (§5)
+        priorities = kl.clamp(1e-6, 1e6)  # PER priority before ^alpha (§5)
 
         # Auxiliary losses; their targets move before the optimizer step (one-update lag, §4.5).
         total_loss = rl_loss
-        metrics: dict[str, float] = {}
+        aux_metrics: dict[str, Any] = {}
         for loss in self.aux_losses:
             with self.fast_path.autocast():
-                aux_loss, aux_metrics = loss(batch, self)
+                aux_loss, metrics = loss(batch, self)
             loss.update_targets()
             total_loss = total_loss + aux_loss
-            metrics.update(aux_metrics)
+            aux_metrics.update(metrics)
 
-        self.optimizer.zero_grad(set_to_none=True)
         total_loss.backward()
-        grad_norms = {"grad_norm": torch.nn.utils.clip_grad_norm_(self.stem_parameters(), self.max_grad_norm)}
+        tensors = {"rl_loss": rl_loss.detach(), "total_loss": total_loss.detach(),
+                   "mean_q": (log_p.detach().exp() @ self.support).mean(), "priority_mean": priorities.mean(),
+                   "grad_norm": torch.nn.utils.clip_grad_norm_(self.stem_parameters(), self.max_grad_norm)}
         for i, loss in enumerate(self.aux_losses):
             for j, group in enumerate(loss.grad_clip_groups()):
-                norm = torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
-                grad_norms[f"grad_norm_aux{i}_{j}"] = norm
+                tensors[f"grad_norm_aux{i}_{j}"] = torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
         self.optimizer.step()
-
-        self.update_count += 1
-        if self.update_count % self.target_update_period == 0:
-            self.copy_to_target()
-
-        mean_q = (log_p.detach().exp() @ self.support).mean()
-        tensors = {"rl_loss": rl_loss.detach(), "total_loss": total_loss.detach(), "mean_q": mean_q,
-                   "priority_mean": self.last_priorities.mean(), **grad_norms}
-        values = torch.stack([t.float() for t in tensors.values()]).tolist()  # one device sync
-        metrics.update(zip(tensors, values, strict=True))
-        return metrics
+        return tensors, aux_metrics, priorities
 
     @torch.no_grad()
     def copy_to_target(self) -> None:

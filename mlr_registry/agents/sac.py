@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import center_crop, intensity, random_crop
-from mlr_registry.agents.fast_path import FastPath, compile_targets
+from mlr_registry.agents.fast_path import FastPath, compile_targets, metrics_to_floats
 from mlr_registry.agents.lr_schedule import inverse_sqrt_warmup
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
@@ -158,6 +158,9 @@ class SAC(nn.Module):
             place (False by default; True; "auto" = on CUDA only; the policy's sampling stays
             eager); falls back to eager with a warning where unsupported. compile_mode:
             torch.compile's mode ("default"; "reduce-overhead" adds CUDA graphs).
+            compile_scope: "networks" (those modules, in place) or "update" (whole-update
+            capture: the critic, aux, actor + α and target-EMA phases each compiled whole,
+            their constant-lr Adam steps included; the aux Adam, whose lr warms up, steps eagerly).
     """
 
     discrete_actions = False
@@ -175,7 +178,8 @@ class SAC(nn.Module):
                  crop_offsets_exclusive: bool = True, aux_lr: float = 1e-3, aux_lr_scale: float = 0.5,
                  aux_warmup: int = 6000, aux_max_grad_norm: float = 10.0,
                  aux_encoder_extra_adam: bool = False, precision: str = "fp32",
-                 compile: bool | str = False, compile_mode: str = "default"):  # noqa: A002 - gin name
+                 compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
+                 compile_scope: str = "networks"):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"sac.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -263,12 +267,18 @@ class SAC(nn.Module):
                 self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
                                                               lr=aux_lr_scale * aux_lr, betas=(0.9, 0.999))
         # GPU fast path (off by default): bf16 autocast; compiled networks (no RNG inside them,
-        # so the actor's Gaussian sample stays eager).
-        self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode)
+        # so the actor's Gaussian sample stays eager) or compiled update phases.
+        self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode,
+                                  compile_scope=compile_scope)
         self.fast_path.compile_modules([
             self.critic.encoder, self.critic.q1, self.critic.q2, self.actor.encoder, self.actor.trunk,
             self.critic_target.encoder, self.critic_target.q1, self.critic_target.q2,
             *compile_targets(self.aux_losses)])
+        step = self.fast_path.compile_step  # each phase itself unless compile_scope = 'update'
+        self._critic, self._aux = step(self._critic_phase), step(self._aux_phase)
+        self._actor_and_alpha, self._targets = step(self._actor_and_alpha_phase), step(self._targets_phase)
+        self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
+
 
     def _check_encoder(self, encoder: nn.Module) -> int:
         """The encoder's output size, checked with a dummy forward at the crop size."""
@@ -357,70 +367,89 @@ class SAC(nn.Module):
 
     def _update(self, transitions: Any, sequences: Batch | None, step: int) -> dict[str, float]:
         self.train()
-        obs = self.crop(_field(transitions, "obs").to(self.device)).float() / 255.0  # (b c 84 84)
-        next_obs = self.crop(_field(transitions, "next_obs").to(self.device)).float() / 255.0
-        action = _field(transitions, "action").to(self.device).float()  # (b A)
-        reward = _field(transitions, "reward").to(self.device).float().reshape(-1)  # (b)
-        not_done = _field(transitions, "not_done").to(self.device).float().reshape(-1)  # (b)
-
+        fields = [_field(transitions, name).to(self.device) for name in ("obs", "next_obs", "action", "reward",
+                                                                         "not_done")]
         # 1. Critic: MSE of both Q heads to the soft TD target; the full encoder trains.
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        obs, tensors = self._critic(*fields)
+
+        # 2. Auxiliary losses: their own Adam (critic encoder included), clip, lr schedule. The
+        # optimizer steps run eagerly: the lr changes every step of the warmup (a compiled step
+        # would recompile for each new value).
+        aux_metrics: dict[str, Any] = {}
+        if self.aux_optimizer is not None and sequences is not None:
+            lr = self.aux_optimizer.param_groups[0]["lr"]
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux_total, aux_metrics, tensors["aux_grad_norm"] = self._aux(sequences.to(self.device))
+            aux_metrics["aux_lr"] = float(lr)  # the lr of this step
+            self.aux_optimizer.step()
+            if self.aux_encoder_optimizer is not None:  # CURL's second encoder step, same lr
+                self.aux_encoder_optimizer.param_groups[0]["lr"] = lr
+                self.aux_encoder_optimizer.step()
+            self.aux_scheduler.step()
+            tensors["aux_loss"] = aux_total
+
+        # 3. Actor and temperature, on the same crops, conv features detached (every 2nd step).
+        if step % self.actor_update_period == 0:
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            self.log_alpha_optimizer.zero_grad(set_to_none=True)
+            tensors.update(self._actor_and_alpha(obs))
+
+        # 4. Target EMAs (every 2nd step): critic target Q nets and encoder, aux losses' targets.
+        if step % self.target_update_period == 0:
+            self._targets()
+
+        tensors["alpha"] = self.alpha.detach()
+        return metrics_to_floats(aux_metrics, tensors)  # one device sync for every metric
+
+    # The update's phases: tensor work only, each one compiled unit under compile_scope 'update'.
+    def _critic_phase(self, obs: torch.Tensor, next_obs: torch.Tensor, action: torch.Tensor,
+                      reward: torch.Tensor, not_done: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Crops, TD target, critic loss, backward, critic Adam step → (cropped obs in [0, 1]
+        (b c 84 84) for the actor, metric tensors)."""
+        obs = self.crop(obs).float() / 255.0  # (b c 84 84)
+        next_obs = self.crop(next_obs).float() / 255.0
+        action, reward, not_done = action.float(), reward.float().reshape(-1), not_done.float().reshape(-1)
         target_q = self.td_target(next_obs, reward, not_done)
         with self.fast_path.autocast():  # networks in bf16 on the fast path; Q values and losses fp32
             q1, q2 = self.critic(obs, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-        self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
-        tensors: dict[str, torch.Tensor] = {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean()}
+        return obs, {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean()}
 
-        # 2. Auxiliary losses: their own Adam (critic encoder included), clip, lr schedule.
-        metrics: dict[str, float] = {}
-        if self.aux_optimizer is not None and sequences is not None:
-            sequences = sequences.to(self.device)
-            aux_total = torch.zeros((), device=self.device)
-            for loss in self.aux_losses:
-                with self.fast_path.autocast():
-                    value, aux_metrics = loss(sequences, self)
-                aux_total = aux_total + value
-                metrics.update(aux_metrics)
-            metrics["aux_lr"] = float(self.aux_optimizer.param_groups[0]["lr"])  # the lr of this step
-            self.aux_optimizer.zero_grad(set_to_none=True)
-            aux_total.backward()
-            tensors["aux_grad_norm"] = torch.nn.utils.clip_grad_norm_(self.aux_parameters,
-                                                                      self.aux_max_grad_norm)
-            self.aux_optimizer.step()
-            if self.aux_encoder_optimizer is not None:  # CURL's second encoder step, same lr
-                self.aux_encoder_optimizer.param_groups[0]["lr"] = self.aux_optimizer.param_groups[0]["lr"]
-                self.aux_encoder_optimizer.step()
-            self.aux_scheduler.step()
-            tensors["aux_loss"] = aux_total.detach()
-
-        # 3. Actor and temperature, on the same crops, conv features detached (every 2nd step).
-        if step % self.actor_update_period == 0:
+    def _aux_phase(self, sequences: Batch) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+        """Aux losses, backward, clip → (summed loss, their metrics, pre-clip grad norm)."""
+        aux_total = torch.zeros((), device=self.device)
+        aux_metrics: dict[str, Any] = {}
+        for loss in self.aux_losses:
             with self.fast_path.autocast():
-                _, pi, log_pi, log_std = self.actor(obs, detach_conv=True)
-                actor_q1, actor_q2 = self.critic(obs, pi, detach_conv=True)
-            actor_loss = (self.alpha.detach() * log_pi - torch.min(actor_q1, actor_q2)).mean()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_optimizer.step()
-            alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
-            self.log_alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.log_alpha_optimizer.step()
-            tensors.update(actor_loss=actor_loss.detach(), alpha_loss=alpha_loss.detach(),
-                           entropy=-log_pi.detach().mean(), log_std_mean=log_std.detach().mean())
+                value, metrics = loss(sequences, self)
+            aux_total = aux_total + value
+            aux_metrics.update(metrics)
+        aux_total.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.aux_parameters, self.aux_max_grad_norm)
+        return aux_total.detach(), aux_metrics, norm
 
-        # 4. Target EMAs (every 2nd step): critic target Q nets and encoder, aux losses' targets.
-        if step % self.target_update_period == 0:
-            self.soft_update_targets()
-            for loss in self.aux_losses:
-                loss.update_targets()
+    def _actor_and_alpha_phase(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Actor loss and step, then the temperature's, on ``obs`` (b c 84 84) in [0, 1]."""
+        with self.fast_path.autocast():
+            _, pi, log_pi, log_std = self.actor(obs, detach_conv=True)
+            actor_q1, actor_q2 = self.critic(obs, pi, detach_conv=True)
+        actor_loss = (self.alpha.detach() * log_pi - torch.min(actor_q1, actor_q2)).mean()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
+        alpha_loss.backward()
+        self.log_alpha_optimizer.step()
+        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
+                "entropy": -log_pi.detach().mean(), "log_std_mean": log_std.detach().mean()}
 
-        tensors["alpha"] = self.alpha.detach()
-        values = torch.stack([t.float() for t in tensors.values()]).tolist()  # one device sync
-        metrics.update(zip(tensors, values, strict=True))
-        return metrics
+    def _targets_phase(self) -> None:
+        """The critic target's EMAs, then each aux loss's."""
+        self.soft_update_targets()
+        for loss in self.aux_losses:
+            loss.update_targets()
 
     @torch.no_grad()
     def soft_update_targets(self) -> None:

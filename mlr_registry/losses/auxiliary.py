@@ -19,6 +19,9 @@ from torch import nn
 from mlr_registry.batch import Batch
 
 
+Metrics = dict[str, "float | torch.Tensor"]  # name -> float or 0-d tensor (converted by the agent)
+
+
 @runtime_checkable
 class AuxHost(Protocol):
     """What an agent exposes to auxiliary losses."""
@@ -52,8 +55,12 @@ class AuxiliaryLoss(nn.Module):
     def setup(self, agent: AuxHost) -> None:
         """Build networks sized from ``agent`` (called once by the agent)."""
 
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, dict[str, float]]:
-        """(weighted scalar loss, metrics). The loss already includes ``self.weight``."""
+    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
+        """(weighted scalar loss, metrics). The loss already includes ``self.weight``.
+
+        Metric values may be floats or 0-d tensors; the agent converts all of an update's
+        tensors with one device→host transfer, and a loss that returns tensors (as the built-in
+        ones do) makes no sync of its own, which keeps a compiled update in one piece."""
         raise NotImplementedError
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:

@@ -27,7 +27,7 @@ from torch import nn
 
 from mlr_registry.batch import Batch
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.registry import register
 
 AUGMENTATIONS = ("crop", "augment")
@@ -93,7 +93,7 @@ class CURLLoss(AuxiliaryLoss):
         x = obs.float() / 255.0
         return agent.augment(x), agent.augment(x)
 
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
         if self._online is None:
             raise RuntimeError("CURLLoss.setup(agent) must be called before the loss is used")
         obs = batch.obs[:, 0]  # (b c h w) uint8: one observation per sampled sequence
@@ -111,9 +111,7 @@ class CURLLoss(AuxiliaryLoss):
         loss = self.weight * cross_entropy
         with torch.no_grad():
             accuracy = (logits.argmax(dim=1) == labels).float().mean()
-            stats = torch.stack([cross_entropy.detach(), accuracy])
-        curl_loss, curl_accuracy = stats.tolist()  # one device sync
-        return loss, {"curl_loss": curl_loss, "curl_accuracy": curl_accuracy}
+        return loss, {"curl_loss": cross_entropy.detach(), "curl_accuracy": accuracy}
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 from mlr_registry.batch import Batch
 from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.losses.mlr import (
     build_decoder,
     check_decoder_factory,
@@ -169,7 +169,7 @@ class PixelMLRLoss(AuxiliaryLoss):
         self.pixel_decoder.to(device)
         self._ready = True
 
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
         if not self._ready:
             raise RuntimeError("PixelMLRLoss.setup(agent) must be called before the loss is used")
         obs, actions = sequence_window(batch, self.sequence_length, "losses.pixel_mlr.sequence_length")
@@ -190,7 +190,7 @@ class PixelMLRLoss(AuxiliaryLoss):
                                    rearrange(mask_aug > 0.5, split, b=b))  # (b)
         loss = self.weight * importance_weighted(per_seq, batch, self.use_importance_weights).mean()
         # Its own key: a pixel MSE, not comparable with the latent mlr_loss curve.
-        return loss, {"pixel_mlr_loss": float(per_seq.detach().mean())}
+        return loss, {"pixel_mlr_loss": per_seq.detach().mean()}
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
         """The latent decoder's blocks, as MLR (MLR_SPEC checklist 25); the conv decoder takes

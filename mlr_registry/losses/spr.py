@@ -32,7 +32,7 @@ from torch import nn
 
 from mlr_registry.batch import Batch
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.losses.mlr import normalized_squared_distance
 from mlr_registry.registry import register
 
@@ -231,7 +231,7 @@ class SPRLoss(AuxiliaryLoss):
         it too)."""
         return (done.long().cumsum(dim=1)[:, 1:] == 0).float()
 
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
         if self._online is None:
             raise RuntimeError("SPRLoss.setup(agent) must be called before the loss is used")
         K = self.jumps
@@ -264,10 +264,10 @@ class SPRLoss(AuxiliaryLoss):
 
         with torch.no_grad():  # cosine over the kept terms: 1 − L/2
             kept = mask.sum()
-            stats = torch.stack([per_sample.mean(), 1.0 - 0.5 * (dist * mask).sum() / kept.clamp_min(1.0),
-                                 kept / mask.numel()])
-        spr_loss, spr_cosine, spr_kept = stats.tolist()  # one device sync
-        return loss, {"spr_loss": spr_loss, "spr_cosine": spr_cosine, "spr_kept_fraction": spr_kept}
+            metrics = {"spr_loss": per_sample.mean(),
+                       "spr_cosine": 1.0 - 0.5 * (dist * mask).sum() / kept.clamp_min(1.0),
+                       "spr_kept_fraction": kept / mask.numel()}
+        return loss, metrics
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
         """The transition model, clipped on its own (SPR clips ``dynamics_model`` separately from
