@@ -2,7 +2,10 @@
 (DMC), on CUDA when available, else CPU.
 
 Paths: "reference" (fp32, eager: the defaults), "bf16" (``precision='bf16'``), "compile"
-(``compile=True``) and "bf16_compile" (both, what ``gin/fast/*.gin`` select on a GPU). The
+(``compile=True``: each network), "bf16_compile" (both), "compile_update" and
+"bf16_compile_update" (whole-update capture, ``compile_scope='update'``; the latter is what
+``gin/fast/*.gin`` select on a GPU) and "bf16_compile_update_cudagraphs" (plus
+``compile_mode='reduce-overhead'``). The
 compiled paths run on CUDA only: inductor needs minutes per compilation on a CPU. Each
 benchmark's ``extra_info`` holds the device, what the fast path actually ran (its
 ``describe()``) and updates/s. Full size costs seconds per update on a CPU, so everything here
@@ -25,8 +28,11 @@ from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.maskers.cube import CubeMasker
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+WHOLE = {"compile": True, "compile_scope": "update"}
 PATHS = {"reference": {}, "bf16": {"precision": "bf16"}, "compile": {"compile": True},
-         "bf16_compile": {"precision": "bf16", "compile": True}}
+         "bf16_compile": {"precision": "bf16", "compile": True},
+         "compile_update": WHOLE, "bf16_compile_update": {"precision": "bf16", **WHOLE},
+         "bf16_compile_update_cudagraphs": {"precision": "bf16", "compile_mode": "reduce-overhead", **WHOLE}}
 ROUNDS = 20 if DEVICE == "cuda" else 2
 
 
