@@ -18,7 +18,6 @@ from torch import nn
 
 from mlr_registry.batch import Batch
 
-
 Metrics = dict[str, "float | torch.Tensor"]  # name -> float or 0-d tensor (converted by the agent)
 
 
