@@ -111,6 +111,7 @@ class RecordingTracker:
         self.history: dict[str, list[float]] = {}
         self.keep = keep
         self.files: dict[str, Path] = {}
+        self.tags: dict[str, str] = {}
 
     def log_metrics(self, metrics, step):
         for key, value in metrics.items():
@@ -128,7 +129,7 @@ class RecordingTracker:
         pass
 
     def set_tags(self, tags):
-        pass
+        self.tags.update(tags)
 
 
 def train_in_process(*gin_files: str | Path, bindings: tuple[str, ...] = ()) -> RecordingTracker:

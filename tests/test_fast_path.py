@@ -461,3 +461,29 @@ def test_gpu_sac_mlr_whole_update_inductor_parity():
         for step in range(2):
             assert_losses_close(run_sac(ref, data, 7 + step, step), run_sac(whole, data, 7 + step, step), 1e-3, 1e-4)
     assert whole.fast_path.compile_enabled
+
+
+# --- end to end: the trainers with whole-update capture -------------------------------------
+
+@pytest.mark.slow(minutes=1.0)
+@pytest.mark.parametrize("gin_file, agent", [("gin/smoke/atari_mlr.gin", "rainbow"), ("gin/smoke/dmc_mlr.gin", "sac")])
+def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeypatch, gin_file, agent):
+    """The real trainer (acting, evaluation, replay, priorities) around compiled update phases
+    (aot_eager: eager's random draws): every logged loss, return and evaluation of the smoke run
+    equals the eager run's up to float rounding."""
+    from conftest import train_in_process
+
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    from torch._dynamo.utils import counters
+
+    eager = train_in_process(gin_file)
+    graphs_before = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*compile turned off")  # no fall-back to eager
+        whole = train_in_process(gin_file, bindings=(f"agents.{agent}.compile = True",
+                                                     f"agents.{agent}.compile_scope = 'update'"))
+    assert counters["stats"]["unique_graphs"] > graphs_before  # the update phases were compiled
+    compared = [k for k in eager.history if not k.startswith("throughput/")]
+    assert whole.history.keys() == eager.history.keys() and "train/mlr_loss" in compared
+    for key in compared:
+        assert whole.history[key] == pytest.approx(eager.history[key], rel=1e-4, abs=1e-4), key
