@@ -487,3 +487,17 @@ def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeyp
     assert whole.history.keys() == eager.history.keys() and "train/mlr_loss" in compared
     for key in compared:
         assert whole.history[key] == pytest.approx(eager.history[key], rel=1e-4, abs=1e-4), key
+
+
+def test_updates_return_their_metrics_unread_on_the_device():
+    """No device→host transfer at the end of an update: the metrics come back as pending
+    tensors (the trainer's window sums them on the device), and read as floats on demand."""
+    agent = rainbow_mlr()
+    metrics = run_rainbow(agent, rainbow_batch(), seed=7)
+    pending = metrics.pending()
+    assert pending is not None and {"rl_loss", "mlr_loss", "grad_norm"} <= set(pending)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in pending.values())
+    assert type(metrics["rl_loss"]) is float and metrics.pending() is None
+    sac_metrics = run_sac(sac_mlr(), sac_data(), seed=7)
+    assert isinstance(sac_metrics.pending()["critic_loss"], torch.Tensor)
+    assert sac_metrics.pending()["aux_lr"] == pytest.approx(sac_metrics["aux_lr"])  # a number, not a tensor

@@ -322,18 +322,6 @@ class FastPath:
         return out
 
 
-def metrics_to_floats(*parts: dict[str, Any]) -> dict[str, float]:
-    """Merge metric dicts whose values are 0-d tensors or numbers into floats, with one
-    device→host transfer for all the tensors (a ``.item()`` each would sync once per metric)."""
-    merged = {k: v for part in parts for k, v in part.items()}
-    keys = [k for k, v in merged.items() if isinstance(v, torch.Tensor)]
-    out = {k: float(v) for k, v in merged.items() if not isinstance(v, torch.Tensor)}
-    if keys:
-        values = torch.stack([merged[k].detach().float().reshape(()) for k in keys]).tolist()
-        out.update(zip(keys, values, strict=True))
-    return {k: out[k] for k in merged}
-
-
 def _reason(exc: BaseException) -> str:
     """``Type: first line`` of the innermost cause (dynamo wraps the backend's own error)."""
     while getattr(exc, "inner_exception", None) is not None or exc.__cause__ is not None:

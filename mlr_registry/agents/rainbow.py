@@ -19,7 +19,8 @@ from torch import nn
 
 from mlr_registry.agents.augmentation import Augmentation
 from mlr_registry.agents.distributional import make_support, project_distribution
-from mlr_registry.agents.fast_path import FastPath, compile_targets, metrics_to_floats
+from mlr_registry.agents.fast_path import FastPath, compile_targets
+from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.agents.noisy import NoisyLinear, reset_noise, set_sampling
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
@@ -252,12 +253,13 @@ class Rainbow(nn.Module):
         return actions
 
     # --- learning --------------------------------------------------------------------------
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> LazyMetrics:
         """One gradient step on ``batch`` (obs (b t c h w) uint8 with t > n_step; action (b t);
-        returns, done_n (b ≥1); weights (b) or None). Priorities go to ``last_priorities``."""
+        returns, done_n (b ≥1); weights (b) or None). Priorities go to ``last_priorities``.
+        The metrics stay on the device until read (:class:`LazyMetrics`)."""
         return self.fast_path.run(self._update, batch)
 
-    def _update(self, batch: Batch) -> dict[str, float]:
+    def _update(self, batch: Batch) -> LazyMetrics:
         batch = batch.to(self.device)
         if batch.obs.shape[1] <= self.n_step or batch.returns is None or batch.done_n is None:
             raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
@@ -269,7 +271,7 @@ class Rainbow(nn.Module):
         self.update_count += 1
         if self.update_count % self.target_update_period == 0:
             self.copy_to_target()
-        return metrics_to_floats(aux_metrics, tensors)  # one device sync for every metric
+        return LazyMetrics(aux_metrics, tensors)  # still on the device: no sync until read
 
     def _learn_phase(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor]:
         """The update's tensor work, from the augmentations to Adam's step: (metric tensors, aux

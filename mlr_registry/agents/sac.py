@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import center_crop, intensity, random_crop
-from mlr_registry.agents.fast_path import FastPath, compile_targets, metrics_to_floats
+from mlr_registry.agents.fast_path import FastPath, compile_targets
 from mlr_registry.agents.lr_schedule import inverse_sqrt_warmup
+from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
 from mlr_registry.errors import ConfigError, check_range
@@ -355,7 +356,7 @@ class SAC(nn.Module):
             target_v = torch.min(q1, q2) - self.alpha * next_log_pi
             return reward + not_done * self.discount * target_v
 
-    def update(self, transitions: Any, sequences: Batch | None, step: int) -> dict[str, float]:
+    def update(self, transitions: Any, sequences: Batch | None, step: int) -> LazyMetrics:
         """One agent update (§3 "Update per agent step", checklist 18).
 
         transitions: obs, next_obs (b c h w) uint8 uncropped, action (b A), reward (b),
@@ -365,7 +366,7 @@ class SAC(nn.Module):
         """
         return self.fast_path.run(self._update, transitions, sequences, step)
 
-    def _update(self, transitions: Any, sequences: Batch | None, step: int) -> dict[str, float]:
+    def _update(self, transitions: Any, sequences: Batch | None, step: int) -> LazyMetrics:
         self.train()
         fields = [_field(transitions, name).to(self.device) for name in ("obs", "next_obs", "action", "reward",
                                                                          "not_done")]
@@ -400,7 +401,7 @@ class SAC(nn.Module):
             self._targets()
 
         tensors["alpha"] = self.alpha.detach()
-        return metrics_to_floats(aux_metrics, tensors)  # one device sync for every metric
+        return LazyMetrics(aux_metrics, tensors)  # still on the device: no sync until read
 
     # The update's phases: tensor work only, each one compiled unit under compile_scope 'update'.
     def _critic_phase(self, obs: torch.Tensor, next_obs: torch.Tensor, action: torch.Tensor,
