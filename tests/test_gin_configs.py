@@ -52,6 +52,9 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
     # what the fast path really runs; on this CPU, compile = 'auto' stays off
     assert tags["fast_path.precision"] == ("bf16" if name.startswith("fast/") else "fp32")
     assert tags["fast_path.compile"] == "off"
+    if tags["agent"] == "rainbow":
+        assert tags["fast_path.replay_compile"] == "off"
+        assert ("compile_note" in str(list(tags))) == (name == "fast/atari_mlr_fast.gin")  # 'auto': CUDA only
     tracker = RecordingTracker()
     final = trainer.train(tracker)
     assert "final_return" in final and trainer.update_count > 0

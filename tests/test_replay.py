@@ -347,3 +347,47 @@ def test_state_dict_round_trip_with_weights_only_load(cls):
         assert torch.equal(getattr(x, name), getattr(y, name)), name
     with pytest.raises(CheckpointError, match="capacity"):
         small(cls, capacity=70).load_state_dict(state)
+
+
+# --- GPU fast path: compiled batch assembly and sum-tree descent / write-back -----------------
+
+def _filled_pair(cls, monkeypatch, backend="aot_eager"):
+    from mlr_registry.agents import fast_path
+
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", backend)
+    replays = [cls(capacity=600, seed=1), cls(capacity=600, seed=1, compile=True)]
+    g = torch.Generator().manual_seed(0)
+    for i in range(700):  # wraps once; episodes end inside sampled windows
+        obs = torch.randint(0, 255, (4, 84, 84), dtype=torch.uint8, generator=g)
+        for r in replays:
+            r.add(obs, i % 6, float(i % 3) - 1, i % 97 == 96)
+    return replays
+
+
+@pytest.mark.parametrize("cls", [PrioritizedSequenceReplay, UniformSequenceReplay])
+def test_compiled_replay_gives_the_same_batches_and_priorities(cls, monkeypatch):
+    eager, fast = _filled_pair(cls, monkeypatch)
+    assert fast.fast_path.describe()["compile"] == "aot_eager/default/update"
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        a, b = eager.sample(32), fast.sample(32)
+        for field in ("obs", "action", "reward", "done", "returns", "done_n", "weights", "indices"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+        values = torch.rand(32, generator=g) * 4
+        eager.update_priorities(a.indices, values)
+        fast.update_priorities(b.indices, values)
+        eager.add(a.obs[0, 0], 1, 0.0, False)  # an insertion between samples: its leaves stay eager
+        fast.add(a.obs[0, 0], 1, 0.0, False)
+    if cls is PrioritizedSequenceReplay:
+        assert torch.equal(eager.priorities, fast.priorities)
+
+
+def test_a_replay_that_cannot_compile_samples_the_eager_batch(monkeypatch):
+    def broken(gm, example_inputs):
+        raise RuntimeError("simulated: no code generator")
+
+    eager, fast = _filled_pair(PrioritizedSequenceReplay, monkeypatch, backend=broken)
+    with pytest.warns(RuntimeWarning, match="replays.prioritized_sequence.compile turned off.*simulated"):
+        b = fast.sample(32)
+    assert torch.equal(b.indices, eager.sample(32).indices)  # the generator was rolled back first
+    assert fast.fast_path.describe()["compile"] == "off"

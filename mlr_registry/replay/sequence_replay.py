@@ -27,6 +27,12 @@ uses ``all_action[1:17]``, which is our ``action[:, :16]``) and ``reward[:, t]``
 received after it. ``returns`` and ``done_n`` (b, sequence_length) are the n-step quantities
 of steps ``0 .. sequence_length−1``, computed at sample time from the stored rewards and dones
 (rlpyt precomputes the same numbers at insertion).
+
+GPU fast path (``compile``, off by default): ``gather`` (stack rebuilding, n-step returns,
+sanitizing) and the sum tree's descent and priority write-back (a Python loop over the tree's
+17 levels, ~300 small ops per batch eagerly) are each compiled into one graph with
+``torch.compile``. Nothing random happens inside them (the starts are drawn eagerly from this
+replay's generator), so the batches are the same; only the launch overhead goes.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 import torch
 
+from mlr_registry.agents.fast_path import FastPath
 from mlr_registry.batch import Batch
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
 from mlr_registry.registry import register
@@ -63,8 +70,11 @@ class SequenceReplay:
 
     beta: float = 0.0  # importance-sampling exponent; 0 means all weights are 1
 
+    gin_name = "sequence"  # gin name, for messages
+
     def __init__(self, observation_shape: tuple[int, int, int], capacity: int, sequence_length: int,
-                 n_step: int, discount: float, device: str, seed: int) -> None:
+                 n_step: int, discount: float, device: str, seed: int,
+                 compile: bool | str = False) -> None:  # noqa: A002 - gin name
         shape = tuple(int(v) for v in observation_shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"observation_shape = {tuple(observation_shape)!r} is invalid; expected "
@@ -107,6 +117,10 @@ class SequenceReplay:
         self._steps = torch.arange(self.seq_steps, device=self.device)  # (T)
         self._frame_offsets = torch.arange(self.frame_stack, device=self.device)  # (c)
         self._lookback = torch.arange(1, fm1 + 1, device=self.device)  # (c-1): steps back
+        # GPU fast path: compiled batch assembly ('auto' = on CUDA only); see the module docstring.
+        self.fast_path = FastPath(f"replays.{self.gin_name}", self.device, compile=compile, compile_scope="update")
+        self.fast_path.protect(self._generator.get_state, self._generator.set_state)
+        self._gather = self.fast_path.compile_step(self.gather)
 
     # ------------------------------------------------------------------ writing
 
@@ -169,8 +183,11 @@ class SequenceReplay:
                 f"replay cannot sample yet: {self._count} steps added, a start needs "
                 f"{self.off_backward + self.off_forward + 1} (off_backward {self.off_backward} = "
                 f"1 + n_step + sequence_length, off_forward {self.off_forward})")
+        return self.fast_path.run(self._sample, batch_size)
+
+    def _sample(self, batch_size: int) -> Batch:
         indices, weights = self._sample_starts(batch_size)
-        return self.gather(indices, weights=weights)
+        return self._gather(indices, weights=weights)
 
     def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices (b,) int64 physical starts, weights (b,) float32)."""
@@ -267,6 +284,8 @@ class PrioritizedSequenceReplay(SequenceReplay):
     (already ``^alpha``). Beta anneals linearly with :meth:`set_step`.
     """
 
+    gin_name = "prioritized_sequence"
+
     def __init__(
         self,
         observation_shape: tuple = (4, 84, 84),
@@ -283,6 +302,7 @@ class PrioritizedSequenceReplay(SequenceReplay):
         stratified: bool = False,
         device: str = "cpu",
         seed: int = 0,
+        compile: bool | str = False,  # noqa: A002 - gin name
     ) -> None:
         """
         Args:
@@ -302,8 +322,11 @@ class PrioritizedSequenceReplay(SequenceReplay):
                 i.i.d. draws. Off by default: rlpyt's SumTree draws ``np.random.rand(n)``.
             device: where storage, tree and batches live (the training device).
             seed: seed of this replay's own torch generator (sampling is reproducible).
+            compile: GPU fast path, not in the reference: ``torch.compile`` the batch assembly
+                and the sum tree's descent and write-back (False; True; "auto" = on CUDA only).
+                The same batches and priorities; falls back to eager with a warning.
         """
-        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed)
+        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile)
         check_range("alpha", alpha, 0, 1)
         check_range("beta_start", beta_start, 0, 1)
         check_range("beta_end", beta_end, 0, 1)
@@ -317,6 +340,10 @@ class PrioritizedSequenceReplay(SequenceReplay):
         self.stratified = bool(stratified)
         self.beta = self.beta_start
         self._tree = SumTree(self.capacity, self.device)
+        # Compiled on the fast path: the descent, and the write-back of a batch's priorities (a
+        # fixed size; the insertions' few leaves per step stay eager, their count varies).
+        self._find = self.fast_path.compile_step(self._tree.find)
+        self._write_priorities = self.fast_path.compile_step(self._tree.update)
         self._pending: dict[int, float] = {}  # leaf -> priority, written to the tree in one batch
 
     # rlpyt's SumTree.advance, one step at a time: the new entry and the entry that becomes the
@@ -355,7 +382,8 @@ class PrioritizedSequenceReplay(SequenceReplay):
 
     def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._flush()
-        indices, priorities = self._tree.sample(batch_size, self._generator, self.stratified)
+        indices = self._find(self._tree.masses(batch_size, self._generator, self.stratified))  # (b)
+        priorities = self._tree.get(indices)
         weights = (1.0 / (priorities + IS_WEIGHT_EPS)) ** self.beta
         return indices, (weights / weights.max()).to(torch.float32)
 
@@ -365,11 +393,14 @@ class PrioritizedSequenceReplay(SequenceReplay):
         Entries that stopped being valid since they were sampled (priority 0) stay off.
         Duplicated indices: one of their values is kept, consistently.
         """
+        self.fast_path.run(self._update_priorities, indices, values)
+
+    def _update_priorities(self, indices: torch.Tensor, values: torch.Tensor) -> None:
         self._flush()
         idx = torch.as_tensor(indices, device=self.device).to(torch.int64).reshape(-1)
         new = torch.as_tensor(values).detach().to(self.device, torch.float64).reshape(-1)
         new = new.clamp(*PRIORITY_CLAMP) ** self.alpha
-        self._tree.update(idx, torch.where(self._tree.get(idx) > 0, new, 0.0))
+        self._write_priorities(idx, torch.where(self._tree.get(idx) > 0, new, 0.0))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -390,6 +421,8 @@ class UniformSequenceReplay(SequenceReplay):
     buffer, ``randint`` over it, with replacement. Equivalent to PER with alpha = beta = 0.
     """
 
+    gin_name = "uniform_sequence"
+
     def __init__(
         self,
         observation_shape: tuple = (4, 84, 84),
@@ -399,6 +432,7 @@ class UniformSequenceReplay(SequenceReplay):
         discount: float = 0.99,
         device: str = "cpu",
         seed: int = 0,
+        compile: bool | str = False,  # noqa: A002 - gin name
     ) -> None:
         """
         Args:
@@ -410,8 +444,9 @@ class UniformSequenceReplay(SequenceReplay):
             discount: gamma of the n-step return (0.99).
             device: where storage and batches live.
             seed: seed of this replay's own torch generator.
+            compile: ``torch.compile`` the batch assembly (False; True; "auto" = on CUDA only).
         """
-        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed)
+        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile)
 
     def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self._valid_range()

@@ -101,8 +101,12 @@ class SumTree:
         variance, not independent); otherwise the ``n`` draws are i.i.d. uniform over the
         total, which is what rlpyt's ``SumTree.sample`` does (``np.random.rand(n)``).
         """
+        indices = self.find(self.masses(n, generator, stratified))
+        return indices, self.get(indices)
+
+    def masses(self, n: int, generator: torch.Generator | None = None, stratified: bool = False) -> torch.Tensor:
+        """The ``n`` cumulative-priority draws of :meth:`sample` (n,) float64 in ``[0, total)``."""
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=self.device)
         if stratified:
             u = (torch.arange(n, dtype=torch.float64, device=self.device) + u) / n
-        indices = self.find(u * self.total)
-        return indices, self.get(indices)
+        return u * self.total

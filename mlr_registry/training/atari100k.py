@@ -134,7 +134,7 @@ class Atari100kTrainer:
     def run_tags(self) -> dict[str, str]:
         return {"benchmark": self.benchmark, "env": str(self.env.game),
                 "agent": registered_name("agent", self.agent),
-                "objective": self.objective, "seed": str(self.seed), **fast_path_tags(self.agent)}
+                "objective": self.objective, "seed": str(self.seed), **fast_path_tags(self.agent, self.replay)}
 
     def epsilon_at(self, step: int) -> float:
         initial, final, decay = self.epsilon

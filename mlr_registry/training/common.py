@@ -74,13 +74,19 @@ def registered_name(kind: str, obj: Any) -> str:
     return by_class.get(type(obj), type(obj).__name__.lower())
 
 
-def fast_path_tags(agent: Any) -> dict[str, str]:
-    """What the agent's GPU fast path actually runs (``fast_path.precision``, ``fast_path.compile``
-    and the reason of any switch that turned itself off), as run tags; {} for agents without."""
+def fast_path_tags(agent: Any, replay: Any = None) -> dict[str, str]:
+    """What the GPU fast path actually runs, as run tags: the agent's ``fast_path.precision``,
+    ``fast_path.compile`` and the reason of any switch that turned itself off, and the replay's
+    ``fast_path.replay_compile`` (+ note) where it has one; {} for components without."""
+    tags = {}
     fast = getattr(agent, "fast_path", None)
-    if fast is None or not hasattr(fast, "describe"):
-        return {}
-    return {f"fast_path.{k}": str(v) for k, v in fast.describe().items()}
+    if fast is not None and hasattr(fast, "describe"):
+        tags.update({f"fast_path.{k}": str(v) for k, v in fast.describe().items()})
+    fast = getattr(replay, "fast_path", None)
+    if fast is not None and hasattr(fast, "describe"):
+        tags.update({f"fast_path.replay_{k}": str(v) for k, v in fast.describe().items()
+                     if k.startswith("compile")})
+    return tags
 
 
 def objective_of(agent: Any) -> str:
