@@ -305,3 +305,18 @@ def test_smoke_sweep_on_local_ray_is_aggregated_by_the_report(tmp_path, monkeypa
     assert "4 trials: 0 finished, 4 skipped" in printed.out and "(reopened)" in printed.err
     assert len(client.search_runs([exp.experiment_id])) == len(runs)
     print(f"smoke sweep wall time: {elapsed:.1f} s")
+
+
+def test_dry_run_lists_the_trials_and_creates_no_tracking_store(tmp_path):
+    from conftest import REPO
+
+    db = tmp_path / "absent.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "mlr_registry.sweep", "--gin", str(REPO / "gin/smoke/atari_mlr.gin"),
+                          "--seeds", "2", "--dry-run", "--tracking-uri", f"sqlite:///{db}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("run ")]
+    assert len(lines) == 2 and "trainers.atari100k.seed = 1" in lines[1]
+    assert "2 trials, 0 finished before" in out.stderr
+    assert not db.exists()  # nothing ran before, so nothing was opened (or created)

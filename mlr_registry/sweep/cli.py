@@ -128,6 +128,12 @@ def trial_runs(client, experiments: set[str], trial_ids: set[str]) -> dict[str, 
     return found
 
 
+def _sqlite_store_missing(tracking_uri: str) -> bool:
+    """True for a ``sqlite:///PATH`` store whose file does not exist (yet)."""
+    prefix = "sqlite:///"
+    return tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).exists()
+
+
 def _finished(runs: dict[str, list]) -> dict[str, object]:
     """trial id -> its latest FINISHED run, for the trials that have one."""
     done = {tid: [r for r in rs if r.info.status == "FINISHED"] for tid, rs in runs.items()}
@@ -306,9 +312,11 @@ def sweep(args: argparse.Namespace) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
     experiments = {t.experiment for t in trials}
-    earlier = trial_runs(client, experiments, {t.trial_id for t in trials})
+    if args.dry_run and _sqlite_store_missing(tracking_uri):
+        earlier = {}  # nothing ran before, and opening the store would create its file
+    else:
+        earlier = trial_runs(MlflowClient(tracking_uri=tracking_uri), experiments, {t.trial_id for t in trials})
     skipped = {} if args.rerun_finished else _finished(earlier)
     resume = {} if args.fresh else _resumable(earlier)
     todo = [t for t in trials if t.trial_id not in skipped]
@@ -321,6 +329,7 @@ def sweep(args: argparse.Namespace) -> int:
             print(f"{mark:<6}  {trial.label:<32} {TRIAL_TAG}={trial.trial_id}  {shlex.join(trial.run_args())}")
         return 0
 
+    client = MlflowClient(tracking_uri=tracking_uri)
     ray = _init_ray(args) if todo else None
     # The driver creates every experiment before trials start: concurrent first runs would race to create it.
     from mlr_registry.tracking.mlflow_run import TrackedRun
