@@ -280,7 +280,6 @@ class SAC(nn.Module):
         self._actor_and_alpha, self._targets = step(self._actor_and_alpha_phase), step(self._targets_phase)
         self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
 
-
     def _check_encoder(self, encoder: nn.Module) -> int:
         """The encoder's output size, checked with a dummy forward at the crop size."""
         with torch.no_grad():
