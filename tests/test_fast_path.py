@@ -109,11 +109,19 @@ def grad_groups(agent: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def assert_losses_close(ref: dict[str, float], fast: dict[str, float], rtol: float, atol: float) -> None:
+    """Every ``*_loss`` within rtol/atol. SAC's ``alpha_loss = α·(H − H_target)`` is a difference
+    of two near-equal numbers (entropy ≈ −|A| = its target), so it is held to the precision of its
+    terms instead: the entropy within rtol, the loss within rtol·α·|H| absolute (seen on an H200:
+    bf16 moved the entropy by 0.3% and alpha_loss by 5% of itself)."""
     losses = [k for k in ref if k.endswith("_loss")]
     assert len(losses) >= 2
     for k in losses:
         assert math.isfinite(fast[k]), k
-        assert fast[k] == pytest.approx(ref[k], rel=rtol, abs=atol), k
+        tol = atol
+        if k == "alpha_loss" and "entropy" in ref:
+            assert fast["entropy"] == pytest.approx(ref["entropy"], rel=rtol, abs=atol), "entropy"
+            tol = max(atol, rtol * ref["alpha"] * abs(ref["entropy"]))
+        assert fast[k] == pytest.approx(ref[k], rel=rtol, abs=tol), k
 
 
 def assert_grads_aligned(ref: nn.Module, fast: nn.Module) -> int:

@@ -68,6 +68,7 @@ class NatureCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.convs(x).flatten(1)  # (n c h w) -> (n d), C·H·W order as the reference's view
         if self.renormalize:
-            lo, hi = z.aminmax(dim=1, keepdim=True)
+            # amin/amax, not aminmax: aminmax has no derivative in torch 2.11 (seen on a GPU machine)
+            lo, hi = z.amin(dim=1, keepdim=True), z.amax(dim=1, keepdim=True)
             z = (z - lo) / (hi - lo + self.renormalize_eps)
         return z

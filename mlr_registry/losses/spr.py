@@ -56,7 +56,7 @@ def renormalize(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Per-sample min-max over all but the first dim: ``(x − min) / (max − min + eps)`` (SPR's
     ``renormalize(·, 1)``; the same map the Nature encoder applies to its output)."""
     flat = x.flatten(1)
-    lo, hi = flat.aminmax(dim=1, keepdim=True)
+    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)  # aminmax: no derivative in torch 2.11
     return ((flat - lo) / (hi - lo + eps)).view_as(x)
 
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Issue #9's GPU checks in one call (about 9 minutes on one H100), from the repository root:
+#   1. one full-length Atari-100k MLR game on the fast path (gin/fast/atari_mlr_fast.gin), logged
+#      to MLflow and stopped with Ctrl-C after GAME_SECONDS (a full game needs ~196k updates; the
+#      windows of throughput/updates_per_s, acting included, give its projected wall time), with
+#      the GPU's utilisation sampled every second;
+#   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
+#      fast path, replay sampling, acting, env steps;
+#   3. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference).
+# Each stage has its own time limit, so a stage that fails or hangs leaves the others' figures.
+# Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, gpu_util.csv;
+# scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
+# wheels in .whl/ (installed to /tmp/site when that folder exists).
+set -u
+OUT=${OUT:-gpu_out}
+GAME=${GAME:-pong}
+GAME_SECONDS=${GAME_SECONDS:-190}
+BENCH_SECONDS=${BENCH_SECONDS:-200}
+PARITY_SECONDS=${PARITY_SECONDS:-150}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
+WHEELS=${WHEELS:-.whl}
+if [ -d "$WHEELS" ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    || { echo "wheel install failed"; exit 3; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+$PY - <<'EOF' 2>&1 | tee -a "$OUT/gpu.txt"
+import os, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "cpus", os.cpu_count(),
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA")
+EOF
+
+stage() { echo; echo "=== $1 ($(date +%T))"; }
+
+stage "1. full-length $GAME, fast path, stopped after ${GAME_SECONDS}s"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/gpu_util.csv" 2>/dev/null &
+SMI=$!
+start=$(date +%s)
+timeout -s INT -k 45 "$GAME_SECONDS" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
+  --bind "atari.game = '$GAME'" --bind "trainers.atari100k.video = False" \
+  --bind "trainers.atari100k.progress = False" --bind "trainers.atari100k.checkpoint_every = 0" \
+  --tracking-uri "sqlite:///$OUT/mlruns.db" --tag gpu_check=game > "$OUT/game.log" 2>&1
+echo "game exit $? after $(( $(date +%s) - start ))s"
+kill $SMI 2>/dev/null
+grep -v "^ *$" "$OUT/game.log" | tail -n 8
+
+stage "2. benchmarks"
+B=tests/benchmarks
+F=$B/test_bench_fast_path.py
+BENCH_TESTS=${BENCH_TESTS:-"$F::test_bench_fast_path_rainbow_update[reference-mlr]
+  $F::test_bench_fast_path_rainbow_update[bf16-mlr] $F::test_bench_fast_path_rainbow_update[bf16_compile_update-mlr]
+  $F::test_bench_fast_path_rainbow_update[reference-baseline]
+  $F::test_bench_fast_path_rainbow_update[bf16_compile_update-baseline]
+  $F::test_bench_fast_path_sac_update[reference-mlr] $F::test_bench_fast_path_sac_update[bf16-mlr]
+  $B/test_bench_replay.py $B/test_bench_env.py::test_atari_env_step $B/test_bench_rainbow.py::test_bench_rainbow_act"}
+# pytest-timeout (when installed) fails one stuck benchmark instead of losing the whole table
+PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 120 --timeout-method signal")
+# shellcheck disable=SC2086  # BENCH_TESTS and PER_TEST are word lists (no globbing: node ids hold [...])
+set -f
+timeout -k 20 "$BENCH_SECONDS" $PY -m pytest -p no:cacheprovider -q --benchmark-enable --benchmark-only \
+  --benchmark-columns=min,median,mean,rounds --benchmark-json "$OUT/bench.json" $PER_TEST $BENCH_TESTS \
+  > "$OUT/bench.log" 2>&1
+rc=$?
+set +f
+echo "bench exit $rc"
+grep -E "passed|failed|error|Error" "$OUT/bench.log" | tail -n 5
+
+stage "3. CUDA parity tests"
+timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -q -rs tests/test_fast_path.py -k gpu \
+  > "$OUT/parity.log" 2>&1
+echo "parity exit $?"
+tail -n 15 "$OUT/parity.log"
+
+stage "summary"
+$PY scripts/gpu_summary.py "$OUT"

@@ -1,0 +1,137 @@
+"""Where the fast path's time goes: the Atari MLR training loop without the emulator (act, replay
+add, two × (sample, update, priority write-back), as ``trainers.atari100k`` runs it), at full
+size, timed and profiled with ``torch.profiler``; then the isolated update, with and without
+CUDA graphs (``compile_mode='reduce-overhead'``).
+
+    python scripts/gpu_profile.py --out gpu_out           # on a CUDA machine (~3 min)
+    python scripts/gpu_profile.py --out /tmp/p --cpu --tiny   # the same code path, eager, on a CPU
+
+Prints: loop and update wall times per update, the GPU's busy fraction in the profiled loop
+(summed kernel time / wall time), kernel launches per update and the top ops by GPU and by CPU
+time; writes the profiler's table to OUT/profile.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mlr_registry.agents.rainbow import Rainbow
+from mlr_registry.encoders.nature_cnn import NatureCNN
+from mlr_registry.losses.mlr import MLRLoss
+from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
+
+A, STORED, BATCH = 6, 5000, 32
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build(device: str, cpu: bool, tiny: bool = False, **fast) -> tuple[Rainbow, PrioritizedSequenceReplay]:
+    """Rainbow+MLR at the paper's size (``tiny``: 4-8-4 conv channels, 196-d latents, a quick
+    check of this script) and a replay holding STORED steps."""
+    torch.manual_seed(0)
+    shape = (4, 84, 84)
+    small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
+    agent = Rainbow(shape, A, device=device, aux_losses=[MLRLoss()], **small,
+                    **({} if cpu else {"precision": "bf16", "compile": True, "compile_scope": "update", **fast}))
+    replay = PrioritizedSequenceReplay(shape, device=device, seed=0, compile=not cpu)
+    frames = torch.randint(0, 256, (64, *shape), dtype=torch.uint8).numpy()
+    for t in range(STORED):
+        replay.add(frames[t % 64], t % A, float(t % 3 - 1), t % 500 == 499)
+    replay.set_step(STORED)
+    return agent, replay
+
+
+def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int) -> list:
+    """One env step of the trainer's loop, the emulator excepted: act (a host sync for the
+    action), add, then two updates with their priority write-backs."""
+    action = int(agent.act(obs, epsilon=0.0, greedy=False)[0])
+    replay.add(frame, action, 0.0, False)
+    replay.set_step(STORED + t)
+    out = []
+    for _ in range(2):
+        batch = replay.sample(BATCH)
+        out.append(agent.update(batch))
+        replay.update_priorities(batch.indices, agent.last_priorities)
+    return out
+
+
+def timed(fn, n: int) -> float:
+    sync()
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="gpu_out")
+    parser.add_argument("--cpu", action="store_true", help="eager, on the CPU, few steps (checks the script)")
+    parser.add_argument("--budget-s", type=float, default=200, help="skip the CUDA-graph part past this")
+    parser.add_argument("--tiny", action="store_true", help="tiny networks (a quick check of this script)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    device = "cpu" if args.cpu else "cuda"
+    n = 1 if args.cpu else 20
+    agent, replay = build(device, args.cpu, args.tiny)
+    obs = torch.randint(0, 256, (4, 84, 84), dtype=torch.uint8, device=device)
+    frame = obs.cpu().numpy()
+    for t in range(2 if args.cpu else 4):  # compilation, Adam state, the first two protected updates
+        loop_step(agent, replay, obs, frame, t)
+    print(f"built and compiled in {time.perf_counter() - t0:.0f}s; fast path {agent.fast_path.describe()}")
+    per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 10 + i), n)
+    print(f"loop without the emulator: {per_step / 2 * 1e3:.2f} ms per update ({2 / per_step:.1f} updates/s)")
+    batch = replay.sample(BATCH)
+    per_update = timed(lambda i: agent.update(batch), n)
+    print(f"update alone: {per_update * 1e3:.2f} ms ({1 / per_update:.1f} updates/s)")
+    sample = timed(lambda i: replay.update_priorities(replay.sample(BATCH).indices, agent.last_priorities), n)
+    print(f"sample + update_priorities: {sample * 1e3:.2f} ms")
+    act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
+    print(f"act (with its host sync): {act * 1e3:.2f} ms")
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if not args.cpu else [])
+    steps = 1 if args.cpu else 5
+    sync()
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for i in range(steps):
+            loop_step(agent, replay, obs, frame, 100 + i)
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6  # µs -> s (overlaps counted twice: an upper bound)
+    print(f"profiled loop: {wall / (2 * steps) * 1e3:.2f} ms per update; GPU kernels {len(kernels) / (2 * steps):.0f} "
+          f"per update, busy {busy / wall:.0%} of the wall time")
+    key = "self_cpu_time_total" if args.cpu else "self_device_time_total"
+    table = events.table(sort_by=key, row_limit=25)
+    cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
+    (out / "profile.txt").write_text(f"by {key}\n{table}\n\nby self CPU time\n{cpu_table}\n")
+    print(events.table(sort_by=key, row_limit=12, max_name_column_width=48))
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
+
+    if args.cpu or time.perf_counter() - t0 > args.budget_s:
+        print("CUDA graphs: skipped")
+        return
+    graphed, _ = build(device, False, args.tiny, compile_mode="reduce-overhead")
+    for _ in range(4):
+        graphed.update(batch)
+    per_graph = timed(lambda i: graphed.update(batch), n)
+    print(f"update alone with CUDA graphs (reduce-overhead): {per_graph * 1e3:.2f} ms ({1 / per_graph:.1f} updates/s); "
+          f"fast path {graphed.fast_path.describe()}")
+
+
+if __name__ == "__main__":
+    main()

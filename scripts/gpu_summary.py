@@ -1,0 +1,95 @@
+"""Prints what ``scripts/gpu_check.sh`` measured, from its output folder: the game's throughput
+windows (MLflow), its projected full-run wall time, GPU utilisation and the benchmark table.
+
+    python scripts/gpu_summary.py gpu_out
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+FULL_ENV_STEPS = 100_000  # Atari-100k
+
+
+def game(out: Path) -> None:
+    db = out / "mlruns.db"
+    if not db.exists():
+        print("game: no mlruns.db")
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if r.data.tags.get("gpu_check") == "game"]
+    if not runs:
+        print("game: no run tagged gpu_check=game")
+        return
+    run = runs[0]
+    tags = {k: v for k, v in run.data.tags.items() if k.startswith("fast_path") or k in ("device", "game")}
+    print(f"game run {run.info.run_id} status={run.info.status} tags={tags}")
+    ups = client.get_metric_history(run.info.run_id, "throughput/updates_per_s")
+    sps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "throughput/env_steps_per_s")}
+    print(f"{'env step':>9} {'updates/s':>10} {'env steps/s':>12}")
+    for m in sorted(ups, key=lambda m: m.step):
+        print(f"{m.step:>9} {m.value:>10.1f} {sps.get(m.step, float('nan')):>12.1f}")
+    learning = [m for m in sorted(ups, key=lambda m: m.step) if m.value > 0]
+    steady = learning[2:] if len(learning) > 3 else learning[1:]  # the first windows hold compilation
+    if steady:
+        u = statistics.median(m.value for m in steady)
+        s = statistics.median(sps[m.step] for m in steady if m.step in sps)
+        last = max(m.step for m in ups)
+        print(f"steady state (median of {len(steady)} windows): {u:.1f} updates/s, {s:.1f} env steps/s; "
+              f"projected training wall time for {FULL_ENV_STEPS} env steps: "
+              f"{(FULL_ENV_STEPS - last) / s / 60 + run_minutes(run):.1f} min (+ final evaluation)")
+
+
+def run_minutes(run) -> float:
+    end = run.info.end_time or run.info.start_time
+    return (end - run.info.start_time) / 60_000
+
+
+def utilisation(out: Path) -> None:
+    path = out / "gpu_util.csv"
+    if not path.exists():
+        return
+    rows = list(csv.reader(path.open()))[1:]
+    util = [float(r[1].strip().split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
+    if util:
+        tail = util[len(util) // 2:]
+        print(f"GPU utilisation during the game (nvidia-smi, 1 s samples): second half mean "
+              f"{statistics.mean(tail):.0f}%, max {max(util):.0f}%, memory used at the end {rows[-1][2].strip()}")
+
+
+def bench(out: Path) -> None:
+    path = out / "bench.json"
+    if not path.exists():
+        print("bench: no bench.json")
+        return
+    data = json.loads(path.read_text())
+    print(f"machine: {data.get('machine_info', {}).get('cpu', {}).get('brand_raw', '?')}")
+    print(f"{'benchmark':<72} {'median ms':>10} {'min ms':>8} {'per s':>9}")
+    for b in data["benchmarks"]:
+        s = b["stats"]
+        per_round = b.get("extra_info", {}).get("steps_per_round", 1)  # env benchmarks step many times a round
+        print(f"{b['fullname'].split('::')[-1]:<72} {s['median'] * 1e3:>10.2f} {s['min'] * 1e3:>8.2f} "
+              f"{per_round / s['median']:>9.1f}")
+        info = {k: v for k, v in b.get("extra_info", {}).items() if k in ("precision", "compile", "device")}
+        if info:
+            print(f"{'':<4}{info}")
+
+
+def main(argv: list[str]) -> None:
+    out = Path(argv[1] if len(argv) > 1 else "gpu_out")
+    for part in (game, utilisation, bench):
+        try:
+            part(out)
+        except Exception as exc:  # a summary of partial results: one broken part must not hide the rest
+            print(f"{part.__name__}: could not summarise ({type(exc).__name__}: {exc})")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

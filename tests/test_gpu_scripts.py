@@ -1,0 +1,75 @@
+"""The GPU check scripts (scripts/gpu_*.{sh,py}) run on a lent GPU machine, never in CI; these
+tests keep them runnable: the shell script parses and names benchmarks that exist, the summary
+computes the projection from MLflow windows, and the profiler runs its code path on a CPU."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+
+def test_gpu_check_parses_and_its_benchmarks_exist():
+    script = (SCRIPTS / "gpu_check.sh").read_text()
+    subprocess.run(["bash", "-n", str(SCRIPTS / "gpu_check.sh")], check=True)
+    text = script.replace("$F", "$B/test_bench_fast_path.py").replace("$B", "tests/benchmarks")
+    ids = re.findall(r"tests/benchmarks/[\w/]+\.py(?:::[\w\[\]-]+)?", text)
+    assert len(ids) >= 8
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "test_bench_fast_path_rainbow_update[bf16_compile_update-mlr]" in out.stdout
+
+
+def test_gpu_summary_projects_a_full_game_from_the_steady_windows(tmp_path, capsys):
+    import gpu_summary
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.create_experiment("atari100k", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp, start_time=1_000_000, tags={"gpu_check": "game", "fast_path.compile": "x/y/update"})
+    # windows of 1000 env steps: warm-up (no updates), one with compilation, then steady ones
+    for step, ups in [(1000, 0.0), (2000, 0.0), (3000, 20.0), (4000, 64.0), (5000, 50.0), (6000, 70.0),
+                      (7000, 60.0)]:
+        client.log_metric(run.info.run_id, "throughput/updates_per_s", ups, step=step)
+        client.log_metric(run.info.run_id, "throughput/env_steps_per_s", ups / 2 or 2000.0, step=step)
+    client.set_terminated(run.info.run_id, "KILLED", end_time=1_000_000 + 240_000)  # 4 minutes
+    (tmp_path / "bench.json").write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "benchmarks": [
+        {"fullname": "t.py::test_env", "stats": {"median": 0.05, "min": 0.04}, "extra_info": {"steps_per_round": 200}},
+        {"fullname": "t.py::test_update[mlr]", "stats": {"median": 0.0125, "min": 0.012},
+         "extra_info": {"device": "cuda", "precision": "bf16", "compile": "inductor/default/update"}}]}))
+    (tmp_path / "gpu_util.csv").write_text("timestamp, utilization.gpu [%], memory.used [MiB]\n"
+                                           "t0, 10 %, 100 MiB\nt1, 40 %, 200 MiB\nt2, 60 %, 300 MiB\n")
+    gpu_summary.main(["gpu_summary.py", str(tmp_path)])
+    out = capsys.readouterr().out
+    # steady = the windows after the first two with updates: 50, 70, 60 -> median 60 updates/s, 30 env steps/s
+    assert "60.0 updates/s, 30.0 env steps/s" in out
+    projected = (100_000 - 7000) / 30.0 / 60 + 4.0
+    assert f"{projected:.1f} min" in out
+    assert "second half mean 50%, max 60%" in out
+    assert re.search(r"test_env\s+50\.00\s+40\.00\s+4000\.0", out)  # env: steps per round / median
+    assert re.search(r"test_update\[mlr\]\s+12\.50\s+12\.00\s+80\.0", out)
+
+
+def test_gpu_summary_reports_missing_parts_without_failing(tmp_path, capsys):
+    import gpu_summary
+
+    gpu_summary.main(["gpu_summary.py", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "game: no mlruns.db" in out and "bench: no bench.json" in out
+
+
+def test_gpu_profile_runs_its_loop_on_a_cpu(tmp_path):
+    out = subprocess.run([sys.executable, str(SCRIPTS / "gpu_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    times = dict(re.findall(r"^(loop without the emulator|update alone): ([\d.]+) ms", out.stdout, re.M))
+    assert set(times) == {"loop without the emulator", "update alone"} and all(float(v) > 0 for v in times.values())
+    assert "CUDA graphs: skipped" in out.stdout
+    assert "by self_cpu_time_total" in (tmp_path / "profile.txt").read_text()
