@@ -3,12 +3,13 @@
 #   1. one full-length Atari-100k MLR game on the fast path (gin/fast/atari_mlr_fast.gin), logged
 #      to MLflow and stopped with Ctrl-C after GAME_SECONDS (a full game needs ~196k updates; the
 #      windows of throughput/updates_per_s, acting included, give its projected wall time), with
-#      the GPU's utilisation sampled every second;
+#      the GPU's utilisation sampled every second; with CUDAGRAPHS_SECONDS > 0, the same game
+#      again with CUDA graphs (compile_mode 'reduce-overhead');
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference).
 # Each stage has its own time limit, so a stage that fails or hangs leaves the others' figures.
-# Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, gpu_util.csv;
+# Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, *_util.csv;
 # scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
 # wheels in .whl/ (installed to /tmp/site when that folder exists).
 set -u
@@ -27,8 +28,8 @@ if [ -d "$WHEELS" ]; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
-$PY - <<'EOF' 2>&1 | tee -a "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+$PY - <<'EOF' 2>&1
 import os, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "cpus", os.cpu_count(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA")
@@ -36,23 +37,33 @@ EOF
 
 stage() { echo; echo "=== $1 ($(date +%T))"; }
 
-stage "1. full-length $GAME, fast path, stopped after ${GAME_SECONDS}s"
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/gpu_util.csv" 2>/dev/null &
-SMI=$!
-start=$(date +%s)
-timeout -s INT -k 45 "$GAME_SECONDS" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
-  --bind "atari.game = '$GAME'" --bind "trainers.atari100k.video = False" \
-  --bind "trainers.atari100k.progress = False" --bind "trainers.atari100k.checkpoint_every = 0" \
-  --tracking-uri "sqlite:///$OUT/mlruns.db" --tag gpu_check=game > "$OUT/game.log" 2>&1
-echo "game exit $? after $(( $(date +%s) - start ))s"
-kill $SMI 2>/dev/null
-grep -v "^ *$" "$OUT/game.log" | tail -n 8
+# game NAME SECONDS [gin binding]: the fast config on GAME, tagged gpu_check=NAME, logs in $OUT/NAME.log
+game() {
+  local name=$1 seconds=$2 extra=${3:-}
+  stage "1. full-length $GAME ($name), stopped after ${seconds}s"
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/${name}_util.csv" 2>/dev/null &
+  local smi=$! start
+  start=$(date +%s)
+  timeout -s INT -k 45 "$seconds" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
+    --bind "atari.game = '$GAME'" --bind "trainers.atari100k.video = False" \
+    --bind "trainers.atari100k.progress = False" --bind "trainers.atari100k.checkpoint_every = 0" \
+    ${extra:+--bind "$extra"} --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=$name" > "$OUT/$name.log" 2>&1
+  echo "$name exit $? after $(( $(date +%s) - start ))s"
+  kill "$smi" 2>/dev/null
+  grep -v "^ *$" "$OUT/$name.log" | tail -n 8
+}
+game game "$GAME_SECONDS"
+# The same with CUDA graphs (compile_mode 'reduce-overhead'), when CUDAGRAPHS_SECONDS > 0.
+if [ "${CUDAGRAPHS_SECONDS:-0}" -gt 0 ]; then
+  game game_cudagraphs "$CUDAGRAPHS_SECONDS" "agents.rainbow.compile_mode = 'reduce-overhead'"
+fi
 
 stage "2. benchmarks"
 B=tests/benchmarks
 F=$B/test_bench_fast_path.py
 BENCH_TESTS=${BENCH_TESTS:-"$F::test_bench_fast_path_rainbow_update[reference-mlr]
   $F::test_bench_fast_path_rainbow_update[bf16-mlr] $F::test_bench_fast_path_rainbow_update[bf16_compile_update-mlr]
+  $F::test_bench_fast_path_rainbow_update[bf16_compile_update_cudagraphs-mlr]
   $F::test_bench_fast_path_rainbow_update[reference-baseline]
   $F::test_bench_fast_path_rainbow_update[bf16_compile_update-baseline]
   $F::test_bench_fast_path_sac_update[reference-mlr] $F::test_bench_fast_path_sac_update[bf16-mlr]

@@ -24,13 +24,17 @@ def game(out: Path) -> None:
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if r.data.tags.get("gpu_check") == "game"]
+            if r.data.tags.get("gpu_check", "").startswith("game")]
     if not runs:
-        print("game: no run tagged gpu_check=game")
-        return
-    run = runs[0]
+        print("game: no run tagged gpu_check=game*")
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        one_game(client, run)
+
+
+def one_game(client, run) -> None:
+    """The throughput windows of one game run and the full game's projected wall time."""
     tags = {k: v for k, v in run.data.tags.items() if k.startswith("fast_path") or k in ("device", "game")}
-    print(f"game run {run.info.run_id} status={run.info.status} tags={tags}")
+    print(f"{run.data.tags['gpu_check']}: run {run.info.run_id} status={run.info.status} tags={tags}")
     ups = client.get_metric_history(run.info.run_id, "throughput/updates_per_s")
     sps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "throughput/env_steps_per_s")}
     print(f"{'env step':>9} {'updates/s':>10} {'env steps/s':>12}")
@@ -53,15 +57,13 @@ def run_minutes(run) -> float:
 
 
 def utilisation(out: Path) -> None:
-    path = out / "gpu_util.csv"
-    if not path.exists():
-        return
-    rows = list(csv.reader(path.open()))[1:]
-    util = [float(r[1].strip().split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
-    if util:
-        tail = util[len(util) // 2:]
-        print(f"GPU utilisation during the game (nvidia-smi, 1 s samples): second half mean "
-              f"{statistics.mean(tail):.0f}%, max {max(util):.0f}%, memory used at the end {rows[-1][2].strip()}")
+    for path in sorted(out.glob("*util.csv")):
+        rows = list(csv.reader(path.open()))[1:]
+        util = [float(r[1].strip().split()[0]) for r in rows if len(r) > 2 and r[1].strip().split()[0].isdigit()]
+        if util:
+            tail = util[len(util) // 2:]
+            print(f"GPU utilisation ({path.stem}, nvidia-smi, 1 s samples): second half mean "
+                  f"{statistics.mean(tail):.0f}%, max {max(util):.0f}%, memory used at the end {rows[-1][2].strip()}")
 
 
 def bench(out: Path) -> None:

@@ -115,9 +115,10 @@ def test_parameter_list_no_qkv_bias_no_final_norm():
     assert "pe" not in dec.state_dict()  # fixed table: not checkpointed
 
 
-def test_attention_heads_split_by_hand():
+@pytest.mark.parametrize("attention", ["auto", "sdpa", "math"])
+def test_attention_heads_split_by_hand(attention):
     torch.manual_seed(0)
-    attn = Attention(dim=8, num_heads=2)
+    attn = Attention(dim=8, num_heads=2, attention=attention)
     x = torch.randn(3, 5, 8)
     q, k, v = attn.qkv(x).split(8, dim=-1)
     heads = []
@@ -127,6 +128,32 @@ def test_attention_heads_split_by_hand():
         heads.append(w @ v[..., sl])
     expected = attn.proj(torch.cat(heads, dim=-1))
     assert torch.allclose(attn(x), expected, atol=1e-5)
+
+
+def test_attention_auto_uses_the_fused_kernel_only_up_to_head_dim_256():
+    assert Attention(dim=256, num_heads=1).fused  # DMC (50) and anything FlashAttention takes
+    assert not Attention(dim=3136, num_heads=1).fused  # Atari: the explicit softmax(q kᵀ) v
+    assert Attention(dim=3136, num_heads=16).fused  # head dim 196
+    assert Attention(dim=3136, num_heads=1, attention="sdpa").fused
+    assert not Attention(dim=64, num_heads=1, attention="math").fused
+
+
+@pytest.mark.parametrize("dim, heads", [(300, 1), (48, 2)])
+def test_sdpa_and_math_attention_give_the_same_decoder_outputs_and_gradients(dim, heads):
+    """The switch changes how attention is computed, never what (fp32, CPU; head dim 300 is
+    above the fused limit, 24 below it)."""
+    outs, grads = [], []
+    for attention in ("sdpa", "math"):
+        torch.manual_seed(0)
+        dec = TransformerDecoder(dim=dim, num_actions=5, num_heads=heads, attention=attention)
+        latents, actions = _inputs(b=3, t=8, d=dim)
+        latents.requires_grad_(True)
+        out = dec(latents, actions)
+        out.square().mean().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([latents.grad.flatten(), *(p.grad.flatten() for p in dec.parameters())]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
 
 
 def test_block_is_pre_ln_residual():
@@ -163,6 +190,8 @@ def test_errors():
         TransformerDecoder(dim=8, num_actions=2, mlp_ratio=0.0)
     with pytest.raises(ConfigError, match="init"):
         TransformerDecoder(dim=8, num_actions=2, init="xavier")
+    with pytest.raises(ConfigError, match="attention = 'flash'; expected one of auto, sdpa, math"):
+        TransformerDecoder(dim=8, num_actions=2, attention="flash")
     dec = TransformerDecoder(dim=8, num_actions=5, max_len=4)
     with pytest.raises(ConfigError, match="max_len = 4"):
         dec(*_inputs(t=6))

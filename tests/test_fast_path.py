@@ -433,6 +433,25 @@ def test_rainbow_mlr_whole_update_with_inductor_matches_eager():
     assert_params_close(ref, fast, 1e-5)
 
 
+def test_cuda_graph_steps_start_a_new_step_and_hand_out_clones(monkeypatch):
+    """Under CUDA graphs a compiled phase's outputs live in the graph's memory pool, which the
+    next replay overwrites: the step marks each call as a new cudagraph-trees step and returns
+    copies, so metrics read at the next log point and priorities read after the update keep
+    their values. Without CUDA graphs the outputs are passed through untouched."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    pool = torch.arange(3.0)  # stands in for the graph's static output buffer
+    graphed = fast_path.CompiledStep(lambda: None, lambda: ({"rl_loss": pool[0]}, [pool[1:]], pool), graphs=True)
+    metrics, (tail,), priorities = graphed()
+    assert marks == [1]
+    pool.add_(10.0)  # the next replay
+    assert float(metrics["rl_loss"]) == 0.0 and tail.tolist() == [1.0, 2.0] and priorities.tolist() == [0.0, 1.0, 2.0]
+    plain = fast_path.CompiledStep(lambda: None, lambda: pool, graphs=False)
+    assert plain() is pool and marks == [1]
+    eager = fast_path.CompiledStep(lambda: pool, None, graphs=True)  # compilation off: fn itself
+    assert eager() is pool and marks == [1]
+
+
 # --- GPU: bigger agents, inductor ------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

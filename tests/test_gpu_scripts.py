@@ -44,7 +44,7 @@ def test_gpu_summary_projects_a_full_game_from_the_steady_windows(tmp_path, caps
         {"fullname": "t.py::test_env", "stats": {"median": 0.05, "min": 0.04}, "extra_info": {"steps_per_round": 200}},
         {"fullname": "t.py::test_update[mlr]", "stats": {"median": 0.0125, "min": 0.012},
          "extra_info": {"device": "cuda", "precision": "bf16", "compile": "inductor/default/update"}}]}))
-    (tmp_path / "gpu_util.csv").write_text("timestamp, utilization.gpu [%], memory.used [MiB]\n"
+    (tmp_path / "game_util.csv").write_text("timestamp, utilization.gpu [%], memory.used [MiB]\n"
                                            "t0, 10 %, 100 MiB\nt1, 40 %, 200 MiB\nt2, 60 %, 300 MiB\n")
     gpu_summary.main(["gpu_summary.py", str(tmp_path)])
     out = capsys.readouterr().out
@@ -52,7 +52,7 @@ def test_gpu_summary_projects_a_full_game_from_the_steady_windows(tmp_path, caps
     assert "60.0 updates/s, 30.0 env steps/s" in out
     projected = (100_000 - 7000) / 30.0 / 60 + 4.0
     assert f"{projected:.1f} min" in out
-    assert "second half mean 50%, max 60%" in out
+    assert "(game_util, nvidia-smi, 1 s samples): second half mean 50%, max 60%" in out
     assert re.search(r"test_env\s+50\.00\s+40\.00\s+4000\.0", out)  # env: steps per round / median
     assert re.search(r"test_update\[mlr\]\s+12\.50\s+12\.00\s+80\.0", out)
 

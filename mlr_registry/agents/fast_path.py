@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map_only
 
 from mlr_registry.errors import ConfigError
 
@@ -139,13 +140,23 @@ def compile_targets(aux_losses: Iterable[nn.Module]) -> list[nn.Module]:
 
 class CompiledStep:
     """An update phase that runs compiled (``torch.compile(fn)``) while its :class:`FastPath`
-    compiles, and as the plain ``fn`` otherwise (off from the start, or after a failure)."""
+    compiles, and as the plain ``fn`` otherwise (off from the start, or after a failure).
 
-    def __init__(self, fn: Callable[..., Any], compiled: Callable[..., Any] | None):
-        self.fn, self.compiled = fn, compiled
+    With CUDA graphs (``graphs``, compile mode "reduce-overhead") each call starts a new
+    cudagraph-trees step and returns its tensors cloned: a graph's outputs live in its memory
+    pool and the next replay overwrites them, while callers keep them longer (the metrics are
+    read at the next log point, the priorities after the update)."""
+
+    def __init__(self, fn: Callable[..., Any], compiled: Callable[..., Any] | None, graphs: bool = False):
+        self.fn, self.compiled, self.graphs = fn, compiled, graphs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return (self.compiled or self.fn)(*args, **kwargs)
+        if self.compiled is None:
+            return self.fn(*args, **kwargs)
+        if not self.graphs:
+            return self.compiled(*args, **kwargs)
+        torch.compiler.cudagraph_mark_step_begin()
+        return tree_map_only(torch.Tensor, torch.Tensor.clone, self.compiled(*args, **kwargs))
 
 
 class FastPath:
@@ -269,7 +280,7 @@ class FastPath:
             # dynamic=False: an update's shapes are fixed for a run; dynamo's automatic dynamic
             # shapes would retrace with symbolic sizes, which torch.randint's size rejects.
             compiled = torch.compile(fn, backend=self.compile_backend, dynamic=False, **options)
-        step = CompiledStep(fn, compiled)
+        step = CompiledStep(fn, compiled, graphs=self.compile_mode == "reduce-overhead")
         if compiled is not None:
             self._steps.append(step)
         return step
