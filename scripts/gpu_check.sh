@@ -11,7 +11,7 @@
 # Each stage has its own time limit, so a stage that fails or hangs leaves the others' figures.
 # Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, *_util.csv;
 # scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
-# wheels in .whl/ (installed to /tmp/site when that folder exists).
+# wheels in .whl/ (scripts/gpu_wheels.sh fetches them; installed to /tmp/site when present).
 set -u
 OUT=${OUT:-gpu_out}
 GAME=${GAME:-pong}

@@ -17,7 +17,8 @@ sys.path.insert(0, str(SCRIPTS))
 
 def test_gpu_check_parses_and_its_benchmarks_exist():
     script = (SCRIPTS / "gpu_check.sh").read_text()
-    subprocess.run(["bash", "-n", str(SCRIPTS / "gpu_check.sh")], check=True)
+    for name in ("gpu_check.sh", "gpu_wheels.sh"):
+        subprocess.run(["bash", "-n", str(SCRIPTS / name)], check=True)
     text = script.replace("$F", "$B/test_bench_fast_path.py").replace("$B", "tests/benchmarks")
     ids = re.findall(r"tests/benchmarks/[\w/]+\.py(?:::[\w\[\]-]+)?", text)
     assert len(ids) >= 8
