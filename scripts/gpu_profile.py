@@ -1,14 +1,19 @@
-"""Where the fast path's time goes: the Atari MLR training loop without the emulator (act, replay
-add, two × (sample, update, priority write-back), as ``trainers.atari100k`` runs it), at full
-size, timed and profiled with ``torch.profiler``; then the isolated update, with and without
-CUDA graphs (``compile_mode='reduce-overhead'``).
+"""Where the fast path's time goes: the Atari training loop without the emulator (act, replay add,
+two × (sample, update, priority write-back), as ``trainers.atari100k`` runs it), at full size,
+timed and profiled with ``torch.profiler``; then the isolated update of each A/B variant.
 
-    python scripts/gpu_profile.py --out gpu_out           # on a CUDA machine (~3 min)
-    python scripts/gpu_profile.py --out /tmp/p --cpu --tiny   # the same code path, eager, on a CPU
+    python scripts/gpu_profile.py --out gpu_out                          # MLR, on a CUDA machine
+    python scripts/gpu_profile.py --objective baseline --variants fast,eager_fp32
+    python scripts/gpu_profile.py --out /tmp/p --cpu --tiny              # the code path, on a CPU
+
+Variants (``--variants``, the first is profiled in the loop): ``fast`` (bf16 + whole-update
+inductor, gin/fast's setting), ``cudagraphs`` (+ compile_mode 'reduce-overhead'), ``sdpa``
+(fast with the decoder's attention forced to fused SDPA), ``eager_bf16``, ``eager_fp32`` (the
+reference path). Each compiled variant costs about a minute of compilation on a GPU.
 
 Prints: loop and update wall times per update, the GPU's busy fraction in the profiled loop
-(summed kernel time / wall time), kernel launches per update and the top ops by GPU and by CPU
-time; writes the profiler's table to OUT/profile.txt.
+(summed kernel time / wall time), kernel launches per update, the top ops by GPU and by CPU
+time (the full tables go to OUT/profile.txt), then one line per variant.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from mlr_registry.agents.rainbow import Rainbow
+from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
@@ -34,15 +40,23 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def build(device: str, cpu: bool, tiny: bool = False, **fast) -> tuple[Rainbow, PrioritizedSequenceReplay]:
-    """Rainbow+MLR at the paper's size (``tiny``: 4-8-4 conv channels, 196-d latents, a quick
-    check of this script) and a replay holding STORED steps."""
+FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
+VARIANTS = {"fast": ({**FAST}, "auto"), "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto"),
+            "sdpa": ({**FAST}, "sdpa"), "eager_bf16": ({"precision": "bf16"}, "auto"), "eager_fp32": ({}, "auto")}
+
+
+def build(device: str, variant: str, objective: str = "mlr", tiny: bool = False,
+          ) -> tuple[Rainbow, PrioritizedSequenceReplay]:
+    """Rainbow(+MLR) at the paper's size (``tiny``: 4-8-4 conv channels, 196-d latents, a quick
+    check of this script) with a VARIANTS entry's switches (all off on a CPU), and a replay
+    holding STORED steps."""
     torch.manual_seed(0)
     shape = (4, 84, 84)
+    switches, attention = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
-    agent = Rainbow(shape, A, device=device, aux_losses=[MLRLoss()], **small,
-                    **({} if cpu else {"precision": "bf16", "compile": True, "compile_scope": "update", **fast}))
-    replay = PrioritizedSequenceReplay(shape, device=device, seed=0, compile=not cpu)
+    aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []
+    agent = Rainbow(shape, A, device=device, aux_losses=aux, **small, **(switches if device == "cuda" else {}))
+    replay = PrioritizedSequenceReplay(shape, device=device, seed=0, compile=device == "cuda")
     frames = torch.randint(0, 256, (64, *shape), dtype=torch.uint8).numpy()
     for t in range(STORED):
         replay.add(frames[t % 64], t % A, float(t % 3 - 1), t % 500 == 499)
@@ -77,20 +91,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu_out")
     parser.add_argument("--cpu", action="store_true", help="eager, on the CPU, few steps (checks the script)")
-    parser.add_argument("--budget-s", type=float, default=200, help="skip the CUDA-graph part past this")
+    parser.add_argument("--budget-s", type=float, default=200, help="skip the remaining variants past this")
     parser.add_argument("--tiny", action="store_true", help="tiny networks (a quick check of this script)")
+    parser.add_argument("--objective", choices=("mlr", "baseline"), default="mlr")
+    parser.add_argument("--variants", default="fast,cudagraphs",
+                        help=f"comma-separated, the first profiled in the loop; of {', '.join(VARIANTS)}")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     device = "cpu" if args.cpu else "cuda"
     n = 1 if args.cpu else 20
-    agent, replay = build(device, args.cpu, args.tiny)
+    agent, replay = build(device, variants[0], args.objective, args.tiny)
     obs = torch.randint(0, 256, (4, 84, 84), dtype=torch.uint8, device=device)
     frame = obs.cpu().numpy()
     for t in range(2 if args.cpu else 4):  # compilation, Adam state, the first two protected updates
         loop_step(agent, replay, obs, frame, t)
-    print(f"built and compiled in {time.perf_counter() - t0:.0f}s; fast path {agent.fast_path.describe()}")
+    print(f"{args.objective} {variants[0]}: built and compiled in {time.perf_counter() - t0:.0f}s; "
+          f"fast path {agent.fast_path.describe()}")
     per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 10 + i), n)
     print(f"loop without the emulator: {per_step / 2 * 1e3:.2f} ms per update ({2 / per_step:.1f} updates/s)")
     batch = replay.sample(BATCH)
@@ -100,9 +122,29 @@ def main() -> None:
     print(f"sample + update_priorities: {sample * 1e3:.2f} ms")
     act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
     print(f"act (with its host sync): {act * 1e3:.2f} ms")
+    profile_loop(agent, replay, obs, frame, out, args.cpu)
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if not args.cpu else [])
-    steps = 1 if args.cpu else 5
+    results = {variants[0]: per_update}
+    for variant in variants[1:]:
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"{variant}: skipped (past --budget-s)")
+            continue
+        other, _ = build(device, variant, args.objective, args.tiny)
+        for _ in range(4):
+            other.update(batch)
+        results[variant] = timed(lambda i, agent=other: agent.update(batch), n)
+        print(f"{variant}: update alone {results[variant] * 1e3:.2f} ms; fast path {other.fast_path.describe()}")
+        other = None  # free its GPU memory before the next variant
+    print(f"\n{args.objective} update alone, {device}:")
+    for variant, seconds in results.items():
+        print(f"  {variant:<12} {seconds * 1e3:8.2f} ms {1 / seconds:8.1f} updates/s")
+
+
+def profile_loop(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, out: Path,
+                 cpu: bool) -> None:
+    """Profiles a few loop steps: GPU busy fraction, kernels per update, top ops (OUT/profile.txt)."""
+    activities = [ProfilerActivity.CPU] + ([] if cpu else [ProfilerActivity.CUDA])
+    steps = 1 if cpu else 5
     sync()
     with profile(activities=activities) as prof:
         start = time.perf_counter()
@@ -112,25 +154,15 @@ def main() -> None:
         wall = time.perf_counter() - start
     events = prof.key_averages()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.device_time for e in kernels) / 1e6  # µs -> s (overlaps counted twice: an upper bound)
+    busy = sum(e.device_time for e in kernels) / 1e6  # µs -> s
     print(f"profiled loop: {wall / (2 * steps) * 1e3:.2f} ms per update; GPU kernels {len(kernels) / (2 * steps):.0f} "
           f"per update, busy {busy / wall:.0%} of the wall time")
-    key = "self_cpu_time_total" if args.cpu else "self_device_time_total"
+    key = "self_cpu_time_total" if cpu else "self_device_time_total"
     table = events.table(sort_by=key, row_limit=25)
     cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=25)
     (out / "profile.txt").write_text(f"by {key}\n{table}\n\nby self CPU time\n{cpu_table}\n")
     print(events.table(sort_by=key, row_limit=12, max_name_column_width=48))
     print(events.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=48))
-
-    if args.cpu or time.perf_counter() - t0 > args.budget_s:
-        print("CUDA graphs: skipped")
-        return
-    graphed, _ = build(device, False, args.tiny, compile_mode="reduce-overhead")
-    for _ in range(4):
-        graphed.update(batch)
-    per_graph = timed(lambda i: graphed.update(batch), n)
-    print(f"update alone with CUDA graphs (reduce-overhead): {per_graph * 1e3:.2f} ms ({1 / per_graph:.1f} updates/s); "
-          f"fast path {graphed.fast_path.describe()}")
 
 
 if __name__ == "__main__":

@@ -66,11 +66,15 @@ def test_gpu_summary_reports_missing_parts_without_failing(tmp_path, capsys):
     assert "game: no mlruns.db" in out and "bench: no bench.json" in out
 
 
-def test_gpu_profile_runs_its_loop_on_a_cpu(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPTS / "gpu_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_gpu_profile_runs_its_loop_and_variants_on_a_cpu(tmp_path):
+    cmd = [sys.executable, str(SCRIPTS / "gpu_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny",
+           "--variants", "fast,eager_fp32"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     times = dict(re.findall(r"^(loop without the emulator|update alone): ([\d.]+) ms", out.stdout, re.M))
     assert set(times) == {"loop without the emulator", "update alone"} and all(float(v) > 0 for v in times.values())
-    assert "CUDA graphs: skipped" in out.stdout
+    table = dict(re.findall(r"^  (\w+) +([\d.]+) ms", out.stdout, re.M))
+    assert set(table) == {"fast", "eager_fp32"} and all(float(v) > 0 for v in table.values())
     assert "by self_cpu_time_total" in (tmp_path / "profile.txt").read_text()
+    bad = subprocess.run([*cmd[:-1], "fast,bogus"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown variants ['bogus']" in bad.stderr
