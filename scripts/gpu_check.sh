@@ -8,7 +8,8 @@
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference).
-# Each stage has its own time limit, so a stage that fails or hangs leaves the others' figures.
+# Each stage has its own time limit (GAME_SECONDS, BENCH_SECONDS, PARITY_SECONDS; 0 skips it), so
+# a stage that fails or hangs leaves the others' figures.
 # Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, *_util.csv;
 # scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
 # wheels in .whl/ (scripts/gpu_wheels.sh fetches them; installed to /tmp/site when present).
@@ -52,39 +53,45 @@ game() {
   kill "$smi" 2>/dev/null
   grep -v "^ *$" "$OUT/$name.log" | tail -n 8
 }
-game game "$GAME_SECONDS"
+[ "$GAME_SECONDS" -gt 0 ] && game game "$GAME_SECONDS"
 # The same with CUDA graphs (compile_mode 'reduce-overhead'), when CUDAGRAPHS_SECONDS > 0.
 if [ "${CUDAGRAPHS_SECONDS:-0}" -gt 0 ]; then
   game game_cudagraphs "$CUDAGRAPHS_SECONDS" "agents.rainbow.compile_mode = 'reduce-overhead'"
 fi
 
-stage "2. benchmarks"
-B=tests/benchmarks
-F=$B/test_bench_fast_path.py
-BENCH_TESTS=${BENCH_TESTS:-"$F::test_bench_fast_path_rainbow_update[reference-mlr]
-  $F::test_bench_fast_path_rainbow_update[bf16-mlr] $F::test_bench_fast_path_rainbow_update[bf16_compile_update-mlr]
-  $F::test_bench_fast_path_rainbow_update[bf16_compile_update_cudagraphs-mlr]
-  $F::test_bench_fast_path_rainbow_update[reference-baseline]
-  $F::test_bench_fast_path_rainbow_update[bf16_compile_update-baseline]
-  $F::test_bench_fast_path_sac_update[reference-mlr] $F::test_bench_fast_path_sac_update[bf16-mlr]
-  $B/test_bench_replay.py $B/test_bench_env.py::test_atari_env_step $B/test_bench_rainbow.py::test_bench_rainbow_act"}
-# pytest-timeout (when installed) fails one stuck benchmark instead of losing the whole table
-PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 120 --timeout-method signal")
-# shellcheck disable=SC2086  # BENCH_TESTS and PER_TEST are word lists (no globbing: node ids hold [...])
-set -f
-timeout -k 20 "$BENCH_SECONDS" $PY -m pytest -p no:cacheprovider -q --benchmark-enable --benchmark-only \
-  --benchmark-columns=min,median,mean,rounds --benchmark-json "$OUT/bench.json" $PER_TEST $BENCH_TESTS \
-  > "$OUT/bench.log" 2>&1
-rc=$?
-set +f
-echo "bench exit $rc"
-grep -E "passed|failed|error|Error" "$OUT/bench.log" | tail -n 5
+bench() {
+  stage "2. benchmarks"
+  B=tests/benchmarks
+  F=$B/test_bench_fast_path.py
+  BENCH_TESTS=${BENCH_TESTS:-"$F::test_bench_fast_path_rainbow_update[reference-mlr]
+    $F::test_bench_fast_path_rainbow_update[bf16-mlr] $F::test_bench_fast_path_rainbow_update[bf16_compile_update-mlr]
+    $F::test_bench_fast_path_rainbow_update[bf16_compile_update_cudagraphs-mlr]
+    $F::test_bench_fast_path_rainbow_update[reference-baseline]
+    $F::test_bench_fast_path_rainbow_update[bf16_compile_update-baseline]
+    $F::test_bench_fast_path_sac_update[reference-mlr] $F::test_bench_fast_path_sac_update[bf16-mlr]
+    $B/test_bench_replay.py $B/test_bench_env.py::test_atari_env_step $B/test_bench_rainbow.py::test_bench_rainbow_act"}
+  # pytest-timeout (when installed) fails one stuck benchmark instead of losing the whole table
+  PER_TEST=$($PY -c "import pytest_timeout" 2>/dev/null && echo "--timeout 120 --timeout-method signal")
+  # shellcheck disable=SC2086  # BENCH_TESTS and PER_TEST are word lists (no globbing: node ids hold [...])
+  set -f
+  timeout -k 20 "$BENCH_SECONDS" $PY -m pytest -p no:cacheprovider -q --benchmark-enable --benchmark-only \
+    --benchmark-columns=min,median,mean,rounds --benchmark-json "$OUT/bench.json" $PER_TEST $BENCH_TESTS \
+    > "$OUT/bench.log" 2>&1
+  rc=$?
+  set +f
+  echo "bench exit $rc"
+  grep -E "passed|failed|error|Error" "$OUT/bench.log" | tail -n 5
+}
+[ "$BENCH_SECONDS" -gt 0 ] && bench
 
-stage "3. CUDA parity tests"
-timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -q -rs tests/test_fast_path.py -k gpu \
-  > "$OUT/parity.log" 2>&1
-echo "parity exit $?"
-tail -n 15 "$OUT/parity.log"
+parity() {
+  stage "3. CUDA parity tests"
+  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -q -rs tests/test_fast_path.py -k gpu \
+    > "$OUT/parity.log" 2>&1
+  echo "parity exit $?"
+  tail -n 15 "$OUT/parity.log"
+}
+[ "$PARITY_SECONDS" -gt 0 ] && parity
 
 stage "summary"
 $PY scripts/gpu_summary.py "$OUT"
