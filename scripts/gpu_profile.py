@@ -8,7 +8,8 @@ timed and profiled with ``torch.profiler``; then the isolated update of each A/B
 
 Variants (``--variants``, the first is profiled in the loop): ``fast`` (bf16 + whole-update
 inductor, gin/fast's setting), ``cudagraphs`` (+ compile_mode 'reduce-overhead'), ``sdpa``
-(fast with the decoder's attention forced to fused SDPA), ``eager_bf16``, ``eager_fp32`` (the
+(fast with the decoder's attention forced to fused SDPA), ``channels_last`` (fast with the conv
+weights in channels-last memory, a candidate switch), ``eager_bf16``, ``eager_fp32`` (the
 reference path). Each compiled variant costs about a minute of compilation on a GPU.
 
 Prints: loop and update wall times per update, the GPU's busy fraction in the profiled loop
@@ -41,8 +42,11 @@ def sync() -> None:
 
 
 FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
-VARIANTS = {"fast": ({**FAST}, "auto"), "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto"),
-            "sdpa": ({**FAST}, "sdpa"), "eager_bf16": ({"precision": "bf16"}, "auto"), "eager_fp32": ({}, "auto")}
+# name -> (agent switches, decoder attention, conv weights channels-last)
+VARIANTS = {"fast": ({**FAST}, "auto", False),
+            "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto", False),
+            "sdpa": ({**FAST}, "sdpa", False), "channels_last": ({**FAST}, "auto", True),
+            "eager_bf16": ({"precision": "bf16"}, "auto", False), "eager_fp32": ({}, "auto", False)}
 
 
 def build(device: str, variant: str, objective: str = "mlr", tiny: bool = False,
@@ -52,10 +56,12 @@ def build(device: str, variant: str, objective: str = "mlr", tiny: bool = False,
     holding STORED steps."""
     torch.manual_seed(0)
     shape = (4, 84, 84)
-    switches, attention = VARIANTS[variant]
+    switches, attention, channels_last = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
     aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []
     agent = Rainbow(shape, A, device=device, aux_losses=aux, **small, **(switches if device == "cuda" else {}))
+    if channels_last:  # a measurement only, not a switch yet: cuDNN's NCHW->NHWC conversions took 0.7 ms
+        agent.to(memory_format=torch.channels_last)
     replay = PrioritizedSequenceReplay(shape, device=device, seed=0, compile=device == "cuda")
     frames = torch.randint(0, 256, (64, *shape), dtype=torch.uint8).numpy()
     for t in range(STORED):
@@ -137,7 +143,7 @@ def main() -> None:
         other = None  # free its GPU memory before the next variant
     print(f"\n{args.objective} update alone, {device}:")
     for variant, seconds in results.items():
-        print(f"  {variant:<12} {seconds * 1e3:8.2f} ms {1 / seconds:8.1f} updates/s")
+        print(f"  {variant:<14} {seconds * 1e3:8.2f} ms {1 / seconds:8.1f} updates/s")
 
 
 def profile_loop(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, out: Path,
