@@ -16,6 +16,15 @@ from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.registry import register
 
 
+def renormalize(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
+    """Per-sample min-max over all but the first dim: ``(x − min) / (max − min + eps)`` (SPR's
+    ``renormalize(·, 1)``): the map on this encoder's output and on SPR's predicted latents."""
+    flat = x.flatten(1)
+    # amin/amax, not aminmax: aminmax has no derivative in torch 2.11 (seen on a GPU machine)
+    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    return ((flat - lo) / (hi - lo + eps)).view_as(x)
+
+
 @register("encoder", "nature_cnn")
 class NatureCNN(nn.Module):
     """(n c h w) float → (n d) float latent, d = C·H·W of the last conv map (3136 at defaults).
@@ -67,8 +76,4 @@ class NatureCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.convs(x).flatten(1)  # (n c h w) -> (n d), C·H·W order as the reference's view
-        if self.renormalize:
-            # amin/amax, not aminmax: aminmax has no derivative in torch 2.11 (seen on a GPU machine)
-            lo, hi = z.amin(dim=1, keepdim=True), z.amax(dim=1, keepdim=True)
-            z = (z - lo) / (hi - lo + self.renormalize_eps)
-        return z
+        return renormalize(z, self.renormalize_eps) if self.renormalize else z

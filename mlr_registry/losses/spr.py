@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import nn
 
 from mlr_registry.batch import Batch
+from mlr_registry.encoders.nature_cnn import renormalize
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.losses.mlr import normalized_squared_distance
@@ -50,14 +51,6 @@ def _norm(channels: int, kind: str) -> nn.Module:
     if kind == "in":
         return nn.GroupNorm(channels, channels)
     return nn.Identity()
-
-
-def renormalize(x: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Per-sample min-max over all but the first dim: ``(x − min) / (max − min + eps)`` (SPR's
-    ``renormalize(·, 1)``; the same map the Nature encoder applies to its output)."""
-    flat = x.flatten(1)
-    lo, hi = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)  # aminmax: no derivative in torch 2.11
-    return ((flat - lo) / (hi - lo + eps)).view_as(x)
 
 
 class ResidualBlock(nn.Module):
