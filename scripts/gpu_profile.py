@@ -33,7 +33,7 @@ from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
 
-A, STORED, BATCH = 6, 5000, 32
+A, STORED, BATCH, SHAPE = 6, 5000, 32, (4, 84, 84)
 
 
 def sync() -> None:
@@ -49,25 +49,27 @@ VARIANTS = {"fast": ({**FAST}, "auto", False),
             "eager_bf16": ({"precision": "bf16"}, "auto", False), "eager_fp32": ({}, "auto", False)}
 
 
-def build(device: str, variant: str, objective: str = "mlr", tiny: bool = False,
-          ) -> tuple[Rainbow, PrioritizedSequenceReplay]:
+def build_agent(device: str, variant: str, objective: str = "mlr", tiny: bool = False) -> Rainbow:
     """Rainbow(+MLR) at the paper's size (``tiny``: 4-8-4 conv channels, 196-d latents, a quick
-    check of this script) with a VARIANTS entry's switches (all off on a CPU), and a replay
-    holding STORED steps."""
+    check of this script) with a VARIANTS entry's switches (all off on a CPU)."""
     torch.manual_seed(0)
-    shape = (4, 84, 84)
     switches, attention, channels_last = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
     aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []
-    agent = Rainbow(shape, A, device=device, aux_losses=aux, **small, **(switches if device == "cuda" else {}))
+    agent = Rainbow(SHAPE, A, device=device, aux_losses=aux, **small, **(switches if device == "cuda" else {}))
     if channels_last:  # a measurement only, not a switch yet: cuDNN's NCHW->NHWC conversions took 0.7 ms
         agent.to(memory_format=torch.channels_last)
-    replay = PrioritizedSequenceReplay(shape, device=device, seed=0, compile=device == "cuda")
-    frames = torch.randint(0, 256, (64, *shape), dtype=torch.uint8).numpy()
+    return agent
+
+
+def build_replay(device: str) -> PrioritizedSequenceReplay:
+    """The trainer's replay (compiled on CUDA, as the fast config) holding STORED steps."""
+    replay = PrioritizedSequenceReplay(SHAPE, device=device, seed=0, compile=device == "cuda")
+    frames = torch.randint(0, 256, (64, *SHAPE), dtype=torch.uint8).numpy()
     for t in range(STORED):
         replay.add(frames[t % 64], t % A, float(t % 3 - 1), t % 500 == 499)
     replay.set_step(STORED)
-    return agent, replay
+    return replay
 
 
 def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int) -> list:
@@ -112,8 +114,8 @@ def main() -> None:
     t0 = time.perf_counter()
     device = "cpu" if args.cpu else "cuda"
     n = 1 if args.cpu else 20
-    agent, replay = build(device, variants[0], args.objective, args.tiny)
-    obs = torch.randint(0, 256, (4, 84, 84), dtype=torch.uint8, device=device)
+    agent, replay = build_agent(device, variants[0], args.objective, args.tiny), build_replay(device)
+    obs = torch.randint(0, 256, SHAPE, dtype=torch.uint8, device=device)
     frame = obs.cpu().numpy()
     for t in range(2 if args.cpu else 4):  # compilation, Adam state, the first two protected updates
         loop_step(agent, replay, obs, frame, t)
@@ -135,7 +137,7 @@ def main() -> None:
         if time.perf_counter() - t0 > args.budget_s:
             print(f"{variant}: skipped (past --budget-s)")
             continue
-        other, _ = build(device, variant, args.objective, args.tiny)
+        other = build_agent(device, variant, args.objective, args.tiny)  # same replay batch
         for _ in range(4):
             other.update(batch)
         results[variant] = timed(lambda i, agent=other: agent.update(batch), n)
