@@ -7,8 +7,11 @@
 #      again with CUDA graphs (compile_mode 'reduce-overhead');
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
-#   3. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference).
-# Each stage has its own time limit (GAME_SECONDS, BENCH_SECONDS, PARITY_SECONDS; 0 skips it), so
+#   3. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference);
+#   4. the final evaluation alone, 100 games of an untrained agent (no updates), with one worker
+#      process per core and in the trainer's process (throughput/eval_seconds in MLflow).
+# Each stage has its own time limit (GAME_SECONDS, BENCH_SECONDS, PARITY_SECONDS, EVAL_SECONDS
+# per evaluation run; 0 skips it), so
 # a stage that fails or hangs leaves the others' figures.
 # Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, *_util.csv;
 # scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
@@ -19,6 +22,7 @@ GAME=${GAME:-pong}
 GAME_SECONDS=${GAME_SECONDS:-190}
 BENCH_SECONDS=${BENCH_SECONDS:-200}
 PARITY_SECONDS=${PARITY_SECONDS:-150}
+EVAL_SECONDS=${EVAL_SECONDS:-120}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
@@ -92,6 +96,21 @@ parity() {
   tail -n 15 "$OUT/parity.log"
 }
 [ "$PARITY_SECONDS" -gt 0 ] && parity
+
+# The final evaluation alone: num_env_steps = 1 stops before any update, so the run is start-up +
+# 100 games of the untrained agent (pong: each lost 0-21 in ~800 agent steps) + shut-down.
+evaluation() {
+  for workers in -1 0; do
+    stage "4. final evaluation alone: 100 $GAME games, eval_workers = $workers"
+    timeout -s INT -k 20 "$EVAL_SECONDS" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
+      --bind "atari.game = '$GAME'" --bind "trainers.atari100k.num_env_steps = 1" \
+      --bind "trainers.atari100k.eval_workers = $workers" --bind "trainers.atari100k.video = False" \
+      --bind "trainers.atari100k.progress = False" --bind "trainers.atari100k.checkpoint_every = 0" \
+      --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=eval_workers_$workers" > "$OUT/eval_$workers.log" 2>&1
+    echo "eval exit $?"
+  done
+}
+[ "$EVAL_SECONDS" -gt 0 ] && evaluation
 
 stage "summary"
 $PY scripts/gpu_summary.py "$OUT"

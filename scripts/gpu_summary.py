@@ -1,5 +1,6 @@
 """Prints what ``scripts/gpu_check.sh`` measured, from its output folder: the game's throughput
-windows (MLflow), its projected full-run wall time, GPU utilisation and the benchmark table.
+windows (MLflow), its projected full-run wall time, GPU utilisation, the benchmark table and
+the final evaluation's wall time with and without worker processes.
 
     python scripts/gpu_summary.py gpu_out
 """
@@ -15,20 +16,36 @@ from pathlib import Path
 FULL_ENV_STEPS = 100_000  # Atari-100k
 
 
-def game(out: Path) -> None:
+def tagged_runs(out: Path, prefix: str) -> tuple[object, list] | None:
+    """The MLflow client and the runs tagged ``gpu_check=<prefix>*``, oldest first."""
     db = out / "mlruns.db"
     if not db.exists():
-        print("game: no mlruns.db")
-        return
+        print(f"{prefix}: no mlruns.db")
+        return None
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
-            if r.data.tags.get("gpu_check", "").startswith("game")]
+            if r.data.tags.get("gpu_check", "").startswith(prefix)]
     if not runs:
-        print("game: no run tagged gpu_check=game*")
-    for run in sorted(runs, key=lambda r: r.info.start_time):
-        one_game(client, run)
+        print(f"{prefix}: no run tagged gpu_check={prefix}*")
+    return client, sorted(runs, key=lambda r: r.info.start_time)
+
+
+def game(out: Path) -> None:
+    found = tagged_runs(out, "game")
+    for run in found[1] if found else []:
+        one_game(found[0], run)
+
+
+def evaluation(out: Path) -> None:
+    """Each evaluation-alone run: its wall time (throughput/eval_seconds), the whole run's, the mean score."""
+    found = tagged_runs(out, "eval")
+    for run in found[1] if found else []:
+        m = run.data.metrics
+        print(f"{run.data.tags['gpu_check']}: status={run.info.status} evaluation "
+              f"{m.get('throughput/eval_seconds', float('nan')):.1f} s of a {run_minutes(run) * 60:.0f} s run, "
+              f"mean score {m.get('final_return', float('nan')):.2f}")
 
 
 def one_game(client, run) -> None:
@@ -86,7 +103,7 @@ def bench(out: Path) -> None:
 
 def main(argv: list[str]) -> None:
     out = Path(argv[1] if len(argv) > 1 else "gpu_out")
-    for part in (game, utilisation, bench):
+    for part in (game, utilisation, bench, evaluation):
         try:
             part(out)
         except Exception as exc:  # a summary of partial results: one broken part must not hide the rest

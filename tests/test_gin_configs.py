@@ -4,6 +4,7 @@ handful of steps at tiny size. The full configs also read as the paper's hyperpa
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import gin
@@ -55,11 +56,17 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
     if tags["agent"] == "rainbow":
         assert tags["fast_path.replay_compile"] == "off"
         assert ("compile_note" in str(list(tags))) == (name == "fast/atari_mlr_fast.gin")  # 'auto': CUDA only
+    # the fast files evaluate in worker processes (one per core, at most one per episode)
+    workers = min(len(os.sched_getaffinity(0)), trainer.eval_episodes) if name.startswith("fast/") else 0
+    assert trainer.eval_workers == workers
     tracker = RecordingTracker()
     final = trainer.train(tracker)
     assert "final_return" in final and trainer.update_count > 0
     logged = set(tracker.history)
     assert "train/rl_loss" in logged or "train/critic_loss" in logged
+    # every evaluation logs its wall time, the final one included
+    assert len(tracker.history["throughput/eval_seconds"]) == len(tracker.history["eval/return_mean"]) >= 1
+    assert min(tracker.history["throughput/eval_seconds"]) > 0
     if "mlr" in trainer.objective:  # mlr_loss, or pixel_mlr_loss for the pixel objective
         assert any(key.endswith("mlr_loss") for key in logged)
 

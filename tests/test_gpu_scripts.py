@@ -41,6 +41,10 @@ def test_gpu_summary_projects_a_full_game_from_the_steady_windows(tmp_path, caps
         client.log_metric(run.info.run_id, "throughput/updates_per_s", ups, step=step)
         client.log_metric(run.info.run_id, "throughput/env_steps_per_s", ups / 2 or 2000.0, step=step)
     client.set_terminated(run.info.run_id, "KILLED", end_time=1_000_000 + 240_000)  # 4 minutes
+    evaluation = client.create_run(exp, start_time=2_000_000, tags={"gpu_check": "eval_workers_-1"})
+    client.log_metric(evaluation.info.run_id, "throughput/eval_seconds", 6.25, step=1)
+    client.log_metric(evaluation.info.run_id, "final_return", -20.5, step=1)
+    client.set_terminated(evaluation.info.run_id, "FINISHED", end_time=2_000_000 + 30_000)
     (tmp_path / "bench.json").write_text(json.dumps({"machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "benchmarks": [
         {"fullname": "t.py::test_env", "stats": {"median": 0.05, "min": 0.04}, "extra_info": {"steps_per_round": 200}},
         {"fullname": "t.py::test_update[mlr]", "stats": {"median": 0.0125, "min": 0.012},
@@ -56,6 +60,7 @@ def test_gpu_summary_projects_a_full_game_from_the_steady_windows(tmp_path, caps
     assert "(game_util, nvidia-smi, 1 s samples): second half mean 50%, max 60%" in out
     assert re.search(r"test_env\s+50\.00\s+40\.00\s+4000\.0", out)  # env: steps per round / median
     assert re.search(r"test_update\[mlr\]\s+12\.50\s+12\.00\s+80\.0", out)
+    assert "eval_workers_-1: status=FINISHED evaluation 6.2 s of a 30 s run, mean score -20.50" in out
 
 
 def test_gpu_summary_reports_missing_parts_without_failing(tmp_path, capsys):
@@ -63,7 +68,7 @@ def test_gpu_summary_reports_missing_parts_without_failing(tmp_path, capsys):
 
     gpu_summary.main(["gpu_summary.py", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "game: no mlruns.db" in out and "bench: no bench.json" in out
+    assert "game: no mlruns.db" in out and "bench: no bench.json" in out and "eval: no mlruns.db" in out
 
 
 def test_gpu_profile_runs_its_loop_and_variants_on_a_cpu(tmp_path):

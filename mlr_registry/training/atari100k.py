@@ -12,6 +12,8 @@ The trainer owns the progress bar and all metric logging; components never see M
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +40,7 @@ from mlr_registry.training.common import (
     set_global_rng_state,
     set_seeded_generator_states,
 )
+from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.trainer import Tracker
 
 
@@ -59,6 +62,9 @@ class Atari100kTrainer:
     ``@replays.prioritized_sequence``, without parentheses): the trainer supplies the seeds,
     shapes and device. ``objective`` defaults to the agent's aux-loss names (``baseline`` when
     there are none).
+
+    ``eval_workers`` (0 = none, -1 = one per core, N) steps the evaluation envs in worker
+    processes; the scores are the same bit for bit (``training/evaluation.py``).
 
     ``checkpoint_every`` (env steps, 0 = off) sets how often :meth:`train` writes a checkpoint
     when the CLI gives it a :class:`Checkpointer` (every 10k steps: a checkpoint holds the whole
@@ -82,6 +88,7 @@ class Atari100kTrainer:
         eval_every: int = 0,
         eval_at_start: bool = False,
         eval_max_steps: int | None = None,
+        eval_workers: int = 0,
         log_every: int = 1000,
         seed: int = 0,
         device: str = "auto",
@@ -121,6 +128,8 @@ class Atari100kTrainer:
         self.eval_every = eval_every
         self.eval_at_start = eval_at_start
         self.eval_max_steps = eval_max_steps
+        self.eval_workers = resolve_workers("atari100k.eval_workers", eval_workers, eval_episodes)
+        self._eval_pool = EnvWorkers(self.eval_workers) if self.eval_workers else None
         self.log_every = log_every
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
@@ -144,11 +153,22 @@ class Atari100kTrainer:
         """Run the loop (from the loaded checkpoint's step after :meth:`load_state_dict`), then
         the final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every``
         steps, and Ctrl-C / SIGTERM checkpoint at the end of the current step before stopping."""
+        try:
+            return self._train(tracker, checkpointer)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the evaluation workers, if any (:meth:`train` does it when it ends)."""
+        if self._eval_pool is not None:
+            self._eval_pool.close()
+
+    def _train(self, tracker: Tracker, checkpointer: Checkpointer | None) -> dict[str, float]:
         tracker = CurveTracker(tracker)
         self._curves = tracker
         if self._resume is None:
             if self.eval_at_start:
-                tracker.log_metrics(self._eval_metrics(self.evaluate(epsilon=1.0)), step=0)
+                tracker.log_metrics(self._evaluation(epsilon=1.0), step=0)
             self._obs, _ = self.env.reset(seed=self.seed)
             self._episode_score, self._episode_steps = 0.0, 0
             self._window = MetricWindow()
@@ -185,7 +205,7 @@ class Atari100kTrainer:
                     tracker.log_metrics({**metrics, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
                     bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
                 if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
-                    tracker.log_metrics(self._eval_metrics(self.evaluate()), step=step + 1)
+                    tracker.log_metrics(self._evaluation(), step=step + 1)
                 self._steps_done = step + 1
                 if checkpointer is not None:
                     due = self.checkpoint_every > 0 and (step + 1) % self.checkpoint_every == 0
@@ -193,7 +213,7 @@ class Atari100kTrainer:
         bar.close()
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
-        final = self._eval_metrics(self.evaluate(), final=True)
+        final = self._evaluation(final=True)
         tracker.log_metrics(final, step=self.num_env_steps)
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
@@ -244,6 +264,13 @@ class Atari100kTrainer:
         self.update_count += 1
         return metrics
 
+    def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
+        """Evaluate (``kwargs`` go to :meth:`evaluate`) and return the metrics to log, with the
+        evaluation's wall time as ``throughput/eval_seconds``."""
+        start = time.perf_counter()
+        scores = self.evaluate(**kwargs)
+        return {**self._eval_metrics(scores, final), "throughput/eval_seconds": time.perf_counter() - start}
+
     def _eval_metrics(self, scores: np.ndarray, final: bool = False) -> dict[str, float]:
         mean = float(np.mean(scores)) if len(scores) else float("nan")
         metrics = {"eval/return_mean": mean, "eval/return_std": float(np.std(scores)) if len(scores) else 0.0}
@@ -258,29 +285,17 @@ class Atari100kTrainer:
         return metrics
 
     def evaluate(self, epsilon: float | None = None) -> np.ndarray:
-        """One episode in each of ``eval_episodes`` envs, stepped in lockstep and acted in one
-        batch; returns the raw scores. Life loss is not terminal here (as in the reference)."""
-        n = self.eval_episodes
-        if n == 0:
-            return np.zeros(0)
+        """One episode in each of ``eval_episodes`` envs (seeds seed·100 + i), stepped in lockstep
+        and acted in one batch; returns the raw scores. Life loss is not terminal here (as in the
+        reference). ``eval_workers`` steps the envs in worker processes: same scores."""
         eps = self.eval_epsilon if epsilon is None else epsilon
-        envs = [self.env_factory(seed=self.seed * 100 + i, terminal_on_life_loss=False) for i in range(n)]
-        obs = np.stack([env.reset(seed=self.seed * 100 + i)[0] for i, env in enumerate(envs)])
-        scores = np.zeros(n)
-        running = np.ones(n, dtype=bool)
-        steps = 0
-        while running.any() and (self.eval_max_steps is None or steps < self.eval_max_steps):
-            idx = np.flatnonzero(running)
-            actions = self.agent.act(torch.as_tensor(obs[idx], device=self.device), epsilon=eps, greedy=True)
-            for i, action in zip(idx, actions.tolist(), strict=True):
-                obs[i], _, terminated, truncated, info = envs[i].step(int(action))
-                scores[i] += float(info.get("raw_reward", 0.0))
-                if terminated or truncated:
-                    running[i] = False
-            steps += 1
-        for env in envs:
-            env.close()
-        return scores
+
+        def policy(obs: np.ndarray) -> np.ndarray:
+            return self.agent.act(torch.as_tensor(obs, device=self.device), epsilon=eps, greedy=True).cpu().numpy()
+
+        seeds = [self.seed * 100 + i for i in range(self.eval_episodes)]
+        make_env = functools.partial(self.env_factory, terminal_on_life_loss=False)
+        return play_episodes(make_env, seeds, policy, workers=self._eval_pool, max_steps=self.eval_max_steps)
 
     video_fps = 15  # agent steps per second of video (each is 4 frames of the game)
 

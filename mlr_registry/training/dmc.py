@@ -14,6 +14,7 @@ evaluates on the training env at episode boundaries, which changes only the env'
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +45,7 @@ from mlr_registry.training.common import (
     set_global_rng_state,
     set_seeded_generator_states,
 )
+from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.trainer import Tracker
 
 EVAL_SEED_OFFSET = 10_000
@@ -80,6 +82,7 @@ class DMCTrainer:
         video_max_steps: int = 2000,
         checkpoint_every: int = 50_000,
         overlap_env_step: bool = False,
+        eval_workers: int = 0,
     ):
         """num_env_steps, eval_every, log_every and checkpoint_every count env steps;
         init_steps counts agent steps (the reference multiplies its 1000 by the action repeat).
@@ -88,7 +91,9 @@ class DMCTrainer:
         overlap_env_step: run each env step (physics + rendering, CPU) on a thread while the
         update runs (GPU), instead of after it. Same results (see :meth:`_update_while_stepping`);
         off by default, on in ``gin/fast/dmc_mlr_fast.gin``. dm_control renders on its own
-        thread anyway, so stepping from another thread is safe."""
+        thread anyway, so stepping from another thread is safe.
+        eval_workers (0 = the reference's one eval env; -1 = one worker per core; N): play the
+        evaluation episodes in lockstep in forked worker processes (see :meth:`evaluate`)."""
         check_range("dmc.num_env_steps", num_env_steps, 1)
         check_range("dmc.init_steps", init_steps, 0)
         check_range("dmc.batch_size", batch_size, 1)
@@ -125,6 +130,8 @@ class DMCTrainer:
         self.video_max_steps = video_max_steps
         self.checkpoint_every = checkpoint_every
         self.overlap_env_step = bool(overlap_env_step)
+        self.eval_workers = resolve_workers("dmc.eval_workers", eval_workers, eval_episodes)
+        self._eval_pool = EnvWorkers(self.eval_workers) if self.eval_workers else None
         self._env_executor: ThreadPoolExecutor | None = None
         self.update_count = 0
         self._rng = np.random.default_rng(seed)
@@ -145,6 +152,17 @@ class DMCTrainer:
         """Run the loop (from the loaded checkpoint's step after :meth:`load_state_dict`), then
         the final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every``
         env steps, and Ctrl-C / SIGTERM checkpoint at the end of the current agent step first."""
+        try:
+            return self._train(tracker, checkpointer)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the evaluation workers, if any (:meth:`train` does it when it ends)."""
+        if self._eval_pool is not None:
+            self._eval_pool.close()
+
+    def _train(self, tracker: Tracker, checkpointer: Checkpointer | None) -> dict[str, float]:
         tracker = CurveTracker(tracker)
         self._curves = tracker
         agent_steps = self.num_env_steps // self.action_repeat
@@ -167,7 +185,7 @@ class DMCTrainer:
             for i in range(self._agent_steps_done, agent_steps):
                 env_step = i * self.action_repeat
                 if self._due(env_step, self.eval_every) and (env_step > 0 or self.eval_at_start):
-                    tracker.log_metrics(self._eval_metrics(self.evaluate()), step=env_step)
+                    tracker.log_metrics(self._evaluation(env_step=env_step), step=env_step)
                 obs = self._obs
                 if i < self.init_steps:
                     action = self._rng.uniform(-1.0, 1.0, self.env.action_dim).astype(np.float32)
@@ -207,7 +225,7 @@ class DMCTrainer:
             self._env_executor = None
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
-        final = self._eval_metrics(self.evaluate(), final=True)
+        final = self._evaluation(final=True, env_step=self.num_env_steps)
         tracker.log_metrics(final, step=self.num_env_steps)
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
@@ -297,14 +315,33 @@ class DMCTrainer:
         self.update_count += 1
         return metrics
 
+    def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
+        """Evaluate (``kwargs`` go to :meth:`evaluate`) and return the metrics to log, with the
+        evaluation's wall time as ``throughput/eval_seconds``."""
+        start = time.perf_counter()
+        scores = self.evaluate(**kwargs)
+        return {**self._eval_metrics(scores, final), "throughput/eval_seconds": time.perf_counter() - start}
+
     def _eval_metrics(self, scores: np.ndarray, final: bool = False) -> dict[str, float]:
         metrics = {"eval/return_mean": float(np.mean(scores)), "eval/return_std": float(np.std(scores))}
         if final:
             metrics["final_return"] = metrics["eval/return_mean"]
         return metrics
 
-    def evaluate(self) -> np.ndarray:
-        """``eval_episodes`` episodes with the deterministic action tanh(mu) on center crops."""
+    def evaluate(self, env_step: int = 0) -> np.ndarray:
+        """``eval_episodes`` episodes with the deterministic action tanh(mu) on center crops.
+
+        ``eval_workers = 0`` (the reference): the episodes run one after another on one eval
+        env whose RNG stream continues across evaluations. Otherwise each episode gets its own
+        env, seeded from (seed, env_step, episode), and they run in lockstep in worker
+        processes: the same protocol, drawn from other (equally distributed) initial states.
+        """
+        if self._eval_pool is not None:
+            def policy(obs: np.ndarray) -> np.ndarray:
+                return self.agent.act(torch.as_tensor(obs, device=self.device), greedy=True).float().cpu().numpy()
+
+            seeds = np.random.SeedSequence([self.seed, EVAL_SEED_OFFSET, env_step]).generate_state(self.eval_episodes)
+            return play_episodes(self.env_factory, [int(s) for s in seeds], policy, workers=self._eval_pool)
         if self._eval_env is None:
             self._eval_env = self.env_factory(seed=self.seed + EVAL_SEED_OFFSET)
         env = self._eval_env

@@ -1,0 +1,310 @@
+"""Evaluation episodes in lockstep: one env per episode, the policy acts on every running env
+in one batch, and the envs step either in this process or in worker processes.
+
+Workers exist for speed, not semantics: with the same seeds and the same policy, both give the
+same scores bit for bit (the policy sees the same batches in the same order). They matter
+because evaluation is a large share of a fast run. Atari-100k's final evaluation plays 100
+games of up to 27,000 agent steps each, several times the training run's 100k env steps, and
+ALE and MuJoCo step under the GIL, so threads do not run them in parallel. DMC evaluates 10
+episodes every 5,000 env steps, rendering every step.
+
+Why not gymnasium's ``AsyncVectorEnv``: it runs one process per env and steps every env on
+every call (a finished env auto-resets and keeps playing until the longest episode ends),
+while an evaluation plays exactly one episode per env. Here W processes (W = cores) each own
+every W-th env and step only the running ones: W messages per lockstep step.
+
+Workers are fresh interpreters (``python -m mlr_registry.training.evaluation <fd>``, talking
+over a socket pair), not forks: a forked child inherits a half-copied renderer (Mesa's llvmpipe
+threads do not survive ``fork``; MuJoCo's first render in the child hangs), the CUDA context
+and the trainer's threads. Nor multiprocessing's "spawn", which re-runs the trainer's main
+script in each child (a script without a main guard would start a training there). A worker
+gets this process's ``sys.path`` and its whole gin config (``gin.config_str()``), loads the
+registry and re-parses it, so an env built there is configured exactly as here. Workers take
+a second or more to start, so an :class:`EnvWorkers` pool lives for the whole run. They run
+in their own session (Ctrl-C reaches only the trainer, which closes them) and exit when the
+trainer's end of their socket closes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import gin
+import numpy as np
+
+from mlr_registry.errors import ConfigError
+
+EnvFactory = Callable[..., Any]  # make_env(seed=...) -> a gymnasium-API env; picklable for workers
+Policy = Callable[[np.ndarray], np.ndarray]  # (k, *obs_shape) -> (k, *action_shape)
+
+
+def resolve_workers(name: str, workers: int, episodes: int) -> int:
+    """Worker processes for ``episodes`` episodes: 0 = none (step in this process), -1 = one per
+    core this process may run on, N = N; never more than there are episodes."""
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < -1:
+        raise ConfigError(f"{name} = {workers!r} must be an integer >= -1 "
+                          "(0 = step the envs in this process, -1 = one worker per core, N = N workers)")
+    if workers == 0:
+        return 0
+    if os.name != "posix":
+        raise ConfigError(f"{name} = {workers}: evaluation workers need a POSIX system; set it to 0")
+    count = int(workers)
+    if workers == -1:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(count, episodes))
+
+
+def play_episodes(make_env: EnvFactory, seeds: Sequence[int], policy: Policy,
+                  workers: EnvWorkers | None = None, max_steps: int | None = None) -> np.ndarray:
+    """Play one episode per seed in lockstep and return the raw scores, shape (n,).
+
+    ``make_env(seed=seed)`` builds an env, which is then reset with ``reset(seed=seed)``. Each
+    lockstep step acts once on the running envs' observations (stacked, in seed order) and
+    steps each of them once; an env stops at ``terminated or truncated``. The score sums
+    ``info["raw_reward"]`` where the env reports it (Atari's unclipped reward), else the
+    reward. ``max_steps`` caps the lockstep steps (smoke configs). With ``workers`` the envs
+    live in that pool's processes (``make_env`` must then pickle: a class or a partial).
+    """
+    if len(seeds) == 0:
+        return np.zeros(0)
+    envs = workers.open(make_env, seeds) if workers is not None else _InlineEnvs(make_env, seeds)
+    try:
+        scores = np.zeros(len(seeds))
+        running = np.ones(len(seeds), dtype=bool)
+        steps = 0
+        while running.any() and (max_steps is None or steps < max_steps):
+            index = np.flatnonzero(running)
+            actions = np.asarray(policy(envs.obs[index]))
+            rewards, done = envs.step(index, actions)
+            scores[index] += rewards
+            running[index[done]] = False
+            steps += 1
+        return scores
+    finally:
+        envs.close()
+
+
+def _step_envs(envs: Sequence[Any], actions: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Step each env once: (observations, raw rewards (k,), done (k,))."""
+    observations, rewards, done = [], np.zeros(len(envs)), np.zeros(len(envs), dtype=bool)
+    for j, (env, action) in enumerate(zip(envs, actions, strict=True)):
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        rewards[j], done[j] = float(info.get("raw_reward", reward)), bool(terminated or truncated)
+    return observations, rewards, done
+
+
+def _open_envs(make_env: EnvFactory, seeds: Sequence[int]) -> tuple[list[Any], list[np.ndarray]]:
+    envs: list[Any] = []
+    try:
+        for seed in seeds:
+            envs.append(make_env(seed=int(seed)))
+        return envs, [env.reset(seed=int(seed))[0] for env, seed in zip(envs, seeds, strict=True)]
+    except BaseException:
+        _close_envs(envs)
+        raise
+
+
+def _close_envs(envs: Sequence[Any]) -> None:
+    for env in envs:
+        env.close()
+
+
+class _InlineEnvs:
+    """All envs in this process."""
+
+    def __init__(self, make_env: EnvFactory, seeds: Sequence[int]):
+        self.envs, first = _open_envs(make_env, seeds)
+        self.obs = np.stack(first)
+
+    def step(self, index: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        observations, rewards, done = _step_envs([self.envs[i] for i in index], actions)
+        self.obs[index] = np.stack(observations)
+        return rewards, done
+
+    def close(self) -> None:
+        _close_envs(self.envs)
+
+
+class EnvWorkers:
+    """``workers`` worker processes that build and step evaluation envs, kept for a run.
+
+    They start at the first :meth:`open` and run until :meth:`close` (a later ``open`` starts
+    them again); an error in an episode closes them too (their sockets could hold unread
+    replies). ``gin_config`` (default: this process's ``gin.config_str()`` at construction;
+    "" = none) is parsed in each worker before it builds envs.
+    """
+
+    def __init__(self, workers: int, gin_config: str | None = None):
+        if workers < 1:
+            raise ValueError(f"EnvWorkers needs at least one worker, got {workers}")
+        self.workers = workers
+        self.gin_config = gin.config_str() if gin_config is None else gin_config
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+
+    def _start(self) -> None:
+        path = os.pathsep.join(p for p in sys.path if p)  # the env's module must import there too
+        try:
+            for w in range(self.workers):
+                ours, theirs = socket.socketpair()
+                with theirs:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", __name__, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                        stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
+                        start_new_session=True)  # Ctrl-C goes to the trainer, which closes the workers
+                self._procs.append(proc)
+                self._conns.append(Connection(ours.detach()))
+                self._conns[w].send(self.gin_config)
+            for w in range(self.workers):
+                self._receive(w)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers (empty before the first :meth:`open`)."""
+        return [proc.pid for proc in self._procs]
+
+    def open(self, make_env: EnvFactory, seeds: Sequence[int]) -> _PooledEnvs:
+        """Build and reset one env per seed in the workers (started now if they are not running)."""
+        if not self._procs:
+            self._start()
+        return _PooledEnvs(self, make_env, seeds)
+
+    def _send(self, w: int, message: Any) -> None:
+        try:
+            self._conns[w].send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            self._receive(w)  # reports how the worker ended
+
+    def _receive(self, w: int) -> Any:
+        try:
+            status, payload = self._conns[w].recv()
+        except (EOFError, OSError):
+            code = self._procs[w].wait(timeout=5)
+            raise RuntimeError(f"evaluation worker {w} died (exit code {code}); "
+                               "set eval_workers = 0 to step the envs in the trainer's process") from None
+        if status == "error":
+            raise RuntimeError(f"evaluation worker {w} failed (eval_workers = 0 steps the envs in the "
+                               f"trainer's process):\n{payload}")
+        return payload
+
+    def close(self) -> None:
+        """Stop the workers (each closes its envs); kill those that do not stop within 10 s."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> EnvWorkers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _PooledEnvs:
+    """Env i of an evaluation lives in worker i % W; observations come back through the sockets
+    (a few MB per lockstep step at most: 100 Atari stacks of 28 KB)."""
+
+    def __init__(self, pool: EnvWorkers, make_env: EnvFactory, seeds: Sequence[int]):
+        self.pool, n = pool, len(seeds)
+        self.owner = np.arange(n) % min(pool.workers, n)
+        self.used = sorted(set(self.owner.tolist()))
+        try:
+            for w in self.used:
+                pool._send(w, ("open", make_env, [int(s) for s in np.asarray(seeds)[self.owner == w]]))
+            first = {w: pool._receive(w) for w in self.used}
+        except BaseException:
+            pool.close()
+            raise
+        self.obs = np.empty((n, *first[0].shape[1:]), dtype=first[0].dtype)
+        for w in self.used:
+            self.obs[self.owner == w] = first[w]
+
+    def step(self, index: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        owner = self.owner[index]
+        busy = [w for w in self.used if (owner == w).any()]
+        rewards, done = np.zeros(len(index)), np.zeros(len(index), dtype=bool)
+        try:
+            for w in busy:
+                mine = owner == w
+                # a worker's envs are numbered by their rank among its envs: i // W
+                self.pool._send(w, ("step", index[mine] // len(self.used), actions[mine]))
+            for w in busy:
+                mine = owner == w
+                self.obs[index[mine]], rewards[mine], done[mine] = self.pool._receive(w)
+        except BaseException:
+            self.pool.close()
+            raise
+        return rewards, done
+
+    def close(self) -> None:
+        if not self.pool._procs:
+            return
+        try:
+            for w in self.used:
+                self.pool._send(w, ("close",))
+            for w in self.used:
+                self.pool._receive(w)
+        except BaseException:
+            self.pool.close()
+            raise
+
+
+def _serve(conn: Connection) -> None:
+    """A worker: parse the gin config it is sent, then open / step / close envs on request
+    until it gets None or its socket closes."""
+    envs: list[Any] = []
+    try:
+        gin_config = conn.recv()
+        if gin_config:
+            import mlr_registry.training.experiment  # noqa: F401  (registers `experiment`)
+            from mlr_registry import registry
+
+            registry.load_all()
+            gin.parse_config(gin_config)
+        conn.send(("ok", None))
+        while (message := conn.recv()) is not None:
+            if message[0] == "open":
+                _, make_env, seeds = message
+                envs, first = _open_envs(make_env, seeds)
+                conn.send(("ok", np.stack(first)))
+            elif message[0] == "step":
+                _, ranks, actions = message
+                observations, rewards, done = _step_envs([envs[r] for r in ranks], actions)
+                conn.send(("ok", (np.stack(observations), rewards, done)))
+            else:  # "close"
+                _close_envs(envs)
+                envs = []
+                conn.send(("ok", None))
+    except EOFError:  # the trainer went away
+        pass
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        _close_envs(envs)
+        conn.close()
+
+
+if __name__ == "__main__":  # a worker: python -m mlr_registry.training.evaluation <socket fd>
+    _serve(Connection(int(sys.argv[1])))
