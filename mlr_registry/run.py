@@ -19,6 +19,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -152,7 +153,6 @@ def resume(args: argparse.Namespace) -> int:
 
     from mlr_registry.errors import CheckpointError
     from mlr_registry.tracking.mlflow_run import RESUMABLE_STATUSES, TrackedRun
-    from mlr_registry.training.checkpoint import latest_checkpoint, load_checkpoint
 
     run = TrackedRun(args.tracking_uri)
     info = run.get_run(args.resume).info
@@ -166,10 +166,28 @@ def resume(args: argparse.Namespace) -> int:
             raise CheckpointError(f"run {args.resume} has no config/config.gin artifact to rebuild it from: "
                                   f"{str(exc).splitlines()[0]}") from None
         _, trainer, params = _build_trainer([config_file], args.bind)
-    root = run.download_checkpoints(args.resume)
+    try:  # a remote store's checkpoint is downloaded into a folder that the run deletes at its end
+        step, latest = _load_latest_checkpoint(run, args.resume, trainer, params)
+    except BaseException:
+        run.remove_scratch()
+        raise
+    run.resume(args.resume, from_step=step)
+    run.set_tags({"resumed_from_step": str(step), **_extra_tags(args)})
+    print(f"resuming MLflow run {run.run_id} from step {step} ({latest})", file=sys.stderr)
+    checkpointer = _checkpointer(run, params)
+    checkpointer.last_saved_step = step
+    return _run_to_end(run, trainer, checkpointer)
+
+
+def _load_latest_checkpoint(run, run_id: str, trainer, params) -> tuple[int, Path]:
+    """Load run ``run_id``'s newest checkpoint into ``trainer``: (its step, its path)."""
+    from mlr_registry.errors import CheckpointError
+    from mlr_registry.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    root = run.download_checkpoints(run_id)
     latest = latest_checkpoint(root) if root is not None else None
     if latest is None:
-        raise CheckpointError(f"run {args.resume} has no checkpoint (no {root}/latest): it ran with "
+        raise CheckpointError(f"run {run_id} has no checkpoint (no {root}/latest): it ran with "
                               "checkpoint_every = 0 or stopped before its first checkpoint")
     state, meta = load_checkpoint(latest, params)
     try:
@@ -179,13 +197,7 @@ def resume(args: argparse.Namespace) -> int:
     except (KeyError, IndexError, RuntimeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{latest} does not fit this run's trainer: "
                               f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    step = int(meta["step"])
-    run.resume(args.resume, from_step=step)
-    run.set_tags({"resumed_from_step": str(step), **_extra_tags(args)})
-    print(f"resuming MLflow run {run.run_id} from step {step} ({latest})", file=sys.stderr)
-    checkpointer = _checkpointer(run, params)
-    checkpointer.last_saved_step = step
-    return _run_to_end(run, trainer, checkpointer)
+    return int(meta["step"]), latest
 
 
 def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:

@@ -9,6 +9,7 @@ continue from a checkpoint; its checkpoints live in its artifact store under ``c
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,6 +70,9 @@ class TrackedRun:
         self._flush_every_s = flush_every_s
         self._ended = False
         self._already_logged: set[tuple[str, int]] = set()
+        self._scratch: list[Path] = []  # local staging / download folders for a remote store
+        self._unsent: Path | None = None  # a staged checkpoint whose upload did not complete
+        self._delete_warned = False
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -137,15 +141,58 @@ class TrackedRun:
         local = self.artifact_dir()
         if local is not None:
             return local / CHECKPOINT_DIR
-        return Path(tempfile.mkdtemp(prefix=f"mlr_registry_ckpt_{self.run_id}_"))
+        return self._scratch_folder()
+
+    def _scratch_folder(self) -> Path:
+        """A temporary folder that :meth:`end` (or :meth:`remove_scratch`) deletes."""
+        folder = Path(tempfile.mkdtemp(prefix=f"mlr_registry_ckpt_{self.run_id}_"))
+        self._scratch.append(folder)
+        return folder
 
     def upload_checkpoint(self, path: Path) -> None:
         """Copy a checkpoint written to a staging folder into a remote artifact store, then its
-        ``latest`` pointer (no-op for local stores, where it was written in place)."""
+        ``latest`` pointer, then delete the store's older checkpoints (only the newest is kept,
+        as in a local store). No-op for local stores, where it was written in place."""
         if self.artifact_dir() is not None:
             return
+        self._unsent = path
         self.client.log_artifacts(self.run_id, str(path), f"{CHECKPOINT_DIR}/{path.name}")
         self.client.log_artifact(self.run_id, str(path.parent / "latest"), CHECKPOINT_DIR)
+        self._unsent = None
+        self._delete_remote_checkpoints(keep=path.name)
+
+    def _delete_remote_checkpoints(self, keep: str) -> None:
+        """Delete the run's uploaded checkpoints other than ``keep`` (after ``latest`` names it,
+        so a crash at any point leaves a complete checkpoint behind). A store that cannot delete
+        keeps them, with one warning."""
+        old = [f.path for f in self.client.list_artifacts(self.run_id, CHECKPOINT_DIR)
+               if f.is_dir and Path(f.path).name != keep]
+        if not old:
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri,
+                                       tracking_uri=self.tracking_uri)
+        try:
+            for path in old:
+                repo.delete_artifacts(path)
+        except Exception as exc:  # noqa: BLE001 - NotImplementedError, or a server refusing DELETE
+            if not self._delete_warned:
+                self._delete_warned = True
+                print(f"warning: older checkpoints of run {self.run_id} stay in its artifact store "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no delete'})",
+                      file=sys.stderr)
+
+    def remove_scratch(self) -> None:
+        """Delete this run's staging and download folders, except one holding a checkpoint that
+        was not uploaded (then the only copy; its path is printed)."""
+        for folder in self._scratch:
+            if self._unsent is not None and folder in self._unsent.parents:
+                print(f"warning: checkpoint {self._unsent} was not uploaded to the artifact store; "
+                      "it stays there", file=sys.stderr)
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+        self._scratch = []
 
     def download_checkpoints(self, run_id: str) -> Path | None:
         """A local folder holding the run's ``latest`` pointer and the checkpoint it names
@@ -156,16 +203,19 @@ class TrackedRun:
             return local / CHECKPOINT_DIR
         import mlflow
 
-        dest = Path(tempfile.mkdtemp(prefix=f"mlr_registry_ckpt_{run_id}_"))
+        root = self._scratch_folder() / CHECKPOINT_DIR
+        root.mkdir()
+
+        def download(path: str) -> Path:  # MLflow puts a file or folder at dst_path/<its name>
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{path}",
+                                                            dst_path=str(root), tracking_uri=self.tracking_uri))
+
         try:
-            latest = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/latest",
-                                                         dst_path=str(dest), tracking_uri=self.tracking_uri)
+            latest = download("latest")
         except Exception:  # noqa: BLE001 - no checkpoint uploaded
             return None
-        name = Path(latest).read_text().strip()
-        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{name}",
-                                            dst_path=str(dest), tracking_uri=self.tracking_uri)
-        return dest / CHECKPOINT_DIR
+        download(latest.read_text().strip())
+        return root
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -219,3 +269,5 @@ class TrackedRun:
         except Exception:  # noqa: BLE001 - retry once on a fresh connection
             self.client = self._mlflow.tracking.MlflowClient(tracking_uri=self.tracking_uri)
             self.client.set_terminated(self.run_id, status=status)
+        finally:
+            self.remove_scratch()
