@@ -13,7 +13,6 @@ The trainer owns the progress bar and all metric logging; components never see M
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +27,7 @@ from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
+    LoopTrainer,
     MetricWindow,
     checkpointing,
     fast_path_tags,
@@ -55,7 +55,7 @@ def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float,
 
 
 @register("trainer", "atari100k")
-class Atari100kTrainer:
+class Atari100kTrainer(LoopTrainer):
     """Trains a discrete-action agent on the Atari-100k protocol and tracks it.
 
     env, agent and replay are factories (gin: ``@envs.atari``, ``@agents.rainbow``,
@@ -148,20 +148,6 @@ class Atari100kTrainer:
     def epsilon_at(self, step: int) -> float:
         initial, final, decay = self.epsilon
         return linear_epsilon(step, self.learning_starts, decay, initial, final)
-
-    def train(self, tracker: Tracker, checkpointer: Checkpointer | None = None) -> dict[str, float]:
-        """Run the loop (from the loaded checkpoint's step after :meth:`load_state_dict`), then
-        the final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every``
-        steps, and Ctrl-C / SIGTERM checkpoint at the end of the current step before stopping."""
-        try:
-            return self._train(tracker, checkpointer)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the evaluation workers, if any (:meth:`train` does it when it ends)."""
-        if self._eval_pool is not None:
-            self._eval_pool.close()
 
     def _train(self, tracker: Tracker, checkpointer: Checkpointer | None) -> dict[str, float]:
         tracker = CurveTracker(tracker)
@@ -263,13 +249,6 @@ class Atari100kTrainer:
             self.replay.update_priorities(batch.indices, priorities)
         self.update_count += 1
         return metrics
-
-    def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
-        """Evaluate (``kwargs`` go to :meth:`evaluate`) and return the metrics to log, with the
-        evaluation's wall time as ``throughput/eval_seconds``."""
-        start = time.perf_counter()
-        scores = self.evaluate(**kwargs)
-        return {**self._eval_metrics(scores, final), "throughput/eval_seconds": time.perf_counter() - start}
 
     def _eval_metrics(self, scores: np.ndarray, final: bool = False) -> dict[str, float]:
         mean = float(np.mean(scores)) if len(scores) else float("nan")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mlr_registry.errors import ConfigError
+from mlr_registry.training.evaluation import EnvWorkers
 
 
 def resolve_device(device: str) -> torch.device:
@@ -209,3 +210,32 @@ def checkpointing(checkpointer: Any, env: Any, agent: Any, replay: Any) -> tuple
         checkpointer = None
     guard = checkpointer.interrupts_deferred() if checkpointer is not None else contextlib.nullcontext()
     return checkpointer, guard
+
+
+class LoopTrainer:
+    """What both built-in trainers share around their loop: :meth:`train` always stops the
+    evaluation workers (``self._eval_pool``, an :class:`EnvWorkers` or None) when it ends, and
+    every evaluation is timed. Subclasses provide ``_train``, ``evaluate`` and ``_eval_metrics``."""
+
+    _eval_pool: EnvWorkers | None = None
+
+    def train(self, tracker: Any, checkpointer: Any = None) -> dict[str, float]:
+        """Run the loop (from the loaded checkpoint's step after ``load_state_dict``), then the
+        final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every`` env
+        steps, and Ctrl-C / SIGTERM checkpoint at the end of the current step before stopping."""
+        try:
+            return self._train(tracker, checkpointer)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the evaluation workers, if any (:meth:`train` does it when it ends)."""
+        if self._eval_pool is not None:
+            self._eval_pool.close()
+
+    def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
+        """Evaluate (``kwargs`` go to ``evaluate``) and return the metrics to log, with the
+        evaluation's wall time as ``throughput/eval_seconds``."""
+        start = time.perf_counter()
+        scores = self.evaluate(**kwargs)
+        return {**self._eval_metrics(scores, final), "throughput/eval_seconds": time.perf_counter() - start}

@@ -14,7 +14,6 @@ evaluates on the training env at episode boundaries, which changes only the env'
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,6 +30,7 @@ from mlr_registry.replay.transition_replay import TransitionReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
+    LoopTrainer,
     MetricWindow,
     checkpointing,
     fast_path_tags,
@@ -52,7 +52,7 @@ EVAL_SEED_OFFSET = 10_000
 
 
 @register("trainer", "dmc")
-class DMCTrainer:
+class DMCTrainer(LoopTrainer):
     """Trains a continuous-control agent (SAC) from pixels on a dm_control task and tracks it.
 
     env, agent and replay are factories (gin: ``@envs.dmc``, ``@agents.sac``,
@@ -147,20 +147,6 @@ class DMCTrainer:
         """True when a multiple of ``every`` env steps falls in this agent step's AR env steps
         (exactly ``env_step % every == 0`` when ``every`` is a multiple of the action repeat)."""
         return every > 0 and env_step % every < self.action_repeat
-
-    def train(self, tracker: Tracker, checkpointer: Checkpointer | None = None) -> dict[str, float]:
-        """Run the loop (from the loaded checkpoint's step after :meth:`load_state_dict`), then
-        the final evaluation. With a ``checkpointer``: a checkpoint every ``checkpoint_every``
-        env steps, and Ctrl-C / SIGTERM checkpoint at the end of the current agent step first."""
-        try:
-            return self._train(tracker, checkpointer)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        """Stop the evaluation workers, if any (:meth:`train` does it when it ends)."""
-        if self._eval_pool is not None:
-            self._eval_pool.close()
 
     def _train(self, tracker: Tracker, checkpointer: Checkpointer | None) -> dict[str, float]:
         tracker = CurveTracker(tracker)
@@ -314,13 +300,6 @@ class DMCTrainer:
         metrics = self.agent.update(transitions, sequences, step=self.update_count)
         self.update_count += 1
         return metrics
-
-    def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
-        """Evaluate (``kwargs`` go to :meth:`evaluate`) and return the metrics to log, with the
-        evaluation's wall time as ``throughput/eval_seconds``."""
-        start = time.perf_counter()
-        scores = self.evaluate(**kwargs)
-        return {**self._eval_metrics(scores, final), "throughput/eval_seconds": time.perf_counter() - start}
 
     def _eval_metrics(self, scores: np.ndarray, final: bool = False) -> dict[str, float]:
         metrics = {"eval/return_mean": float(np.mean(scores)), "eval/return_std": float(np.std(scores))}
