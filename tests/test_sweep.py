@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -305,6 +306,67 @@ def test_smoke_sweep_on_local_ray_is_aggregated_by_the_report(tmp_path, monkeypa
     assert "4 trials: 0 finished, 4 skipped" in printed.out and "(reopened)" in printed.err
     assert len(client.search_runs([exp.experiment_id])) == len(runs)
     print(f"smoke sweep wall time: {elapsed:.1f} s")
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A real Ray cluster started by `ray start --head --block` (2 CPUs, 1 declared GPU) in a
+    folder of its own; stopped by SIGINT to its process group (not `ray stop`, which would stop
+    every Ray instance on the machine, other tests' included). Yields its address."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    head = tmp_path / "head"
+    head.mkdir()
+    log = head / "ray.log"
+    proc = subprocess.Popen(["ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+                             "--num-gpus", "1", "--include-dashboard", "false", "--disable-usage-stats"],
+                            cwd=head, env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"ray start failed:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    yield f"127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_running_ray_cluster_with_gpu_shares(tmp_path, ray_cluster):
+    from mlflow.tracking import MlflowClient
+
+    from mlr_registry.sweep import cli
+
+    args = ["--gin", SMOKE, "--seeds", "2", "--address", ray_cluster, "--gpus-per-trial", "0.5",
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--name", "cluster-sweep"]
+    for binding in TINY:
+        args += ["--bind", binding]
+    done = subprocess.run([sys.executable, "-m", "mlr_registry.sweep", *args], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 trials: 2 finished, 0 skipped" in done.stdout, done.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    children = [r for r in runs if r.data.tags.get("sweep_role") != "parent"]
+    assert sorted(r.data.tags["seed"] for r in children) == ["0", "1"]
+    assert {r.info.status for r in children} == {"FINISHED"}
+    assert not (tmp_path / "head" / "mlruns.db").exists()  # the trials used the driver's paths
+
+    # Without --address the sweep starts its own instance, even beside a running cluster (a
+    # plain ray.init() would join the cluster and refuse num_cpus there).
+    ray = cli._init_ray(cli.parse_args(["--gin", SMOKE, "--num-cpus", "1"]))
+    try:
+        assert ray.cluster_resources().get("CPU") == 1 and "GPU" not in ray.cluster_resources()
+    finally:
+        ray.shutdown()
 
 
 def test_dry_run_lists_the_trials_and_creates_no_tracking_store(tmp_path):

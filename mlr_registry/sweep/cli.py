@@ -170,19 +170,37 @@ class SweepError(MLRError):
     """The sweep cannot start as asked (Ray unreachable, trials that no node can hold)."""
 
 
+def _use_ray_token_if_available() -> None:
+    """Clusters that ``ray start`` launches require token authentication from Ray 2.59 on, and
+    a driver sends its token only with ``RAY_AUTH_MODE=token``. When a token is at hand
+    (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``, where ``ray start``
+    writes it) and the user chose no mode, turn it on: a token-mode driver also joins clusters
+    without authentication."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") \
+            or (Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def _init_ray(args: argparse.Namespace):
     """Join the cluster at ``--address``, or start a local Ray instance; check a trial fits."""
+    if args.address:
+        _use_ray_token_if_available()  # before ray is imported: it reads the mode at import
     import ray
 
     try:
         if args.address:
             ray.init(address=args.address, log_to_driver=False, logging_level="WARNING")
         else:
-            ray.init(num_cpus=args.num_cpus if args.num_cpus is not None else os.cpu_count(),
+            # address="local": a new instance even when `ray start` left a cluster on this machine
+            # (ray.init() would join that one, and refuse num_cpus there)
+            ray.init(address="local", num_cpus=args.num_cpus if args.num_cpus is not None else os.cpu_count(),
                      num_gpus=args.num_gpus, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     except (ConnectionError, TimeoutError) as exc:
         raise SweepError(f"cannot reach the Ray cluster at --address {args.address}: {exc} (start one with "
-                         "`ray start --head`, then pass --address auto on its head node)") from None
+                         "`ray start --head`, then pass --address auto on its head node; a cluster with token "
+                         "authentication needs its token in RAY_AUTH_TOKEN or ~/.ray/auth_token)") from None
     have = ray.cluster_resources()
     short = [f"{what} {need:g}, but the cluster has {have.get(key, 0):g} {key}"
              for what, key, need in (("--cpus-per-trial", "CPU", args.cpus_per_trial),
