@@ -93,7 +93,7 @@ class DMCTrainer(LoopTrainer):
         off by default, on in ``gin/fast/dmc_mlr_fast.gin``. dm_control renders on its own
         thread anyway, so stepping from another thread is safe.
         eval_workers (0 = the reference's one eval env; -1 = one worker per core; N): play the
-        evaluation episodes in lockstep in forked worker processes (see :meth:`evaluate`)."""
+        evaluation episodes in lockstep in worker processes (see :meth:`evaluate`)."""
         check_range("dmc.num_env_steps", num_env_steps, 1)
         check_range("dmc.init_steps", init_steps, 0)
         check_range("dmc.batch_size", batch_size, 1)
