@@ -190,7 +190,11 @@ class EnvWorkers:
         try:
             status, payload = self._conns[w].recv()
         except (EOFError, OSError):
-            code = self._procs[w].wait(timeout=5)
+            try:
+                code = self._procs[w].wait(timeout=5)
+            except subprocess.TimeoutExpired:  # its socket broke but it still runs: stop it
+                self._procs[w].kill()
+                code = self._procs[w].wait()
             raise RuntimeError(f"evaluation worker {w} died (exit code {code}); "
                                "set eval_workers = 0 to step the envs in the trainer's process") from None
         if status == "error":
