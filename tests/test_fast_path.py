@@ -362,6 +362,43 @@ def test_sac_mlr_whole_update_compiled_matches_eager(monkeypatch):
     assert fast.fast_path.compile_enabled
 
 
+def test_acting_on_one_observation_is_compiled_and_picks_the_eager_actions(monkeypatch):
+    """The training loop's act (one observation, noise on) runs as its own compiled unit on the
+    whole-update path: one graph per noise setting, the same actions as eager acting, ε draws
+    still eager. Batches (evaluation) stay eager rather than compile once per batch size."""
+    compiled_graphs = []
+
+    def counting_backend(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", counting_backend)
+    ref, fast = rainbow_mlr(), rainbow_mlr(compile=True, compile_scope="update")
+    assert fast._act_one.compiled is not None and fast._act_one.fn == fast._greedy_actions
+    g = torch.Generator().manual_seed(5)
+    batch = rainbow_batch()
+    graphs_per_round = []
+    for seed in (7, 8):  # after an update the noise is a fresh sample: the actions must follow it
+        run_rainbow(ref, batch, seed)
+        run_rainbow(fast, batch, seed)
+        graphs_per_round.append(len(compiled_graphs))
+        torch.testing.assert_close(fast.head.adv_fc1.epsilon_in, ref.head.adv_fc1.epsilon_in)
+        for greedy in (False, True):
+            obs = torch.randint(0, 256, (4, 84, 84), dtype=torch.uint8, generator=g)
+            for eps in (0.0, 0.5):
+                torch.manual_seed(seed)
+                expected = ref.act(obs, epsilon=eps, greedy=greedy)
+                torch.manual_seed(seed)
+                assert torch.equal(fast.act(obs, epsilon=eps, greedy=greedy), expected), (seed, greedy, eps)
+        many = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8, generator=g)
+        assert torch.equal(fast.act(many, greedy=True), ref.act(many, greedy=True))
+        graphs_per_round.append(len(compiled_graphs))
+    # acting compiled one graph per noise setting, none for the batch; the second round nothing
+    after_update, after_acting = graphs_per_round[:2]
+    assert after_acting - after_update == 2
+    assert graphs_per_round[1:] == [after_acting] * 3
+
+
 def test_whole_update_is_captured_in_graphs_split_only_by_backward():
     """Dynamo's view of Rainbow's update phase: everything from the augmentations to Adam's step
     is graph code; the only splits are ``backward()`` and the one torch's Adam makes for its

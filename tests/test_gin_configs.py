@@ -59,6 +59,8 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
     # the fast files evaluate in worker processes (one per core, at most one per episode)
     workers = min(len(os.sched_getaffinity(0)), trainer.eval_episodes) if name.startswith("fast/") else 0
     assert trainer.eval_workers == workers
+    # and step the training env while the updates run
+    assert trainer.overlap_env_step == name.startswith("fast/")
     tracker = RecordingTracker()
     final = trainer.train(tracker)
     assert "final_return" in final and trainer.update_count > 0

@@ -204,6 +204,46 @@ def test_invalid_starts_are_never_sampled(cls, device):
     assert replay.num_valid_starts == len(valid) == 30
 
 
+@pytest.mark.parametrize("cls", [PrioritizedSequenceReplay, UniformSequenceReplay])
+def test_a_pending_step_changes_no_batch_before_its_reward_and_done_arrive(cls):
+    """What lets the Atari trainer step the env while it updates (``overlap_env_step``): after
+    ``add_pending(obs, action)`` every batch equals the one after the whole ``add``, though the
+    step's reward and done (here a done every 7 steps and rewards of ±1) are not written yet."""
+    dones = {s for s in range(140) if s % 7 == 6}
+    obs, actions, rewards, done = rollout(140, dones)
+    done = [d or (r != 0 and s % 3 == 0) for s, (r, d) in enumerate(zip(rewards, done, strict=True))]
+    whole, split = small(cls, seed=3), small(cls, seed=3)
+    newest = set()
+    for t in range(140):  # wraps the 60-slot buffer twice
+        whole.add(obs[t], actions[t], rewards[t], done[t])
+        split.add_pending(obs[t], actions[t])
+        if whole.can_sample(1):
+            a, b = whole.sample(64), split.sample(64)
+            for field in ("obs", "action", "reward", "done", "returns", "done_n", "weights", "indices"):
+                assert torch.equal(getattr(a, field), getattr(b, field)), (t, field)
+            newest.update(((t - 27 - a.indices) % 60 == 0).tolist())  # a window ending at t - 2
+            whole.update_priorities(a.indices, a.returns[:, 0].abs() + 0.5)
+            split.update_priorities(b.indices, b.returns[:, 0].abs() + 0.5)
+        split.complete_pending(rewards[t], done[t])
+    assert True in newest  # the windows nearest the pending step were drawn, not just old ones
+    assert all(torch.equal(x, y) for x, y in zip(whole.state_dict().values(), split.state_dict().values(),
+                                                  strict=True) if isinstance(x, torch.Tensor))
+
+
+def test_pending_steps_are_completed_in_order():
+    obs, actions, rewards, dones = rollout(2, set())
+    replay = small()
+    with pytest.raises(RuntimeError, match="add_pending first"):
+        replay.complete_pending(1.0, False)
+    replay.add_pending(obs[0], actions[0])
+    with pytest.raises(RuntimeError, match="still waits for complete_pending"):
+        replay.add_pending(obs[1], actions[1])
+    with pytest.raises(RuntimeError, match="save between env steps"):
+        replay.state_dict()
+    replay.complete_pending(rewards[0], dones[0])
+    assert replay.state_dict()["count"] == 1
+
+
 def test_can_sample_needs_one_full_window():
     obs, actions, rewards, dones = rollout(31, set())
     replay = small()

@@ -322,15 +322,26 @@ class FastPath:
         if not self._compiled and not self._steps:
             return fn(*args, **kwargs)
         restore = self._snapshot() if self._proven_calls < PROVING_CALLS else None
+        out = self._eager_on_failure(fn, args, kwargs, restore)
+        self._proven_calls += 1
+        return out
+
+    def run_stateless(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`run` for a call that changes no learning state (acting): nothing to roll back,
+        and it does not count towards the updates that prove the compiled code."""
+        if not self._compiled and not self._steps:
+            return fn(*args, **kwargs)
+        return self._eager_on_failure(fn, args, kwargs, None)
+
+    def _eager_on_failure(self, fn: Callable[..., T], args: tuple, kwargs: dict,
+                          restore: Callable[[], None] | None) -> T:
         try:
-            out = fn(*args, **kwargs)
+            return fn(*args, **kwargs)
         except _compile_errors() as exc:
             if restore is not None:
                 restore()
             self.disable_compile(f"compilation failed ({_reason(exc)}); running eagerly")
             return fn(*args, **kwargs)
-        self._proven_calls += 1
-        return out
 
 
 def _reason(exc: BaseException) -> str:

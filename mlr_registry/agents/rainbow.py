@@ -191,6 +191,7 @@ class Rainbow(nn.Module):
         self.fast_path.compile_modules([self.encoder, self.head, self.target_encoder, self.target_head,
                                         *compile_targets(self.aux_losses)])
         self._learn = self.fast_path.compile_step(self._learn_phase)  # itself unless scope 'update'
+        self._act_one = self.fast_path.compile_step(self._greedy_actions)  # no random draw inside
         self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
 
 
@@ -243,14 +244,21 @@ class Rainbow(nn.Module):
             return torch.randint(0, self.num_actions, (b,), device=self.device)
         self.eval()
         set_sampling(self.head, not greedy)
-        with self.fast_path.autocast():
-            logits = self.head(self.encoder(obs.float() / 255.0)).float()  # (b A atoms)
-        probs = F.softmax(logits, dim=-1)
-        actions = (probs @ self.support).argmax(dim=-1)  # (b)
+        # One observation (the training loop's call) runs compiled on the fast path; batches
+        # (evaluation, whose size shrinks as games end) run eagerly instead of compiling per size.
+        policy = self._act_one if b == 1 else self._greedy_actions
+        actions = self.fast_path.run_stateless(policy, obs)  # (b)
         if epsilon > 0:
             explore = torch.rand(b, device=self.device) < epsilon
             actions = torch.where(explore, torch.randint_like(actions, self.num_actions), actions)
         return actions
+
+    def _greedy_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 obs (b c h w) -> int64 (b): argmax_a Σ softmax(logits)·z, the noise as set."""
+        with self.fast_path.autocast():
+            logits = self.head(self.encoder(obs.float() / 255.0)).float()  # (b A atoms)
+        probs = F.softmax(logits, dim=-1)
+        return (probs @ self.support).argmax(dim=-1)
 
     # --- learning --------------------------------------------------------------------------
     def update(self, batch: Batch) -> LazyMetrics:

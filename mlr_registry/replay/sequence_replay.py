@@ -110,6 +110,7 @@ class SequenceReplay:
         self._reward = torch.zeros(c, dtype=torch.float32, device=self.device)
         self._done = torch.zeros(c, dtype=torch.bool, device=self.device)  # read before slot 0: False
         self._count = 0  # steps ever added; the cursor is _count % capacity
+        self._pending_slot: int | None = None  # slot written by add_pending, awaiting its reward
         self._env_step = 0
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(self.seed)
@@ -126,6 +127,22 @@ class SequenceReplay:
 
     def add(self, obs: Any, action: Any, reward: float, done: bool) -> None:
         """Store one env step: ``obs`` uint8 (c h w) seen at step t, a_t, r_t, done_t."""
+        self.add_pending(obs, action)
+        self.complete_pending(reward, done)
+
+    def add_pending(self, obs: Any, action: Any) -> None:
+        """The first half of :meth:`add`, for a trainer that steps the env while it updates:
+        store step t's observation and action, and advance the cursor and the valid starts as
+        ``add`` does. Its reward and done follow in :meth:`complete_pending`.
+
+        Between the two, :meth:`sample` gives exactly the batches it would give after the whole
+        ``add``: the newest valid start ends its window (``T`` steps) two steps before the
+        newest entry (``off_backward = 1 + n_step + sequence_length = T + 1``), its frame
+        stacks read dones only from earlier steps, and the valid starts and priorities depend
+        on how many steps were added, not on their contents (``tests/test_replay.py``).
+        """
+        if self._pending_slot is not None:
+            raise RuntimeError("replay.add_pending: the previous step still waits for complete_pending")
         obs = torch.as_tensor(obs)
         if tuple(obs.shape) != self.observation_shape or obs.dtype != torch.uint8:
             raise ValueError(f"replay.add: obs must be uint8 {self.observation_shape}, "
@@ -135,10 +152,18 @@ class SequenceReplay:
             self._frames[:fm1].copy_(obs[:-1])
         self._frames[p + fm1].copy_(obs[-1])
         self._action[p] = int(action)
-        self._reward[p] = float(reward)
-        self._done[p] = bool(done)
+        self._pending_slot = p
         self._count += 1
         self._on_add(self._count - 1)
+
+    def complete_pending(self, reward: float, done: bool) -> None:
+        """The second half of :meth:`add`: step t's reward r_t and done_t."""
+        p = self._pending_slot
+        if p is None:
+            raise RuntimeError("replay.complete_pending: no step waits for its reward; call add_pending first")
+        self._reward[p] = float(reward)
+        self._done[p] = bool(done)
+        self._pending_slot = None
 
     def _on_add(self, n: int) -> None:
         """Hook: logical step ``n`` was just written."""
@@ -249,6 +274,9 @@ class SequenceReplay:
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and ints only (``torch.save``/``torch.load(weights_only=True)`` safe)."""
+        if self._pending_slot is not None:
+            raise RuntimeError("replay.state_dict: a step added with add_pending still waits for "
+                               "complete_pending; save between env steps")
         n, fm1 = self.size, self._fm1
         return {
             "capacity": self.capacity, "sequence_length": self.sequence_length, "n_step": self.n_step,

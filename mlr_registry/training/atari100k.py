@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     LoopTrainer,
     MetricWindow,
+    beside,
     checkpointing,
     fast_path_tags,
     global_rng_state,
@@ -65,6 +67,8 @@ class Atari100kTrainer(LoopTrainer):
 
     ``eval_workers`` (0 = none, -1 = one per core, N) steps the evaluation envs in worker
     processes; the scores are the same bit for bit (``training/evaluation.py``).
+    ``overlap_env_step`` steps the training env on a thread while the step's updates run (the
+    same results, see :meth:`_learn_and_step`); it needs a replay with ``add_pending``.
 
     ``checkpoint_every`` (env steps, 0 = off) sets how often :meth:`train` writes a checkpoint
     when the CLI gives it a :class:`Checkpointer` (every 10k steps: a checkpoint holds the whole
@@ -89,6 +93,7 @@ class Atari100kTrainer(LoopTrainer):
         eval_at_start: bool = False,
         eval_max_steps: int | None = None,
         eval_workers: int = 0,
+        overlap_env_step: bool = False,
         log_every: int = 1000,
         seed: int = 0,
         device: str = "auto",
@@ -130,6 +135,12 @@ class Atari100kTrainer(LoopTrainer):
         self.eval_max_steps = eval_max_steps
         self.eval_workers = resolve_workers("atari100k.eval_workers", eval_workers, eval_episodes)
         self._eval_pool = EnvWorkers(self.eval_workers) if self.eval_workers else None
+        self.overlap_env_step = bool(overlap_env_step)
+        if self.overlap_env_step and not all(hasattr(self.replay, m) for m in ("add_pending", "complete_pending")):
+            raise ConfigError(
+                f"atari100k.overlap_env_step = True needs a replay that stores a step's observation "
+                f"and action before its reward and done (add_pending / complete_pending); "
+                f"{type(self.replay).__name__} has no such methods: set overlap_env_step = False")
         self.log_every = log_every
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
@@ -171,20 +182,15 @@ class Atari100kTrainer(LoopTrainer):
                 obs = self._obs
                 obs_t = torch.as_tensor(obs, device=self.device)
                 action = int(self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)[0])
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
-                done = bool(terminated or truncated)
-                self.replay.add(obs, action, float(reward), done)
+                metrics, (self._obs, reward, done, info) = self._learn_and_step(step, obs, action)
+                for update_metrics in metrics:
+                    window.add(update_metrics)
                 self._episode_score += float(info.get("raw_reward", reward))
                 self._episode_steps += 1
                 if info.get("game_over", done):
                     tracker.log_metrics({"train/episode_return": self._episode_score,
                                          "train/episode_length": self._episode_steps}, step=step)
                     self._episode_score, self._episode_steps = 0.0, 0
-                self._obs = self.env.reset()[0] if done else next_obs
-                self.replay.set_step(step)
-                if step >= self.learning_starts:
-                    for _ in range(self.updates_per_step):
-                        window.add(self._update())
                 bar.update(1)
                 if (step + 1) % self.log_every == 0:
                     metrics = window.flush(step + 1, self.update_count)
@@ -204,6 +210,39 @@ class Atari100kTrainer(LoopTrainer):
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
+
+    def _learn_and_step(self, step: int, obs: np.ndarray, action: int) -> tuple[list, tuple]:
+        """Env step t and the updates after it: ``(update metrics, (next obs, reward, done, info))``,
+        the next obs already reset after a done.
+
+        The reference's order: env step, ``replay.add``, updates. With ``overlap_env_step`` the
+        env steps on a thread while the updates run, and the results are the same: the updates
+        only need the step's observation and action, which ``replay.add_pending`` stores before
+        them (no batch reads a step's reward or done until ``T + 1`` steps later; see
+        ``SequenceReplay.add_pending``), the env draws only from its own RNG, and the step's
+        reward and done reach the replay (``complete_pending``) before the next step. Checked
+        metric for metric by ``tests/test_atari_overlap.py``.
+        """
+        updates = self.updates_per_step if step >= self.learning_starts else 0
+        if self.overlap_env_step and updates:
+            if self._env_executor is None:
+                self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="atari-env")
+            self.replay.add_pending(obs, action)
+            self.replay.set_step(step)
+            metrics, outcome = beside(self._env_executor, lambda: self._env_step(action),
+                                      lambda: [self._update() for _ in range(updates)])
+            self.replay.complete_pending(outcome[1], outcome[2])
+            return metrics, outcome
+        outcome = self._env_step(action)
+        self.replay.add(obs, action, outcome[1], outcome[2])
+        self.replay.set_step(step)
+        return [self._update() for _ in range(updates)], outcome
+
+    def _env_step(self, action: int) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
+        """``env.step(action)``, then ``env.reset()`` after a done: (obs, reward, done, info)."""
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        done = bool(terminated or truncated)
+        return (self.env.reset()[0] if done else next_obs), float(reward), done, info
 
     # --- checkpoints ---------------------------------------------------------------------------
 

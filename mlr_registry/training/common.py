@@ -8,9 +8,10 @@ import random
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -200,6 +201,23 @@ def missing_checkpoint_methods(env: Any, agent: Any, replay: Any) -> list[str]:
     return [f"{role}.{name}" for obj, role, names in needed for name in names if not hasattr(obj, name)]
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def beside(executor: ThreadPoolExecutor, background: Callable[[], T], foreground: Callable[[], U]) -> tuple[U, T]:
+    """``(foreground(), background())``, the background call on ``executor``'s thread while the
+    foreground one runs on this thread (the trainers' ``overlap_env_step``: the env steps while
+    the update runs). Waits for the background call even when the foreground one raises, so
+    nothing touches the env after the loop stopped."""
+    pending = executor.submit(background)
+    try:
+        result = foreground()
+    finally:
+        outcome = pending.result()
+    return result, outcome
+
+
 def checkpointing(checkpointer: Any, env: Any, agent: Any, replay: Any) -> tuple[Any, AbstractContextManager]:
     """What a trainer's loop checkpoints with: the checkpointer (None, with a warning, when a
     component lacks the state methods) and the context that defers Ctrl-C / SIGTERM to the end
@@ -214,10 +232,12 @@ def checkpointing(checkpointer: Any, env: Any, agent: Any, replay: Any) -> tuple
 
 class LoopTrainer:
     """What both built-in trainers share around their loop: :meth:`train` always stops the
-    evaluation workers (``self._eval_pool``, an :class:`EnvWorkers` or None) when it ends, and
-    every evaluation is timed. Subclasses provide ``_train``, ``evaluate`` and ``_eval_metrics``."""
+    evaluation workers (``self._eval_pool``, an :class:`EnvWorkers` or None) and the env thread
+    (``self._env_executor``) when it ends, and every evaluation is timed. Subclasses provide
+    ``_train``, ``evaluate`` and ``_eval_metrics``."""
 
     _eval_pool: EnvWorkers | None = None
+    _env_executor: ThreadPoolExecutor | None = None  # the env's thread with ``overlap_env_step``
 
     def train(self, tracker: Any, checkpointer: Any = None) -> dict[str, float]:
         """Run the loop (from the loaded checkpoint's step after ``load_state_dict``), then the
@@ -229,9 +249,13 @@ class LoopTrainer:
             self.close()
 
     def close(self) -> None:
-        """Stop the evaluation workers, if any (:meth:`train` does it when it ends)."""
+        """Stop the evaluation workers and the env thread, if any (:meth:`train` does it when it
+        ends)."""
         if self._eval_pool is not None:
             self._eval_pool.close()
+        if self._env_executor is not None:
+            self._env_executor.shutdown()
+            self._env_executor = None
 
     def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
         """Evaluate (``kwargs`` go to ``evaluate``) and return the metrics to log, with the

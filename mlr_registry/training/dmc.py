@@ -32,6 +32,7 @@ from mlr_registry.training.checkpoint import Checkpointer
 from mlr_registry.training.common import (
     LoopTrainer,
     MetricWindow,
+    beside,
     checkpointing,
     fast_path_tags,
     generator_state,
@@ -239,12 +240,7 @@ class DMCTrainer(LoopTrainer):
         if executor is None:
             metrics = self._update(wants_sequences)
             return metrics, self.env.step(action)
-        pending = executor.submit(self.env.step, action)
-        try:
-            metrics = self._update(wants_sequences)
-        finally:
-            outcome = pending.result()  # wait for the env even if the update raised
-        return metrics, outcome
+        return beside(executor, lambda: self.env.step(action), lambda: self._update(wants_sequences))
 
     # --- checkpoints ---------------------------------------------------------------------------
 

@@ -1,0 +1,64 @@
+"""Stepping the Atari env while the step's updates run (``trainers.atari100k.overlap_env_step``)
+changes nothing but wall time: every logged metric is identical, step for step."""
+
+from __future__ import annotations
+
+import gin
+import pytest
+from conftest import REPO, train_in_process
+
+from mlr_registry import config, registry
+from mlr_registry.dry_run import tiny_bindings
+from mlr_registry.errors import ConfigError
+from mlr_registry.training.experiment import experiment
+
+# 200 steps: a 40-slot replay wraps four times; updates start at step 40, so the newest windows
+# are sampled from the first update on. Breakout (the emulator on the env thread) loses lives
+# every few dozen steps and is cut after 60; Catch's games last 4 steps, each ending in a reward
+# of +1 or -1, so nearly every sampled window crosses a done. Beta anneals over the run (each
+# update's importance weights depend on the step the replay was told).
+LONGER = ("trainers.atari100k.num_env_steps = 200", "trainers.atari100k.log_every = 50",
+          "trainers.atari100k.eval_every = 100", "trainers.atari100k.eval_max_steps = 20",
+          "replays.prioritized_sequence.capacity = 40", "trainers.atari100k.learning_starts = 40",
+          "replays.prioritized_sequence.beta_anneal_start = 40", "replays.prioritized_sequence.beta_anneal_end = 200")
+GAMES = {"breakout": ("envs.atari.max_episode_steps = 60",),
+         "catch": ("trainers.atari100k.env = @envs.catch", "envs.catch.grid = 5", "envs.catch.image_size = 60",
+                   "encoders.nature_cnn.image_size = 60")}
+
+
+@pytest.mark.parametrize("game", GAMES)
+def test_overlapped_env_step_gives_identical_metrics(game):
+    registry.load_all()
+    files = ("gin/atari_mlr.gin",)
+    base = (*tiny_bindings(files, []), *LONGER, *GAMES[game])
+    gin.clear_config()
+    runs = [train_in_process(*files, bindings=(*base, f"trainers.atari100k.overlap_env_step = {flag}"))
+            for flag in (False, True)]
+    reference, overlapped = ({k: v for k, v in run.history.items() if not k.startswith("throughput/")}
+                             for run in runs)
+    assert len(reference["train/mlr_loss"]) == 4 and len(reference["eval/return_mean"]) == 2  # 100, final 200
+    assert len(reference["train/episode_return"]) >= 3
+    assert overlapped == reference
+
+
+def test_overlap_needs_a_replay_that_can_wait_for_the_reward():
+    registry.load_all()
+
+    @gin.configurable("replays.whole_steps_only")
+    class WholeStepsOnly:
+        def __init__(self, observation_shape, device, seed):
+            pass
+
+        def add(self, obs, action, reward, done):
+            pass
+
+    files = ("gin/atari_baseline.gin",)
+    bindings = (*tiny_bindings(files, []), "trainers.atari100k.replay = @replays.whole_steps_only",
+                "trainers.atari100k.overlap_env_step = True")
+    config.parse([REPO / f for f in files], bindings)
+    try:
+        with pytest.raises(ConfigError, match="overlap_env_step = True needs a replay.*WholeStepsOnly.*"
+                                              "set overlap_env_step = False"):
+            experiment().trainer()
+    finally:
+        gin.clear_config()
