@@ -546,8 +546,10 @@ def test_gpu_sac_mlr_whole_update_inductor_parity():
 # --- end to end: the trainers with whole-update capture -------------------------------------
 
 @pytest.mark.slow(minutes=1.0)
-@pytest.mark.parametrize("gin_file, agent", [("gin/smoke/atari_mlr.gin", "rainbow"), ("gin/smoke/dmc_mlr.gin", "sac")])
-def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeypatch, gin_file, agent):
+@pytest.mark.parametrize("gin_file, agent, budget", [
+    ("gin/smoke/atari_mlr.gin", "rainbow", ("trainers.atari100k.num_env_steps = 140",)),  # 80 updates
+    ("gin/smoke/dmc_mlr.gin", "sac", ())])
+def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeypatch, gin_file, agent, budget):
     """The real trainer (acting, evaluation, replay, priorities) around compiled update phases
     (aot_eager: eager's random draws): every logged loss, return and evaluation of the smoke run
     equals the eager run's up to float rounding."""
@@ -556,11 +558,11 @@ def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeyp
     monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     from torch._dynamo.utils import counters
 
-    eager = train_in_process(gin_file)
+    eager = train_in_process(gin_file, bindings=budget)
     graphs_before = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*compile turned off")  # no fall-back to eager
-        whole = train_in_process(gin_file, bindings=(f"agents.{agent}.compile = True",
+        whole = train_in_process(gin_file, bindings=(*budget, f"agents.{agent}.compile = True",
                                                      f"agents.{agent}.compile_scope = 'update'"))
     assert counters["stats"]["unique_graphs"] > graphs_before  # the update phases were compiled
     compared = [k for k in eager.history if not k.startswith("throughput/")]
