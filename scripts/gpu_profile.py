@@ -73,16 +73,18 @@ def build_replay(device: str) -> PrioritizedSequenceReplay:
 
 
 def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int) -> list:
-    """One env step of the trainer's loop, the emulator excepted: act (a host sync for the
-    action), add, then two updates with their priority write-backs."""
+    """One env step of the trainer's loop as the fast config runs it, the emulator excepted: act
+    (a host sync for the action), store obs and action, two updates with their priority
+    write-backs (the env would step beside them), then the step's reward and done."""
     action = int(agent.act(obs, epsilon=0.0, greedy=False)[0])
-    replay.add(frame, action, 0.0, False)
+    replay.add_pending(frame, action)
     replay.set_step(STORED + t)
     out = []
     for _ in range(2):
         batch = replay.sample(BATCH)
         out.append(agent.update(batch))
         replay.update_priorities(batch.indices, agent.last_priorities)
+    replay.complete_pending(0.0, False)
     return out
 
 
@@ -129,7 +131,11 @@ def main() -> None:
     sample = timed(lambda i: replay.update_priorities(replay.sample(BATCH).indices, agent.last_priorities), n)
     print(f"sample + update_priorities: {sample * 1e3:.2f} ms")
     act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
-    print(f"act (with its host sync): {act * 1e3:.2f} ms")
+    compiled_act, agent._act_one.compiled = agent._act_one.compiled, None  # the eager act, same weights
+    eager_act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
+    agent._act_one.compiled = compiled_act
+    print(f"act (with its host sync): {act * 1e3:.2f} ms as the loop runs it "
+          f"({'compiled' if compiled_act is not None else 'eager'}), {eager_act * 1e3:.2f} ms eagerly")
     profile_loop(agent, replay, obs, frame, out, args.cpu)
 
     results = {variants[0]: per_update}
