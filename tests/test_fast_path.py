@@ -519,6 +519,34 @@ def test_gpu_rainbow_mlr_bf16_and_inductor_parity():
 
 
 @cuda
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_compiled_acting_picks_the_eager_actions(mode):
+    """Acting compiled by inductor (and replayed as a CUDA graph) on the training loop's one
+    observation, noise on and off: the eager actions wherever the eager Q values are not within
+    1e-2 of a tie (TF32 and fused kernels move the Qs slightly)."""
+    big = {"channels": (32, 64, 64), "hidden": 256, "seq": 8}
+    ref = rainbow_mlr("cuda", **big)
+    run_rainbow(ref, rainbow_batch(b=16, t=11, device="cuda"), seed=7)  # a noise sample, moved weights
+    fast = rainbow_mlr("cuda", compile=True, compile_scope="update", compile_mode=mode, **big)
+    if not fast.fast_path.compile_enabled:
+        pytest.skip(fast.fast_path.notes["compile"])
+    fast.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(11)
+    compared = 0
+    for i in range(40):
+        greedy = i % 2 == 1  # alternate the two graphs, as training and evaluation would
+        obs = torch.randint(0, 256, (4, 84, 84), dtype=torch.uint8, generator=g).cuda()
+        expected = ref.act(obs, greedy=greedy)
+        with torch.no_grad():
+            q = (F.softmax(ref.head(ref.encoder(obs[None].float() / 255.0)), -1) @ ref.support)[0]
+        top2 = q.topk(2).values
+        if float(top2[0] - top2[1]) > 1e-2:
+            assert torch.equal(fast.act(obs, greedy=greedy), expected), i
+            compared += 1
+    assert compared >= 20 and fast.fast_path.compile_enabled and fast._act_one.compiled is not None
+
+
+@cuda
 def test_gpu_sac_mlr_bf16_parity():
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
