@@ -100,7 +100,10 @@ def _only_run(cwd: Path):
     return client, runs[0]
 
 
-@pytest.mark.parametrize("name, args, loss", [("atari", ATARI, "train/mlr_loss"), ("dmc", DMC, "train/critic_loss")])
+@pytest.mark.parametrize("name, args, loss", [
+    ("atari", ATARI, "train/mlr_loss"), ("dmc", DMC, "train/critic_loss"),
+    # the fast config's loop: the env steps beside the updates; checkpoints fall between steps
+    ("atari_overlapped", [*ATARI, "--bind", "trainers.atari100k.overlap_env_step = True"], "train/mlr_loss")])
 def test_kill_9_and_resume_equals_uninterrupted(tmp_path, name, args, loss):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
