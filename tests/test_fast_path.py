@@ -399,6 +399,34 @@ def test_acting_on_one_observation_is_compiled_and_picks_the_eager_actions(monke
     assert graphs_per_round[1:] == [after_acting] * 3
 
 
+def test_sac_acting_on_one_observation_is_compiled_and_matches_eager(monkeypatch):
+    """SAC's acting on one observation is a compiled unit on the whole-update path too: on
+    aot_eager (eager's random draws) the same mean and sampled actions as eager acting, one
+    graph for training and evaluation alike; batches stay eager."""
+    compiled_graphs = []
+
+    def counting_backend(gm, example_inputs):
+        compiled_graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", counting_backend)
+    ref, fast = sac_mlr(), sac_mlr(compile=True, compile_scope="update")
+    fast.load_state_dict(ref.state_dict())
+    assert fast._act_one.compiled is not None and fast._act_one.fn == fast._policy
+    g = torch.Generator().manual_seed(5)
+    for i in range(4):
+        obs = torch.randint(0, 256, (9, 100, 100), dtype=torch.uint8, generator=g)
+        for greedy in (False, True):
+            torch.manual_seed(i)
+            expected = ref.act(obs, greedy=greedy)
+            torch.manual_seed(i)
+            torch.testing.assert_close(fast.act(obs, greedy=greedy), expected, rtol=1e-6, atol=1e-6)
+    assert len(compiled_graphs) == 1
+    many = torch.randint(0, 256, (3, 9, 100, 100), dtype=torch.uint8, generator=g)
+    torch.testing.assert_close(fast.act(many, greedy=True), ref.act(many, greedy=True), rtol=1e-6, atol=1e-6)
+    assert len(compiled_graphs) == 1
+
+
 def test_whole_update_is_captured_in_graphs_split_only_by_backward():
     """Dynamo's view of Rainbow's update phase: everything from the augmentations to Adam's step
     is graph code; the only splits are ``backward()`` and the one torch's Adam makes for its

@@ -278,6 +278,7 @@ class SAC(nn.Module):
         step = self.fast_path.compile_step  # each phase itself unless compile_scope = 'update'
         self._critic, self._aux = step(self._critic_phase), step(self._aux_phase)
         self._actor_and_alpha, self._targets = step(self._actor_and_alpha_phase), step(self._targets_phase)
+        self._act_one = step(self._policy)  # acting on one observation, the training loop's call
         self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
 
     def _check_encoder(self, encoder: nn.Module) -> int:
@@ -339,11 +340,20 @@ class SAC(nn.Module):
         obs = torch.as_tensor(obs, device=self.device)
         single = obs.dim() == 3
         obs = obs[None] if single else obs
+        # One observation runs compiled on the fast path (its Gaussian draw then comes from the
+        # backend's RNG, as the update's draws do); batches (evaluation) run eagerly rather than
+        # compile once per batch size.
+        policy = self._act_one if obs.shape[0] == 1 else self._policy
+        mean_action, action = self.fast_path.run_stateless(policy, obs)
+        out = mean_action if greedy else action
+        return out[0] if single else out
+
+    def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 obs (b c h w) -> (tanh(mu), a tanh(pi) sample), each (b A), from the center crop."""
         x = center_crop(obs, self.image_size).float() / 255.0
         with self.fast_path.autocast():
             mean_action, action, _, _ = self.actor(x)
-        out = mean_action if greedy else action
-        return out[0] if single else out
+        return mean_action, action
 
     # --- learning --------------------------------------------------------------------------
     def td_target(self, next_obs: torch.Tensor, reward: torch.Tensor, not_done: torch.Tensor) -> torch.Tensor:
