@@ -362,17 +362,24 @@ def test_sac_mlr_whole_update_compiled_matches_eager(monkeypatch):
     assert fast.fast_path.compile_enabled
 
 
-def test_acting_on_one_observation_is_compiled_and_picks_the_eager_actions(monkeypatch):
-    """The training loop's act (one observation, noise on) runs as its own compiled unit on the
-    whole-update path: one graph per noise setting, the same actions as eager acting, ε draws
-    still eager. Batches (evaluation) stay eager rather than compile once per batch size."""
-    compiled_graphs = []
+@pytest.fixture
+def compiled_graphs(monkeypatch) -> list:
+    """Every graph torch.compile hands its backend from now on, each run as captured (dynamo's
+    plain 'eager' backend: eager kernels and random draws): the list grows by one per compilation."""
+    graphs = []
 
     def counting_backend(gm, example_inputs):
-        compiled_graphs.append(gm)
+        graphs.append(gm)
         return gm.forward
 
     monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", counting_backend)
+    return graphs
+
+
+def test_acting_on_one_observation_is_compiled_and_picks_the_eager_actions(compiled_graphs):
+    """The training loop's act (one observation, noise on) runs as its own compiled unit on the
+    whole-update path: one graph per noise setting, the same actions as eager acting, ε draws
+    still eager. Batches (evaluation) stay eager rather than compile once per batch size."""
     ref, fast = rainbow_mlr(), rainbow_mlr(compile=True, compile_scope="update")
     assert fast._act_one.compiled is not None and fast._act_one.fn == fast._greedy_actions
     g = torch.Generator().manual_seed(5)
@@ -399,17 +406,10 @@ def test_acting_on_one_observation_is_compiled_and_picks_the_eager_actions(monke
     assert graphs_per_round[1:] == [after_acting] * 3
 
 
-def test_sac_acting_on_one_observation_is_compiled_and_matches_eager(monkeypatch):
+def test_sac_acting_on_one_observation_is_compiled_and_matches_eager(compiled_graphs):
     """SAC's acting on one observation is a compiled unit on the whole-update path too: on
     aot_eager (eager's random draws) the same mean and sampled actions as eager acting, one
     graph for training and evaluation alike; batches stay eager."""
-    compiled_graphs = []
-
-    def counting_backend(gm, example_inputs):
-        compiled_graphs.append(gm)
-        return gm.forward
-
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", counting_backend)
     ref, fast = sac_mlr(), sac_mlr(compile=True, compile_scope="update")
     fast.load_state_dict(ref.state_dict())
     assert fast._act_one.compiled is not None and fast._act_one.fn == fast._policy
