@@ -21,8 +21,8 @@ set -u
 OUT=${OUT:-gpu_out}
 GAME=${GAME:-pong}
 GAME_SECONDS=${GAME_SECONDS:-190}
-BENCH_SECONDS=${BENCH_SECONDS:-200}
-PARITY_SECONDS=${PARITY_SECONDS:-150}
+BENCH_SECONDS=${BENCH_SECONDS:-170}
+PARITY_SECONDS=${PARITY_SECONDS:-180}  # 5 CUDA tests, compiled acting's two included
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
 PY=${PY:-python3}
 mkdir -p "$OUT"
