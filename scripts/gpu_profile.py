@@ -8,8 +8,8 @@ timed and profiled with ``torch.profiler``; then the isolated update of each A/B
 
 Variants (``--variants``, the first is profiled in the loop): ``fast`` (bf16 + whole-update
 inductor, gin/fast's setting), ``cudagraphs`` (+ compile_mode 'reduce-overhead'), ``sdpa``
-(fast with the decoder's attention forced to fused SDPA), ``channels_last`` (fast with the conv
-weights in channels-last memory, a candidate switch), ``eager_bf16``, ``eager_fp32`` (the
+(fast with the decoder's attention forced to fused SDPA), ``channels_last`` (fast with
+``channels_last = True``: conv weights and activations in NHWC memory), ``eager_bf16``, ``eager_fp32`` (the
 reference path). Each compiled variant costs about a minute of compilation on a GPU.
 
 Prints: loop and update wall times per update, the GPU's busy fraction in the profiled loop
@@ -42,23 +42,21 @@ def sync() -> None:
 
 
 FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
-# name -> (agent switches, decoder attention, conv weights channels-last)
-VARIANTS = {"fast": ({**FAST}, "auto", False),
-            "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto", False),
-            "sdpa": ({**FAST}, "sdpa", False), "channels_last": ({**FAST}, "auto", True),
-            "eager_bf16": ({"precision": "bf16"}, "auto", False), "eager_fp32": ({}, "auto", False)}
+# name -> (agent switches, decoder attention)
+VARIANTS = {"fast": ({**FAST}, "auto"),
+            "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto"),
+            "sdpa": ({**FAST}, "sdpa"), "channels_last": ({**FAST, "channels_last": True}, "auto"),
+            "eager_bf16": ({"precision": "bf16"}, "auto"), "eager_fp32": ({}, "auto")}
 
 
 def build_agent(device: str, variant: str, objective: str = "mlr", tiny: bool = False) -> Rainbow:
     """Rainbow(+MLR) at the paper's size (``tiny``: 4-8-4 conv channels, 196-d latents, a quick
     check of this script) with a VARIANTS entry's switches (all off on a CPU)."""
     torch.manual_seed(0)
-    switches, attention, channels_last = VARIANTS[variant]
+    switches, attention = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
     aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []
     agent = Rainbow(SHAPE, A, device=device, aux_losses=aux, **small, **(switches if device == "cuda" else {}))
-    if channels_last:  # a measurement only, not a switch yet: cuDNN's NCHW->NHWC conversions took 0.7 ms
-        agent.to(memory_format=torch.channels_last)
     return agent
 
 

@@ -180,6 +180,7 @@ def test_bf16_autocast_on_cpu_and_auto_choices():
     ({"compile": "yes"}, "rainbow.compile = 'yes'; expected False, True or 'auto'"),
     ({"compile_mode": "fast"}, "rainbow.compile_mode = 'fast'"),
     ({"compile_scope": "everything"}, "rainbow.compile_scope = 'everything'; expected one of networks, update"),
+    ({"channels_last": "nhwc"}, "rainbow.channels_last = 'nhwc'; expected False, True or 'auto'"),
 ])
 def test_bad_values_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -295,6 +296,56 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):
         warnings.simplefilter("error")
         run_rainbow(agent, rainbow_batch(), seed=8)  # eager from now on, no further warning
     assert agent.update_count == 2
+
+
+# --- channels-last memory (channels_last) ----------------------------------------------------
+
+def _conv_weights(agent: nn.Module) -> list[torch.Tensor]:
+    return [p for p in agent.parameters() if p.dim() == 4]
+
+
+def test_channels_last_keeps_parameters_and_checkpoints_and_matches_nchw():
+    """channels_last = True puts every conv weight (encoders, targets, MLR's momentum encoder) in
+    NHWC memory in place: the same parameter objects in the optimizer, the same state-dict keys,
+    checkpoints that load either way, and the same losses, gradients and parameters as NCHW
+    within float rounding (the conv kernels sum in another order)."""
+    ref, nhwc = rainbow_mlr(), rainbow_mlr(channels_last=True)
+    weights = _conv_weights(nhwc)
+    assert len(weights) >= 9  # encoder, target encoder, MLR's momentum encoder: 3 convs each
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in weights)
+    assert all(w.is_contiguous() for w in _conv_weights(ref))
+    optimized = {id(p) for group in nhwc.optimizer.param_groups for p in group["params"]}
+    assert {id(w) for w in weights if w.requires_grad} <= optimized
+    assert nhwc.fast_path.describe()["memory_format"] == "channels_last"
+    assert "memory_format" not in ref.fast_path.describe()
+    batch = rainbow_batch()
+    for seed in (7, 8):
+        m_ref, m_nhwc = run_rainbow(ref, batch, seed), run_rainbow(nhwc, batch, seed)
+        for key, value in m_ref.items():
+            assert m_nhwc[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    assert_params_close(ref, nhwc, 1e-5)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(nhwc))  # Adam kept them
+    state = nhwc.checkpoint_state()
+    back = rainbow_mlr()
+    back.load_checkpoint_state(state)
+    assert_params_close(nhwc, back, 0.0)
+    assert all(w.is_contiguous() for w in _conv_weights(back))
+    torch.manual_seed(3)
+    obs = torch.randint(0, 256, (4, 84, 84), dtype=torch.uint8)
+    assert torch.equal(nhwc.act(obs, greedy=True), back.act(obs, greedy=True))
+
+
+def test_sac_channels_last_matches_nchw_and_auto_stays_off_on_a_cpu():
+    ref, nhwc = sac_mlr(), sac_mlr(channels_last=True)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(nhwc))
+    data = sac_data()
+    for step in range(2):
+        m_ref, m_nhwc = run_sac(ref, data, 7 + step, step), run_sac(nhwc, data, 7 + step, step)
+        for key, value in m_ref.items():
+            assert m_nhwc[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    auto = sac_mlr(channels_last="auto")
+    assert all(w.is_contiguous() for w in _conv_weights(auto))
+    assert "CUDA only" in auto.fast_path.describe()["channels_last_note"]
 
 
 # --- whole-update capture (compile_scope = 'update') ------------------------------------------

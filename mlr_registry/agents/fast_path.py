@@ -179,17 +179,22 @@ class FastPath:
             :meth:`compile_step`, optimizer step included where its lr is constant).
         compile_backend: ``torch.compile``'s backend; None = :data:`DEFAULT_COMPILE_BACKEND`
             ("inductor").
+        channels_last: False (default); True = conv weights in channels-last memory (see
+            :meth:`apply_memory_format`); "auto" = on CUDA only.
     """
 
     def __init__(self, owner: str, device: torch.device, precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_backend: str | Callable[..., Any] | None = None, compile_scope: str = "networks"):
+                 compile_backend: str | Callable[..., Any] | None = None, compile_scope: str = "networks",
+                 channels_last: bool | str = False):
         if precision not in PRECISIONS:
             raise ConfigError(f"{owner}.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if not (compile is True or compile is False or compile == "auto"):
             raise ConfigError(f"{owner}.compile = {compile!r}; expected False, True or 'auto'")
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"{owner}.compile_mode = {compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if not (channels_last is True or channels_last is False or channels_last == "auto"):
+            raise ConfigError(f"{owner}.channels_last = {channels_last!r}; expected False, True or 'auto'")
         if compile_scope not in COMPILE_SCOPES:
             raise ConfigError(f"{owner}.compile_scope = {compile_scope!r}; expected one of "
                               f"{', '.join(COMPILE_SCOPES)}")
@@ -222,6 +227,12 @@ class FastPath:
                 self.compile_enabled = True
             else:
                 self._off("compile", f"{owner}.compile = {compile!r} runs eagerly: {reason}", warn=compile is True)
+        # Memory format: channels-last conv weights ('auto' = on CUDA only, where cuDNN's
+        # tensor-core convolutions want NHWC and otherwise convert NCHW tensors at every conv).
+        self.channels_last = channels_last is True or (channels_last == "auto" and self.device.type == "cuda")
+        if channels_last == "auto" and not self.channels_last:
+            self._off("channels_last", f"{owner}.channels_last = 'auto' keeps NCHW: channels-last is on "
+                      f"for CUDA only (device {self.device})", warn=False)
         self._compiled: list[nn.Module] = []
         self._steps: list[CompiledStep] = []
         self._state_hooks: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
@@ -243,6 +254,8 @@ class FastPath:
         info = {"precision": self.precision,
                 "compile": (f"{self.compile_backend}/{self.compile_mode}/{self.compile_scope}"
                             if self.compile_enabled else "off")}
+        if self.channels_last:
+            info["memory_format"] = "channels_last"
         info.update({f"{k}_note": v for k, v in self.notes.items()})
         return info
 
@@ -254,6 +267,15 @@ class FastPath:
             return
         with torch.autocast(device_type=self.device.type, dtype=self.dtype):
             yield
+
+    def apply_memory_format(self, module: nn.Module) -> None:
+        """With ``channels_last``: every 4-D parameter and buffer of ``module`` in channels-last
+        memory (in place: parameter objects, optimizers and ``state_dict`` keys are unchanged),
+        so each convolution's output, and the next convolution's input, is channels-last too;
+        only an encoder's first input is converted. The same values; the kernels' summation
+        order may differ (``tests/test_fast_path.py`` bounds it)."""
+        if self.channels_last:
+            module.to(memory_format=torch.channels_last)
 
     def compile_modules(self, modules: Iterable[nn.Module | None]) -> None:
         """Compile each module in place (no-op when compilation is off). Give only modules whose

@@ -126,6 +126,9 @@ class Rainbow(nn.Module):
             adds CUDA graphs). compile_scope: "networks" (those modules, in place) or "update"
             (whole-update capture: augmentation, forwards, losses, backward, clipping and the
             Adam step as one compiled phase; noise resets, counters and target copies stay eager).
+        channels_last: conv weights (and so activations) in channels-last memory (False by
+            default; True; "auto" = on CUDA only): the same values, no NCHW<->NHWC conversions
+            around cuDNN's convolutions.
     """
 
     discrete_actions = True
@@ -140,7 +143,7 @@ class Rainbow(nn.Module):
                  target_update_period: int = 1, augment: bool = True, target_augmentation: bool = True,
                  grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu", precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_scope: str = "networks"):
+                 compile_scope: str = "networks", channels_last: bool | str = False):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"rainbow.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -187,7 +190,8 @@ class Rainbow(nn.Module):
         self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
         # GPU fast path (off by default): bf16 autocast, compiled networks (no RNG inside them).
         self.fast_path = FastPath("rainbow", self.device, precision, compile, compile_mode,
-                                  compile_scope=compile_scope)
+                                  compile_scope=compile_scope, channels_last=channels_last)
+        self.fast_path.apply_memory_format(self)  # before anything is compiled or steps
         self.fast_path.compile_modules([self.encoder, self.head, self.target_encoder, self.target_head,
                                         *compile_targets(self.aux_losses)])
         self._learn = self.fast_path.compile_step(self._learn_phase)  # itself unless scope 'update'

@@ -162,6 +162,9 @@ class SAC(nn.Module):
             compile_scope: "networks" (those modules, in place) or "update" (whole-update
             capture: the critic, aux, actor + α and target-EMA phases each compiled whole,
             their constant-lr Adam steps included; the aux Adam, whose lr warms up, steps eagerly).
+        channels_last: conv weights (and so activations) in channels-last memory (False by
+            default; True; "auto" = on CUDA only): the same values, no NCHW<->NHWC conversions
+            around cuDNN's convolutions.
     """
 
     discrete_actions = False
@@ -180,7 +183,7 @@ class SAC(nn.Module):
                  aux_warmup: int = 6000, aux_max_grad_norm: float = 10.0,
                  aux_encoder_extra_adam: bool = False, precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_scope: str = "networks"):
+                 compile_scope: str = "networks", channels_last: bool | str = False):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"sac.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -270,7 +273,8 @@ class SAC(nn.Module):
         # GPU fast path (off by default): bf16 autocast; compiled networks (no RNG inside them,
         # so the actor's Gaussian sample stays eager) or compiled update phases.
         self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode,
-                                  compile_scope=compile_scope)
+                                  compile_scope=compile_scope, channels_last=channels_last)
+        self.fast_path.apply_memory_format(self)  # before anything is compiled or steps
         self.fast_path.compile_modules([
             self.critic.encoder, self.critic.q1, self.critic.q2, self.actor.encoder, self.actor.trunk,
             self.critic_target.encoder, self.critic_target.q1, self.critic_target.q2,
