@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -224,12 +223,11 @@ class Atari100kTrainer(LoopTrainer):
         metric for metric by ``tests/test_atari_overlap.py``.
         """
         updates = self.updates_per_step if step >= self.learning_starts else 0
-        if self.overlap_env_step and updates:
-            if self._env_executor is None:
-                self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="atari-env")
+        executor = self._env_thread() if updates else None
+        if executor is not None:
             self.replay.add_pending(obs, action)
             self.replay.set_step(step)
-            metrics, outcome = beside(self._env_executor, lambda: self._env_step(action),
+            metrics, outcome = beside(executor, lambda: self._env_step(action),
                                       lambda: [self._update() for _ in range(updates)])
             self.replay.complete_pending(outcome[1], outcome[2])
             return metrics, outcome

@@ -237,7 +237,8 @@ class LoopTrainer:
     ``_train``, ``evaluate`` and ``_eval_metrics``."""
 
     _eval_pool: EnvWorkers | None = None
-    _env_executor: ThreadPoolExecutor | None = None  # the env's thread with ``overlap_env_step``
+    overlap_env_step: bool = False
+    _env_executor: ThreadPoolExecutor | None = None  # see _env_thread
 
     def train(self, tracker: Any, checkpointer: Any = None) -> dict[str, float]:
         """Run the loop (from the loaded checkpoint's step after ``load_state_dict``), then the
@@ -256,6 +257,14 @@ class LoopTrainer:
         if self._env_executor is not None:
             self._env_executor.shutdown()
             self._env_executor = None
+
+    def _env_thread(self) -> ThreadPoolExecutor | None:
+        """With ``overlap_env_step``: the one thread that steps the training env while updates
+        run, started on first use (DMC's EGL context stays current on the thread that first
+        rendered); None without it."""
+        if self.overlap_env_step and self._env_executor is None:
+            self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="env-step")
+        return self._env_executor
 
     def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
         """Evaluate (``kwargs`` go to ``evaluate``) and return the metrics to log, with the

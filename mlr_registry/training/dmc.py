@@ -133,7 +133,6 @@ class DMCTrainer(LoopTrainer):
         self.overlap_env_step = bool(overlap_env_step)
         self.eval_workers = resolve_workers("dmc.eval_workers", eval_workers, eval_episodes)
         self._eval_pool = EnvWorkers(self.eval_workers) if self.eval_workers else None
-        self._env_executor: ThreadPoolExecutor | None = None
         self.update_count = 0
         self._rng = np.random.default_rng(seed)
         self._eval_env = None
@@ -217,13 +216,6 @@ class DMCTrainer(LoopTrainer):
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
-
-    def _env_thread(self) -> ThreadPoolExecutor | None:
-        """With ``overlap_env_step``: the one thread that runs every reset and step of the
-        training env (its EGL context stays current on the thread that first rendered)."""
-        if self.overlap_env_step and self._env_executor is None:
-            self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="dmc-env")
-        return self._env_executor
 
     @staticmethod
     def _on_env_thread(executor: ThreadPoolExecutor | None, fn: Callable[..., Any], *args, **kwargs) -> Any:
