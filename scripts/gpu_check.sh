@@ -7,12 +7,14 @@
 #      again with CUDA graphs (compile_mode 'reduce-overhead');
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
-#   3. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference);
-#   4. with EVAL_SECONDS > 0: the final evaluation alone, 100 games of an untrained agent (no
+#   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
+#      without the emulator, acting compiled vs eager, the variants' updates alone);
+#   4. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference);
+#   5. with EVAL_SECONDS > 0: the final evaluation alone, 100 games of an untrained agent (no
 #      updates), with one worker process per core and in the trainer's process
 #      (throughput/eval_seconds in MLflow).
-# Each stage has its own time limit (GAME_SECONDS, BENCH_SECONDS, PARITY_SECONDS, EVAL_SECONDS
-# per evaluation run; 0 skips it), so
+# Each stage has its own time limit (GAME_SECONDS, BENCH_SECONDS, PROFILE_SECONDS, PARITY_SECONDS,
+# EVAL_SECONDS per evaluation run; 0 skips it), so
 # a stage that fails or hangs leaves the others' figures.
 # Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, *_util.csv;
 # scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
@@ -23,6 +25,9 @@ GAME=${GAME:-pong}
 GAME_SECONDS=${GAME_SECONDS:-190}
 BENCH_SECONDS=${BENCH_SECONDS:-170}
 PARITY_SECONDS=${PARITY_SECONDS:-180}  # 5 CUDA tests, compiled acting's two included
+PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
+PROFILE_VARIANTS=${PROFILE_VARIANTS:-fast,channels_last}
+LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
 PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -53,7 +58,7 @@ game() {
   timeout -s INT -k 45 "$seconds" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
     --bind "atari.game = '$GAME'" --bind "trainers.atari100k.video = False" \
     --bind "trainers.atari100k.progress = False" --bind "trainers.atari100k.checkpoint_every = 0" \
-    ${extra:+--bind "$extra"} --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=$name" > "$OUT/$name.log" 2>&1
+    --bind "trainers.atari100k.log_every = $LOG_EVERY" ${extra:+--bind "$extra"} --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=$name" > "$OUT/$name.log" 2>&1
   echo "$name exit $? after $(( $(date +%s) - start ))s"
   kill "$smi" 2>/dev/null
   grep -v "^ *$" "$OUT/$name.log" | tail -n 8
@@ -89,9 +94,19 @@ bench() {
 }
 [ "$BENCH_SECONDS" -gt 0 ] && bench
 
+profile() {
+  stage "3. gpu_profile.py --variants $PROFILE_VARIANTS"
+  timeout -k 20 "$PROFILE_SECONDS" $PY scripts/gpu_profile.py --out "$OUT" --variants "$PROFILE_VARIANTS" \
+    --budget-s $(( PROFILE_SECONDS * 2 / 3 )) > "$OUT/profile.log" 2>&1
+  echo "profile exit $?"
+  grep -E "compiled in|loop|update alone|act \(|profiled|skipped|^  [a-z_]+ +[0-9]|Error" "$OUT/profile.log"
+}
+[ "$PROFILE_SECONDS" -gt 0 ] && profile
+
 parity() {
-  stage "3. CUDA parity tests"
-  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -q -rs tests/test_fast_path.py -k gpu \
+  stage "4. CUDA parity tests"
+  # -v: each test's verdict as it ends, so a stage cut short by its limit still reports the finished ones
+  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -v -rs tests/test_fast_path.py -k gpu \
     > "$OUT/parity.log" 2>&1
   echo "parity exit $?"
   tail -n 15 "$OUT/parity.log"
@@ -102,7 +117,7 @@ parity() {
 # 100 games of the untrained agent (pong: each lost 0-21 in ~800 agent steps) + shut-down.
 evaluation() {
   for workers in -1 0; do
-    stage "4. final evaluation alone: 100 $GAME games, eval_workers = $workers"
+    stage "5. final evaluation alone: 100 $GAME games, eval_workers = $workers"
     timeout -s INT -k 20 "$EVAL_SECONDS" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
       --bind "atari.game = '$GAME'" --bind "trainers.atari100k.num_env_steps = 1" \
       --bind "trainers.atari100k.eval_workers = $workers" --bind "trainers.atari100k.video = False" \
