@@ -73,6 +73,12 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
         assert any(key.endswith("mlr_loss") for key in logged)
 
 
+def test_atari_fast_config_captures_cuda_graphs():
+    # measured on an H100 (README): 99 vs 65.5 updates/s in a game; DMC's SAC is not measured yet
+    assert _query(["gin/fast/atari_mlr_fast.gin"], "agents.rainbow.compile_mode") == "reduce-overhead"
+    assert _query(["gin/fast/dmc_mlr_fast.gin"], "agents.sac.compile_mode") == "default"
+
+
 def _query(files: list[str], selector: str):
     config.parse([REPO / f for f in files])
     return gin.query_parameter(selector)
