@@ -3,8 +3,9 @@
 #   1. one full-length Atari-100k MLR game on the fast path (gin/fast/atari_mlr_fast.gin), logged
 #      to MLflow and stopped with Ctrl-C after GAME_SECONDS (a full game needs ~196k updates; the
 #      windows of throughput/updates_per_s, acting included, give its projected wall time), with
-#      the GPU's utilisation sampled every second; with CUDAGRAPHS_SECONDS > 0, the same game
-#      again with CUDA graphs (compile_mode 'reduce-overhead');
+#      the GPU's utilisation sampled every second; with NO_CUDAGRAPHS_SECONDS > 0, the same game
+#      again without CUDA graphs (compile_mode 'default'; the fast config captures them); with
+#      PIPELINED_SECONDS > 0, again with trainers.atari100k.pipeline_updates = True;
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
@@ -24,7 +25,7 @@ OUT=${OUT:-gpu_out}
 GAME=${GAME:-pong}
 GAME_SECONDS=${GAME_SECONDS:-190}
 BENCH_SECONDS=${BENCH_SECONDS:-170}
-PARITY_SECONDS=${PARITY_SECONDS:-180}  # 5 CUDA tests, compiled acting's two included
+PARITY_SECONDS=${PARITY_SECONDS:-180}  # 7 CUDA tests: parity, compiled acting, transfers without host waits
 PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
 PROFILE_VARIANTS=${PROFILE_VARIANTS:-fast,channels_last}
 LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)
@@ -64,9 +65,13 @@ game() {
   grep -v "^ *$" "$OUT/$name.log" | tail -n 8
 }
 [ "$GAME_SECONDS" -gt 0 ] && game game "$GAME_SECONDS"
-# The same with CUDA graphs (compile_mode 'reduce-overhead'), when CUDAGRAPHS_SECONDS > 0.
-if [ "${CUDAGRAPHS_SECONDS:-0}" -gt 0 ]; then
-  game game_cudagraphs "$CUDAGRAPHS_SECONDS" "agents.rainbow.compile_mode = 'reduce-overhead'"
+# The same without CUDA graphs (compile_mode 'default'), when NO_CUDAGRAPHS_SECONDS > 0.
+if [ "${NO_CUDAGRAPHS_SECONDS:-0}" -gt 0 ]; then
+  game game_no_cudagraphs "$NO_CUDAGRAPHS_SECONDS" "agents.rainbow.compile_mode = 'default'"
+fi
+# The same with the step's updates queued before its action is read back, when PIPELINED_SECONDS > 0.
+if [ "${PIPELINED_SECONDS:-0}" -gt 0 ]; then
+  game game_pipelined "$PIPELINED_SECONDS" "trainers.atari100k.pipeline_updates = True"
 fi
 
 bench() {
@@ -106,7 +111,7 @@ profile() {
 parity() {
   stage "4. CUDA parity tests"
   # -v: each test's verdict as it ends, so a stage cut short by its limit still reports the finished ones
-  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -v -rs tests/test_fast_path.py -k gpu \
+  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -v -rs tests/test_fast_path.py tests/test_transfer.py -k gpu \
     > "$OUT/parity.log" 2>&1
   echo "parity exit $?"
   tail -n 15 "$OUT/parity.log"

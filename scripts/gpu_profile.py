@@ -7,7 +7,7 @@ timed and profiled with ``torch.profiler``; then the isolated update of each A/B
     python scripts/gpu_profile.py --out /tmp/p --cpu --tiny              # the code path, on a CPU
 
 Variants (``--variants``, the first is profiled in the loop): ``fast`` (bf16 + whole-update
-inductor, gin/fast's setting), ``cudagraphs`` (+ compile_mode 'reduce-overhead'), ``sdpa``
+inductor, no CUDA graphs), ``cudagraphs`` (+ compile_mode 'reduce-overhead': gin/fast's setting), ``sdpa``
 (fast with the decoder's attention forced to fused SDPA), ``channels_last`` (fast with
 ``channels_last = True``: conv weights and activations in NHWC memory), ``eager_bf16``, ``eager_fp32`` (the
 reference path). Each compiled variant costs about a minute of compilation on a GPU.
@@ -32,6 +32,7 @@ from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
+from mlr_registry.transfer import HostCopy
 
 A, STORED, BATCH, SHAPE = 6, 5000, 32, (4, 84, 84)
 
@@ -86,6 +87,23 @@ def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tens
     return out
 
 
+def pipelined_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int) -> list:
+    """The same step as ``trainers.atari100k.pipeline_updates = True`` runs it: the action stays on
+    the device, the updates are queued behind it, and the host waits for the acting alone."""
+    actions = agent.act(obs, epsilon=0.0, greedy=False)
+    action_host = HostCopy(actions[0])
+    replay.add_pending(obs, actions[0])
+    replay.set_step(STORED + t)
+    out = []
+    for _ in range(2):
+        batch = replay.sample(BATCH)
+        out.append(agent.update(batch))
+        replay.update_priorities(batch.indices, agent.last_priorities)
+    int(action_host.result())  # the env would step now, while the GPU runs the updates
+    replay.complete_pending(0.0, False)
+    return out
+
+
 def timed(fn, n: int) -> float:
     sync()
     start = time.perf_counter()
@@ -123,6 +141,10 @@ def main() -> None:
           f"fast path {agent.fast_path.describe()}")
     per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 10 + i), n)
     print(f"loop without the emulator: {per_step / 2 * 1e3:.2f} ms per update ({2 / per_step:.1f} updates/s)")
+    pipelined_step(agent, replay, obs, frame, 9)  # the pinned allocator's first blocks
+    per_step = timed(lambda i: pipelined_step(agent, replay, obs, frame, 30 + i), n)
+    print(f"loop without the emulator, pipeline_updates: {per_step / 2 * 1e3:.2f} ms per update "
+          f"({2 / per_step:.1f} updates/s)")
     batch = replay.sample(BATCH)
     per_update = timed(lambda i: agent.update(batch), n)
     print(f"update alone: {per_update * 1e3:.2f} ms ({1 / per_update:.1f} updates/s)")

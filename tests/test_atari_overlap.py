@@ -1,5 +1,6 @@
-"""Stepping the Atari env while the step's updates run (``trainers.atari100k.overlap_env_step``)
-changes nothing but wall time: every logged metric is identical, step for step."""
+"""Stepping the Atari env while the step's updates run (``trainers.atari100k.overlap_env_step``),
+and queueing a step's updates before its action is read back (``pipeline_updates``), change
+nothing but wall time: every logged metric is identical, step for step."""
 
 from __future__ import annotations
 
@@ -32,19 +33,21 @@ def test_overlapped_env_step_gives_identical_metrics(game):
     files = ("gin/atari_mlr.gin",)
     base = (*tiny_bindings(files, []), *LONGER, *GAMES[game])
     gin.clear_config()
-    runs = [train_in_process(*files, bindings=(*base, f"trainers.atari100k.overlap_env_step = {flag}"))
-            for flag in (False, True)]
-    reference, overlapped = ({k: v for k, v in run.history.items() if not k.startswith("throughput/")}
-                             for run in runs)
+    switches = ("", "trainers.atari100k.overlap_env_step = True", "trainers.atari100k.pipeline_updates = True")
+    runs = [train_in_process(*files, bindings=(*base, *filter(None, [switch]))) for switch in switches]
+    reference, overlapped, pipelined = ({k: v for k, v in run.history.items() if not k.startswith("throughput/")}
+                                        for run in runs)
     assert len(reference["train/mlr_loss"]) == 2 and len(reference["eval/return_mean"]) == 2  # 60, final 120
     assert len(reference["train/episode_return"]) >= 3
     assert overlapped == reference
+    assert pipelined == reference
 
 
-def test_overlap_needs_a_replay_that_can_wait_for_the_reward():
+@pytest.mark.parametrize("switch", ["overlap_env_step", "pipeline_updates"])
+def test_overlap_needs_a_replay_that_can_wait_for_the_reward(switch):
     registry.load_all()
 
-    @gin.configurable("replays.whole_steps_only")
+    @gin.configurable(f"replays.whole_steps_only_{switch}")  # gin refuses a second registration
     class WholeStepsOnly:
         def __init__(self, observation_shape, device, seed):
             pass
@@ -53,12 +56,11 @@ def test_overlap_needs_a_replay_that_can_wait_for_the_reward():
             pass
 
     files = ("gin/atari_baseline.gin",)
-    bindings = (*tiny_bindings(files, []), "trainers.atari100k.replay = @replays.whole_steps_only",
-                "trainers.atari100k.overlap_env_step = True")
+    bindings = (*tiny_bindings(files, []), f"trainers.atari100k.replay = @replays.whole_steps_only_{switch}",
+                f"trainers.atari100k.{switch} = True")
     config.parse([REPO / f for f in files], bindings)
     try:
-        with pytest.raises(ConfigError, match="overlap_env_step = True needs a replay.*WholeStepsOnly.*"
-                                              "set overlap_env_step = False"):
+        with pytest.raises(ConfigError, match=f"{switch} = True needs a replay.*WholeStepsOnly.*set {switch} = False"):
             experiment().trainer()
     finally:
         gin.clear_config()

@@ -46,6 +46,7 @@ from mlr_registry.batch import Batch
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.sum_tree import SumTree
+from mlr_registry.transfer import to_device
 
 PRIORITY_CLAMP = (1e-6, 1e6)  # rlpyt_buffer / algos: KL clamped before ^alpha
 IS_WEIGHT_EPS = 1e-5  # MLR's rlpyt_buffer: (1 / (p + 1e-5)) ** beta
@@ -147,11 +148,15 @@ class SequenceReplay:
         if tuple(obs.shape) != self.observation_shape or obs.dtype != torch.uint8:
             raise ValueError(f"replay.add: obs must be uint8 {self.observation_shape}, "
                              f"got {obs.dtype} {tuple(obs.shape)}")
+        obs = to_device(obs, self.device)  # in stream order: no wait for queued updates
         p, fm1 = self._count % self.capacity, self._fm1
         if p == 0 and fm1 > 0:  # rlpyt: at cursor 0 write the frames that precede slot 0
             self._frames[:fm1].copy_(obs[:-1])
         self._frames[p + fm1].copy_(obs[-1])
-        self._action[p] = int(action)
+        if isinstance(action, torch.Tensor):  # still on the device (a pipelined loop's action)
+            self._action[p].copy_(action.reshape(()))
+        else:
+            self._action[p] = int(action)
         self._pending_slot = p
         self._count += 1
         self._on_add(self._count - 1)
@@ -387,8 +392,8 @@ class PrioritizedSequenceReplay(SequenceReplay):
 
     def _flush(self) -> None:
         if self._pending:
-            leaves = torch.tensor(list(self._pending), dtype=torch.int64, device=self.device)
-            values = torch.tensor(list(self._pending.values()), dtype=torch.float64, device=self.device)
+            leaves = to_device(list(self._pending), self.device, torch.int64)
+            values = to_device(list(self._pending.values()), self.device, torch.float64)
             self._tree.update(leaves, values)
             self._pending.clear()
 

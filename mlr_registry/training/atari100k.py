@@ -43,6 +43,7 @@ from mlr_registry.training.common import (
 )
 from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.trainer import Tracker
+from mlr_registry.transfer import HostCopy, to_device
 
 
 def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float, final: float) -> float:
@@ -68,6 +69,9 @@ class Atari100kTrainer(LoopTrainer):
     processes; the scores are the same bit for bit (``training/evaluation.py``).
     ``overlap_env_step`` steps the training env on a thread while the step's updates run (the
     same results, see :meth:`_learn_and_step`); it needs a replay with ``add_pending``.
+    ``pipeline_updates`` queues a step's updates on the device before the host reads that
+    step's action, so the host never waits for the GPU to drain (the same results, see
+    :meth:`_pipelined_step`; it needs ``add_pending`` too, and supersedes ``overlap_env_step``).
 
     ``checkpoint_every`` (env steps, 0 = off) sets how often :meth:`train` writes a checkpoint
     when the CLI gives it a :class:`Checkpointer` (every 10k steps: a checkpoint holds the whole
@@ -93,6 +97,7 @@ class Atari100kTrainer(LoopTrainer):
         eval_max_steps: int | None = None,
         eval_workers: int = 0,
         overlap_env_step: bool = False,
+        pipeline_updates: bool = False,
         log_every: int = 1000,
         seed: int = 0,
         device: str = "auto",
@@ -135,11 +140,13 @@ class Atari100kTrainer(LoopTrainer):
         self.eval_workers = resolve_workers("atari100k.eval_workers", eval_workers, eval_episodes)
         self._eval_pool = EnvWorkers(self.eval_workers) if self.eval_workers else None
         self.overlap_env_step = bool(overlap_env_step)
-        if self.overlap_env_step and not all(hasattr(self.replay, m) for m in ("add_pending", "complete_pending")):
-            raise ConfigError(
-                f"atari100k.overlap_env_step = True needs a replay that stores a step's observation "
-                f"and action before its reward and done (add_pending / complete_pending); "
-                f"{type(self.replay).__name__} has no such methods: set overlap_env_step = False")
+        self.pipeline_updates = bool(pipeline_updates)
+        for name in ("overlap_env_step", "pipeline_updates"):
+            if getattr(self, name) and not all(hasattr(self.replay, m) for m in ("add_pending", "complete_pending")):
+                raise ConfigError(
+                    f"atari100k.{name} = True needs a replay that stores a step's observation "
+                    f"and action before its reward and done (add_pending / complete_pending); "
+                    f"{type(self.replay).__name__} has no such methods: set {name} = False")
         self.log_every = log_every
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
@@ -178,10 +185,7 @@ class Atari100kTrainer(LoopTrainer):
         checkpointer, guard = checkpointing(checkpointer, self.env, self.agent, self.replay)
         with guard:
             for step in range(self._steps_done, self.num_env_steps):
-                obs = self._obs
-                obs_t = torch.as_tensor(obs, device=self.device)
-                action = int(self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)[0])
-                metrics, (self._obs, reward, done, info) = self._learn_and_step(step, obs, action)
+                metrics, (self._obs, reward, done, info) = self._step(step, self._obs)
                 for update_metrics in metrics:
                     window.add(update_metrics)
                 self._episode_score += float(info.get("raw_reward", reward))
@@ -209,6 +213,37 @@ class Atari100kTrainer(LoopTrainer):
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
+
+    def _step(self, step: int, obs: np.ndarray) -> tuple[list, tuple]:
+        """Step t: act on ``obs``, then the env step and the updates, in the order the switches
+        choose: ``(update metrics, (next obs, reward, done, info))``."""
+        updates = self.updates_per_step if step >= self.learning_starts else 0
+        obs_t = to_device(obs, self.device)
+        actions = self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)  # (1) on the device
+        if self.pipeline_updates and updates:
+            return self._pipelined_step(step, obs_t, actions[0], updates)
+        return self._learn_and_step(step, obs, int(actions[0]))
+
+    def _pipelined_step(self, step: int, obs: torch.Tensor, action: torch.Tensor, updates: int) -> tuple[list, tuple]:
+        """Step t with its updates queued before the host reads a_t (``pipeline_updates``).
+
+        The reference reads a_t back (the host waits for the GPU to finish acting), steps the
+        env, then queues the updates; the GPU idles while the host prepares them. Here a_t is
+        copied to the host in stream order (:class:`HostCopy`), stored in the replay on the device,
+        and the updates are queued behind it; the host then waits for the acting kernels alone,
+        steps the env while the GPU runs the updates, and at step t+1 queues acting behind them.
+        The results are the same: acting at t+1 still runs on the weights after step t's updates
+        (stream order), the updates read only what ``add_pending`` stores before them (as with
+        ``overlap_env_step``, see :meth:`_learn_and_step`), and the random draws come in the
+        reference's order. Checked metric for metric by ``tests/test_atari_overlap.py``.
+        """
+        action_host = HostCopy(action)
+        self.replay.add_pending(obs, action)
+        self.replay.set_step(step)
+        metrics = [self._update() for _ in range(updates)]
+        outcome = self._env_step(int(action_host.result()))
+        self.replay.complete_pending(outcome[1], outcome[2])
+        return metrics, outcome
 
     def _learn_and_step(self, step: int, obs: np.ndarray, action: int) -> tuple[list, tuple]:
         """Env step t and the updates after it: ``(update metrics, (next obs, reward, done, info))``,

@@ -1,0 +1,100 @@
+"""Host↔device transfers that never wait for the GPU (``mlr_registry/transfer.py``), and the
+pipelined Atari loop built on them (``trainers.atari100k.pipeline_updates``).
+
+On the CPU the helpers must give exactly ``torch.as_tensor``'s values; on CUDA (when present)
+``torch.cuda.set_sync_debug_mode('error')`` turns any host wait into an error."""
+
+from __future__ import annotations
+
+import math
+
+import gin
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, RecordingTracker
+
+from mlr_registry import config, registry
+from mlr_registry.dry_run import tiny_bindings
+from mlr_registry.training.experiment import experiment
+from mlr_registry.transfer import HostCopy, to_device
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("data, dtype", [(np.arange(24, dtype=np.uint8).reshape(2, 3, 4), None),
+                                         ([3, 1, 2], torch.int64), ([0.5, -1.25], torch.float64), (7, None)])
+def test_to_device_gives_as_tensors_values(data, dtype):
+    out = to_device(data, "cpu", dtype)
+    expected = torch.as_tensor(data, dtype=dtype)
+    assert out.dtype == expected.dtype and out.device.type == "cpu"
+    assert torch.equal(out, expected)
+
+
+def test_to_device_returns_a_tensor_already_there_as_is():
+    x = torch.arange(5)
+    assert to_device(x, "cpu") is x
+    assert to_device(x, "cpu", torch.float64).dtype == torch.float64
+
+
+def test_host_copy_is_the_value_when_it_was_taken():
+    x = torch.arange(4)
+    copy = HostCopy(x)
+    x += 10  # later work on the tensor does not reach the copy
+    assert copy.result().tolist() == [0, 1, 2, 3]
+
+
+@cuda
+def test_gpu_transfers_queue_behind_the_work_without_waiting():
+    big = torch.randn(2048, 2048, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(10):  # queued work the transfers must not wait for
+            big = torch.tanh(big @ big)
+        x = to_device(np.arange(10), "cuda", torch.int64)  # (10) 0..9, in stream order
+        copy = HostCopy((x * 2).sum() + big[0, 0].ge(2).long())  # tanh < 2: + 0
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert int(copy.result()) == 90
+
+
+# A short Catch run on CUDA: updates from step 40 to 80.
+CATCH = ("trainers.atari100k.env = @envs.catch", "envs.catch.grid = 5", "envs.catch.image_size = 60",
+         "encoders.nature_cnn.image_size = 60", "trainers.atari100k.num_env_steps = 80",
+         "trainers.atari100k.learning_starts = 40", "trainers.atari100k.log_every = 40",
+         "trainers.atari100k.device = 'cuda'", "trainers.atari100k.pipeline_updates = True")
+
+
+@cuda
+def test_gpu_pipelined_loop_never_waits_for_the_gpu():
+    """Every learning step (act, replay writes, two sample + update + priority write-backs, the
+    action's read-back, the env step) runs with host waits turned into errors; the first three
+    (optimizer state, the pinned allocator's first blocks) are left out."""
+    registry.load_all()
+    files = ("gin/atari_mlr.gin",)
+    tiny = tiny_bindings(files, [])
+    gin.clear_config()  # tiny_bindings leaves its parse behind
+    config.parse([REPO / f for f in files], (*tiny, *CATCH))
+    try:
+        trainer = experiment().trainer()
+        strict, step_fn = [], trainer._step
+
+        def no_waits(step, obs):
+            if step < trainer.learning_starts + 3:
+                return step_fn(step, obs)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                out = step_fn(step, obs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            strict.append(step)
+            return out
+
+        trainer._step = no_waits
+        tracker = RecordingTracker()
+        trainer.train(tracker)  # the config stays parsed: evaluation builds its envs from it
+    finally:
+        gin.clear_config()
+    assert len(strict) == 80 - 43
+    assert all(math.isfinite(v) for v in tracker.history["train/mlr_loss"])
