@@ -5,7 +5,8 @@
 #      windows of throughput/updates_per_s, acting included, give its projected wall time), with
 #      the GPU's utilisation sampled every second; with NO_CUDAGRAPHS_SECONDS > 0, the same game
 #      again without CUDA graphs (compile_mode 'default'; the fast config captures them); with
-#      PIPELINED_SECONDS > 0, again with trainers.atari100k.pipeline_updates = True;
+#      PIPELINED_SECONDS > 0, again with trainers.atari100k.pipeline_updates = True; with
+#      DMC_SECONDS > 0, a DMC game (DMC_TASK, default cheetah_run) on gin/fast/dmc_mlr_fast.gin;
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
@@ -40,6 +41,13 @@ if [ -d "$WHEELS" ]; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+# EGL for MuJoCo's headless rendering: the GL loaders that scripts/gpu_wheels.sh (DMC=1) puts in .gl/
+if [ -d .gl ] && ls .gl/*.deb > /dev/null 2>&1; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  [ -f "$vendor" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
 $PY - <<'EOF' 2>&1
 import os, torch
@@ -49,17 +57,25 @@ EOF
 
 stage() { echo; echo "=== $1 ($(date +%T))"; }
 
-# game NAME SECONDS [gin binding]: the fast config on GAME, tagged gpu_check=NAME, logs in $OUT/NAME.log
+# game NAME SECONDS [gin binding]: the fast config on GAME (with DMC_TASK set: the DMC fast config
+# on that task), tagged gpu_check=NAME, logs in $OUT/NAME.log
 game() {
-  local name=$1 seconds=$2 extra=${3:-}
-  stage "1. full-length $GAME ($name), stopped after ${seconds}s"
+  local name=$1 seconds=$2 extra=${3:-} gin=gin/fast/atari_mlr_fast.gin trainer=atari100k what=$GAME
+  local task=()
+  if [ -n "${DMC_TASK:-}" ]; then
+    gin=gin/fast/dmc_mlr_fast.gin trainer=dmc what=$DMC_TASK
+    task=(--gin "gin/dmc/$DMC_TASK.gin")
+  else
+    task=(--bind "atari.game = '$GAME'")
+  fi
+  stage "1. full-length $what ($name), stopped after ${seconds}s"
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/${name}_util.csv" 2>/dev/null &
   local smi=$! start
   start=$(date +%s)
-  timeout -s INT -k 45 "$seconds" $PY -m mlr_registry.run --gin gin/fast/atari_mlr_fast.gin \
-    --bind "atari.game = '$GAME'" --bind "trainers.atari100k.video = False" \
-    --bind "trainers.atari100k.progress = False" --bind "trainers.atari100k.checkpoint_every = 0" \
-    --bind "trainers.atari100k.log_every = $LOG_EVERY" ${extra:+--bind "$extra"} --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=$name" > "$OUT/$name.log" 2>&1
+  timeout -s INT -k 45 "$seconds" $PY -m mlr_registry.run --gin "$gin" "${task[@]}" \
+    --bind "trainers.$trainer.video = False" \
+    --bind "trainers.$trainer.progress = False" --bind "trainers.$trainer.checkpoint_every = 0" \
+    --bind "trainers.$trainer.log_every = $LOG_EVERY" ${extra:+--bind "$extra"} --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=$name" > "$OUT/$name.log" 2>&1
   echo "$name exit $? after $(( $(date +%s) - start ))s"
   kill "$smi" 2>/dev/null
   grep -v "^ *$" "$OUT/$name.log" | tail -n 8
@@ -72,6 +88,11 @@ fi
 # The same with the step's updates queued before its action is read back, when PIPELINED_SECONDS > 0.
 if [ "${PIPELINED_SECONDS:-0}" -gt 0 ]; then
   game game_pipelined "$PIPELINED_SECONDS" "trainers.atari100k.pipeline_updates = True"
+fi
+# A DMC game (cheetah-run by default) on gin/fast/dmc_mlr_fast.gin, when DMC_SECONDS > 0: needs
+# the DMC wheels (DMC=1 scripts/gpu_wheels.sh) and EGL's loaders in .gl/ (unpacked above).
+if [ "${DMC_SECONDS:-0}" -gt 0 ]; then
+  DMC_TASK=${DMC_TASK:-cheetah_run} game game_dmc "$DMC_SECONDS"
 fi
 
 bench() {

@@ -4,6 +4,10 @@
 # dependencies resolved (the list below is complete for that image: torch, numpy, einops, opencv,
 # pandas, matplotlib, pytest and pytest-benchmark were already there). 23 MB; mlflow-skinny
 # instead of mlflow (no UI, same SQLite tracking). Run it where pip reaches a package index.
+# DMC=1 adds what the DMC game needs (MuJoCo, dm_control and the three packages they import that
+# the image lacks), trimmed to fit a device call's 64 MiB: dm_control without its locomotion
+# assets, the dog's meshes and the Blender add-on (the DMC suite's other domains import none of
+# them), MuJoCo without its experimental viewer; ≈60 MB in all with the above.
 set -euo pipefail
 DEST=${1:-.whl}
 mkdir -p "$DEST"
@@ -21,4 +25,20 @@ WHEELS=(
 )
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${PLATFORMS[@]/#/--platform=}" -d "$DEST" "${WHEELS[@]}"
+if [ "${DMC:-0}" = 1 ]; then
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    "${PLATFORMS[@]/#/--platform=}" -d "$DEST" \
+    dm-control==1.0.50 mujoco==3.17.0 dm-env==1.6 dm-tree==0.1.10 pyopengl==3.1.10
+  python3 "$(dirname "$0")/trim_wheel.py" "$DEST"/dm_control-*.whl dm_control/locomotion/ \
+    dm_control/suite/dog_assets/ dm_control/blender/ dm_control/suite/all_domains.png
+  python3 "$(dirname "$0")/trim_wheel.py" "$DEST"/mujoco-*.whl mujoco/experimental/
+  # EGL's loaders for MuJoCo's headless rendering (0.4 MB of .deb files; gpu_check.sh unpacks
+  # them): the device notes' recipe. Carry .gl/ beside .whl/.
+  GL=${GL:-.gl}
+  mkdir -p "$GL" /tmp/amd64/partial
+  o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
+  apt-get "${o[@]}" update -qq
+  (cd "$GL" && apt-get "${o[@]}" download -qq libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+fi
 ls "$DEST" | wc -l
+du -sh "$DEST"

@@ -4,7 +4,7 @@ nothing but wall time: every logged metric is identical, step for step."""
 from __future__ import annotations
 
 import pytest
-from conftest import train_in_process
+from conftest import REPO, RecordingTracker, train_in_process
 
 from mlr_registry import registry
 from mlr_registry.dry_run import tiny_bindings
@@ -23,3 +23,39 @@ def test_overlapped_env_step_gives_identical_metrics():
                              for run in runs)
     assert "train/mlr_loss" in reference and len(reference["eval/return_mean"]) == 3  # 0, 80, final 160
     assert overlapped == reference
+
+
+def test_an_interrupted_overlapped_run_frees_rendering_on_the_env_thread():
+    """A run that stops mid-loop (here an update fails) must still free the env's EGL context on
+    the env thread; from any other thread dm_control refuses, with a traceback at exit."""
+    import threading
+
+    import gin
+
+    from mlr_registry import config
+    from mlr_registry.training.experiment import experiment
+
+    registry.load_all()
+    files = ("gin/dmc_mlr.gin",)
+    tiny = tiny_bindings(files, [])
+    gin.clear_config()
+    config.parse([REPO / f for f in files], (*tiny, "trainers.dmc.overlap_env_step = True"))
+    try:
+        trainer = experiment().trainer()
+        freed_on, release = [], trainer.env.release_rendering
+
+        def recording_release():
+            freed_on.append(threading.current_thread().name)
+            release()
+
+        def failing_update(*args, **kwargs):
+            raise RuntimeError("an update failed")
+
+        trainer.env.release_rendering = recording_release
+        trainer._update = failing_update
+        with pytest.raises(RuntimeError, match="an update failed"):
+            trainer.train(RecordingTracker())
+    finally:
+        gin.clear_config()
+    assert len(freed_on) == 1 and freed_on[0].startswith("env-step")
+    assert trainer._env_executor is None

@@ -17,7 +17,7 @@ sys.path.insert(0, str(SCRIPTS))
 
 def test_gpu_check_parses_and_its_benchmarks_exist():
     script = (SCRIPTS / "gpu_check.sh").read_text()
-    for name in ("gpu_check.sh", "gpu_wheels.sh"):
+    for name in ("gpu_check.sh", "gpu_wheels.sh"):  # syntax only: they fetch and install
         subprocess.run(["bash", "-n", str(SCRIPTS / name)], check=True)
     text = script.replace("$F", "$B/test_bench_fast_path.py").replace("$B", "tests/benchmarks")
     ids = re.findall(r"tests/benchmarks/[\w/]+\.py(?:::[\w\[\]-]+)?", text)
@@ -105,3 +105,26 @@ def test_update_floor_arithmetic_and_its_tiny_run():
     flops, params = re.search(r"mlr \(tiny\): ([\d.]+) TFLOP per update, ([\d.]+) M optimized", out.stdout).groups()
     assert float(flops) > 0 and float(params) > 0
     assert "196,000 updates take at least" in out.stdout
+
+
+def test_trim_wheel_drops_the_prefixes_and_their_record_lines(tmp_path):
+    import zipfile
+
+    import trim_wheel
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    files = {"pkg/__init__.py": "x = 1\n", "pkg/assets/big.bin": "0" * 5000, "pkg/assets/more.xml": "<a/>",
+             "pkg/keep.png": "png"}
+    record = "".join(f"{name},sha256=abc,{len(data)}\n" for name, data in files.items())
+    record += "pkg-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in {**files, "pkg-1.0.dist-info/RECORD": record}.items():
+            z.writestr(name, data)
+    assert trim_wheel.trim(str(wheel), ["pkg/assets/"])[0] == 2
+    with zipfile.ZipFile(wheel) as z:
+        assert sorted(z.namelist()) == ["pkg-1.0.dist-info/RECORD", "pkg/__init__.py", "pkg/keep.png"]
+        assert z.read("pkg/__init__.py") == b"x = 1\n"
+        assert "assets" not in z.read("pkg-1.0.dist-info/RECORD").decode()
+    out = subprocess.run([sys.executable, str(SCRIPTS / "trim_wheel.py"), str(wheel), "pkg/assets/"],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "nothing under" in out.stderr  # a stale prefix is an error, not a no-op

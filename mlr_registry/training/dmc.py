@@ -205,10 +205,7 @@ class DMCTrainer(LoopTrainer):
                     due = self._due(env_step + self.action_repeat, self.checkpoint_every)
                     checkpointer.step_end(env_step + self.action_repeat, self.state_dict, "dmc", due)
         bar.close()
-        if executor is not None:  # free the env's EGL context on the thread it is current on
-            self._on_env_thread(executor, self.env.release_rendering)
-            executor.shutdown()
-            self._env_executor = None
+        self._stop_env_thread()  # before the evaluation renders on this thread
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
         final = self._evaluation(final=True, env_step=self.num_env_steps)
@@ -216,6 +213,18 @@ class DMCTrainer(LoopTrainer):
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
+
+    def close(self) -> None:
+        self._stop_env_thread()  # also when the loop was interrupted or failed
+        super().close()
+
+    def _stop_env_thread(self) -> None:
+        """Free the env's EGL context on the thread it is current on (dm_control cannot free it from
+        another thread, and says so at exit), then stop that thread."""
+        if self._env_executor is not None:
+            self._on_env_thread(self._env_executor, self.env.release_rendering)
+            self._env_executor.shutdown()
+            self._env_executor = None
 
     @staticmethod
     def _on_env_thread(executor: ThreadPoolExecutor | None, fn: Callable[..., Any], *args, **kwargs) -> Any:
