@@ -24,9 +24,9 @@
 set -u
 OUT=${OUT:-gpu_out}
 GAME=${GAME:-pong}
-GAME_SECONDS=${GAME_SECONDS:-190}
-BENCH_SECONDS=${BENCH_SECONDS:-170}
-PARITY_SECONDS=${PARITY_SECONDS:-180}  # 7 CUDA tests: parity, compiled acting, transfers without host waits
+GAME_SECONDS=${GAME_SECONDS:-150}
+BENCH_SECONDS=${BENCH_SECONDS:-150}
+PARITY_SECONDS=${PARITY_SECONDS:-240}  # 9 CUDA tests: parity (CUDA graphs too), compiled acting, transfers without host waits
 PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
 PROFILE_VARIANTS=${PROFILE_VARIANTS:-fast,channels_last}
 LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)

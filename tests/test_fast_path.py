@@ -598,6 +598,37 @@ def test_gpu_rainbow_mlr_bf16_and_inductor_parity():
 
 
 @cuda
+@pytest.mark.parametrize("agent", ["rainbow", "sac"])
+def test_gpu_whole_update_under_cuda_graphs_matches_eager(agent):
+    """gin/fast's Atari setting (inductor + CUDA graphs, compile_mode 'reduce-overhead') over three
+    updates, each a graph replay after the first, with eager's random draws (fallback_random):
+    the eager losses within the GPU's inductor bound. Not yet run on a GPU when written (the
+    H100 game's losses tracked the run without graphs; README)."""
+    from torch._inductor import config as inductor_config
+
+    whole = {"compile": True, "compile_scope": "update", "compile_mode": "reduce-overhead"}
+    if agent == "rainbow":
+        big = {"channels": (32, 64, 64), "hidden": 256, "seq": 8}
+        batch = rainbow_batch(b=16, t=11, device="cuda")
+        ref, fast = rainbow_mlr("cuda", **big), rainbow_mlr("cuda", **big, **whole)
+
+        def run(agent, step):
+            return run_rainbow(agent, batch, 7 + step)
+    else:
+        data = sac_data(b=32, device="cuda")
+        ref, fast = sac_mlr("cuda", 32, 50, 256), sac_mlr("cuda", 32, 50, 256, **whole)
+
+        def run(agent, step):
+            return run_sac(agent, data, 7 + step, step)
+    if not fast.fast_path.compile_enabled:
+        pytest.skip(fast.fast_path.notes["compile"])
+    with inductor_config.patch(fallback_random=True):
+        for step in range(3):
+            assert_losses_close(run(ref, step), run(fast, step), 1e-3, 1e-4)
+    assert fast.fast_path.compile_enabled and fast.fast_path.describe()["compile"] == "inductor/reduce-overhead/update"
+
+
+@cuda
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_gpu_compiled_acting_picks_the_eager_actions(mode):
     """Acting compiled by inductor (and replayed as a CUDA graph) on the training loop's one
