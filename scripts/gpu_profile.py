@@ -9,7 +9,8 @@ timed and profiled with ``torch.profiler``; then the isolated update of each A/B
 Variants (``--variants``, the first is profiled in the loop): ``fast`` (bf16 + whole-update
 inductor, no CUDA graphs), ``cudagraphs`` (+ compile_mode 'reduce-overhead': gin/fast's setting), ``sdpa``
 (fast with the decoder's attention forced to fused SDPA), ``channels_last`` (fast with
-``channels_last = True``: conv weights and activations in NHWC memory), ``eager_bf16``, ``eager_fp32`` (the
+``channels_last = True``: conv weights and activations in NHWC memory), ``cudnn_benchmark``
+(cudagraphs with cuDNN's algorithm autotuning; compare it with ``cudagraphs``), ``eager_bf16``, ``eager_fp32`` (the
 reference path). Each compiled variant costs about a minute of compilation on a GPU.
 
 Prints: loop and update wall times per update, the GPU's busy fraction in the profiled loop
@@ -47,6 +48,7 @@ FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
 VARIANTS = {"fast": ({**FAST}, "auto"),
             "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto"),
             "sdpa": ({**FAST}, "sdpa"), "channels_last": ({**FAST, "channels_last": True}, "auto"),
+            "cudnn_benchmark": ({**FAST, "compile_mode": "reduce-overhead", "cudnn_benchmark": True}, "auto"),
             "eager_bf16": ({"precision": "bf16"}, "auto"), "eager_fp32": ({}, "auto")}
 
 
@@ -54,6 +56,7 @@ def build_agent(device: str, variant: str, objective: str = "mlr", tiny: bool = 
     """Rainbow(+MLR) at the paper's size (``tiny``: 4-8-4 conv channels, 196-d latents, a quick
     check of this script) with a VARIANTS entry's switches (all off on a CPU)."""
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = False  # process-wide: only the variant that asks turns it on
     switches, attention = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
     aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []

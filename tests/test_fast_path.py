@@ -175,12 +175,29 @@ def test_bf16_autocast_on_cpu_and_auto_choices():
         assert not FastPath("sac", CPU, compile=True, compile_mode="reduce-overhead").compile_enabled
 
 
+def test_cudnn_benchmark_is_set_for_cuda_only_and_reported(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    auto = FastPath("rainbow", CPU, cudnn_benchmark="auto")
+    assert not auto.cudnn_benchmark and "needs a CUDA device" in auto.notes["cudnn_benchmark"]
+    assert "cudnn_benchmark" not in auto.describe() and torch.backends.cudnn.benchmark is False
+    with pytest.warns(RuntimeWarning, match="cudnn_benchmark = True is off"):
+        FastPath("sac", CPU, cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is False
+    # a CUDA agent sets the process-wide flag (no CUDA call is needed for it: fp32, no compile)
+    on = FastPath("rainbow", torch.device("cuda"), cudnn_benchmark="auto")
+    assert on.cudnn_benchmark and torch.backends.cudnn.benchmark is True
+    assert on.describe()["cudnn_benchmark"] == "on" and "cudnn_benchmark" not in on.notes
+    FastPath("sac", torch.device("cuda"))  # another agent's default leaves it on
+    assert torch.backends.cudnn.benchmark is True
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"precision": "fp16"}, "rainbow.precision = 'fp16'; expected one of fp32, bf16, auto"),
     ({"compile": "yes"}, "rainbow.compile = 'yes'; expected False, True or 'auto'"),
     ({"compile_mode": "fast"}, "rainbow.compile_mode = 'fast'"),
     ({"compile_scope": "everything"}, "rainbow.compile_scope = 'everything'; expected one of networks, update"),
     ({"channels_last": "nhwc"}, "rainbow.channels_last = 'nhwc'; expected False, True or 'auto'"),
+    ({"cudnn_benchmark": "fast"}, "rainbow.cudnn_benchmark = 'fast'; expected False, True or 'auto'"),
 ])
 def test_bad_values_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -181,20 +181,25 @@ class FastPath:
             ("inductor").
         channels_last: False (default); True = conv weights in channels-last memory (see
             :meth:`apply_memory_format`); "auto" = on CUDA only.
+        cudnn_benchmark: False (default); True = let cuDNN time its convolution algorithms on
+            each new input shape and keep the fastest (``torch.backends.cudnn.benchmark``, a
+            process-wide setting: the update's shapes never change); "auto" = on CUDA only.
+            Other algorithms round differently: the same function within float rounding.
     """
 
     def __init__(self, owner: str, device: torch.device, precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
                  compile_backend: str | Callable[..., Any] | None = None, compile_scope: str = "networks",
-                 channels_last: bool | str = False):
+                 channels_last: bool | str = False, cudnn_benchmark: bool | str = False):
         if precision not in PRECISIONS:
             raise ConfigError(f"{owner}.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if not (compile is True or compile is False or compile == "auto"):
             raise ConfigError(f"{owner}.compile = {compile!r}; expected False, True or 'auto'")
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"{owner}.compile_mode = {compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
-        if not (channels_last is True or channels_last is False or channels_last == "auto"):
-            raise ConfigError(f"{owner}.channels_last = {channels_last!r}; expected False, True or 'auto'")
+        for name, value in (("channels_last", channels_last), ("cudnn_benchmark", cudnn_benchmark)):
+            if not (value is True or value is False or value == "auto"):
+                raise ConfigError(f"{owner}.{name} = {value!r}; expected False, True or 'auto'")
         if compile_scope not in COMPILE_SCOPES:
             raise ConfigError(f"{owner}.compile_scope = {compile_scope!r}; expected one of "
                               f"{', '.join(COMPILE_SCOPES)}")
@@ -233,6 +238,13 @@ class FastPath:
         if channels_last == "auto" and not self.channels_last:
             self._off("channels_last", f"{owner}.channels_last = 'auto' keeps NCHW: channels-last is on "
                       f"for CUDA only (device {self.device})", warn=False)
+        # cuDNN autotuning: process-wide, so set here and never unset by another agent's False.
+        self.cudnn_benchmark = cudnn_benchmark is not False and self.device.type == "cuda"
+        if cudnn_benchmark is not False and not self.cudnn_benchmark:
+            self._off("cudnn_benchmark", f"{owner}.cudnn_benchmark = {cudnn_benchmark!r} is off: cuDNN "
+                      f"autotuning needs a CUDA device (device {self.device})", warn=cudnn_benchmark is True)
+        if self.cudnn_benchmark:
+            torch.backends.cudnn.benchmark = True
         self._compiled: list[nn.Module] = []
         self._steps: list[CompiledStep] = []
         self._state_hooks: tuple[Callable[[], Any], Callable[[Any], None]] | None = None
@@ -256,6 +268,8 @@ class FastPath:
                             if self.compile_enabled else "off")}
         if self.channels_last:
             info["memory_format"] = "channels_last"
+        if self.cudnn_benchmark:
+            info["cudnn_benchmark"] = "on"
         info.update({f"{k}_note": v for k, v in self.notes.items()})
         return info
 

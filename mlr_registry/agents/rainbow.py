@@ -129,6 +129,8 @@ class Rainbow(nn.Module):
         channels_last: conv weights (and so activations) in channels-last memory (False by
             default; True; "auto" = on CUDA only): the same values, no NCHW<->NHWC conversions
             around cuDNN's convolutions.
+        cudnn_benchmark: cuDNN times its convolution algorithms per input shape and keeps the
+            fastest (False by default; True; "auto" = on CUDA only; process-wide).
     """
 
     discrete_actions = True
@@ -143,7 +145,8 @@ class Rainbow(nn.Module):
                  target_update_period: int = 1, augment: bool = True, target_augmentation: bool = True,
                  grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu", precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_scope: str = "networks", channels_last: bool | str = False):
+                 compile_scope: str = "networks", channels_last: bool | str = False,
+                 cudnn_benchmark: bool | str = False):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"rainbow.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -190,7 +193,8 @@ class Rainbow(nn.Module):
         self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
         # GPU fast path (off by default): bf16 autocast, compiled networks (no RNG inside them).
         self.fast_path = FastPath("rainbow", self.device, precision, compile, compile_mode,
-                                  compile_scope=compile_scope, channels_last=channels_last)
+                                  compile_scope=compile_scope, channels_last=channels_last,
+                                  cudnn_benchmark=cudnn_benchmark)
         self.fast_path.apply_memory_format(self)  # before anything is compiled or steps
         self.fast_path.compile_modules([self.encoder, self.head, self.target_encoder, self.target_head,
                                         *compile_targets(self.aux_losses)])

@@ -165,6 +165,8 @@ class SAC(nn.Module):
         channels_last: conv weights (and so activations) in channels-last memory (False by
             default; True; "auto" = on CUDA only): the same values, no NCHW<->NHWC conversions
             around cuDNN's convolutions.
+        cudnn_benchmark: cuDNN times its convolution algorithms per input shape and keeps the
+            fastest (False by default; True; "auto" = on CUDA only; process-wide).
     """
 
     discrete_actions = False
@@ -183,7 +185,8 @@ class SAC(nn.Module):
                  aux_warmup: int = 6000, aux_max_grad_norm: float = 10.0,
                  aux_encoder_extra_adam: bool = False, precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_scope: str = "networks", channels_last: bool | str = False):
+                 compile_scope: str = "networks", channels_last: bool | str = False,
+                 cudnn_benchmark: bool | str = False):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"sac.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -273,7 +276,8 @@ class SAC(nn.Module):
         # GPU fast path (off by default): bf16 autocast; compiled networks (no RNG inside them,
         # so the actor's Gaussian sample stays eager) or compiled update phases.
         self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode,
-                                  compile_scope=compile_scope, channels_last=channels_last)
+                                  compile_scope=compile_scope, channels_last=channels_last,
+                                  cudnn_benchmark=cudnn_benchmark)
         self.fast_path.apply_memory_format(self)  # before anything is compiled or steps
         self.fast_path.compile_modules([
             self.critic.encoder, self.critic.q1, self.critic.q2, self.actor.encoder, self.actor.trunk,
