@@ -74,35 +74,25 @@ def build_replay(device: str) -> PrioritizedSequenceReplay:
     return replay
 
 
-def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int) -> list:
+def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int,
+              pipelined: bool = False) -> list:
     """One env step of the trainer's loop as the fast config runs it, the emulator excepted: act
     (a host sync for the action), store obs and action, two updates with their priority
-    write-backs (the env would step beside them), then the step's reward and done."""
-    action = int(agent.act(obs, epsilon=0.0, greedy=False)[0])
-    replay.add_pending(frame, action)
-    replay.set_step(STORED + t)
-    out = []
-    for _ in range(2):
-        batch = replay.sample(BATCH)
-        out.append(agent.update(batch))
-        replay.update_priorities(batch.indices, agent.last_priorities)
-    replay.complete_pending(0.0, False)
-    return out
-
-
-def pipelined_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int) -> list:
-    """The same step as ``trainers.atari100k.pipeline_updates = True`` runs it: the action stays on
-    the device, the updates are queued behind it, and the host waits for the acting alone."""
+    write-backs (the env would step beside them), then the step's reward and done. ``pipelined``:
+    as ``trainers.atari100k.pipeline_updates = True`` runs it, the action stored on the device and
+    read back after the updates are queued (the host waits for the acting alone)."""
     actions = agent.act(obs, epsilon=0.0, greedy=False)
-    action_host = HostCopy(actions[0])
-    replay.add_pending(obs, actions[0])
+    action, stored = (actions[0], obs) if pipelined else (int(actions[0]), frame)
+    action_host = HostCopy(actions[0]) if pipelined else None
+    replay.add_pending(stored, action)
     replay.set_step(STORED + t)
     out = []
     for _ in range(2):
         batch = replay.sample(BATCH)
         out.append(agent.update(batch))
         replay.update_priorities(batch.indices, agent.last_priorities)
-    int(action_host.result())  # the env would step now, while the GPU runs the updates
+    if action_host is not None:
+        int(action_host.result())  # the env would step now, while the GPU runs the updates
     replay.complete_pending(0.0, False)
     return out
 
@@ -144,8 +134,8 @@ def main() -> None:
           f"fast path {agent.fast_path.describe()}")
     per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 10 + i), n)
     print(f"loop without the emulator: {per_step / 2 * 1e3:.2f} ms per update ({2 / per_step:.1f} updates/s)")
-    pipelined_step(agent, replay, obs, frame, 9)  # the pinned allocator's first blocks
-    per_step = timed(lambda i: pipelined_step(agent, replay, obs, frame, 30 + i), n)
+    loop_step(agent, replay, obs, frame, 9, pipelined=True)  # the pinned allocator's first blocks
+    per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 30 + i, pipelined=True), n)
     print(f"loop without the emulator, pipeline_updates: {per_step / 2 * 1e3:.2f} ms per update "
           f"({2 / per_step:.1f} updates/s)")
     batch = replay.sample(BATCH)
