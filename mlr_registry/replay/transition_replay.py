@@ -49,6 +49,7 @@ from einops import rearrange
 from mlr_registry.batch import Batch
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
 from mlr_registry.registry import register
+from mlr_registry.transfer import to_device
 
 MIN_EPISODE_FOR_FULL_CAPACITY = 100  # agent steps per episode the frame ring is sized for
 
@@ -205,14 +206,14 @@ class TransitionReplay:
             self._size -= 1  # the oldest transition is in `slot`
         self._drop_before(last_frame - self.frames_capacity + 1)
 
-        new_t = torch.from_numpy(new).to(self.device)
+        new_t = to_device(new, self.device)  # in stream order: no wait for a queued update
         start = self._frame_count % self.frames_capacity
         head = min(len(new), self.frames_capacity - start)  # the ring may wrap inside the reset stack
         self._frames[start:start + head] = new_t[:head]
         self._frames[:len(new) - head] = new_t[head:]
         self._frame_index[slot] = newest
         self._frame_index_host[slot] = newest
-        self._action[slot] = act.to(self.device)
+        self._action[slot] = to_device(act, self.device)
         self._reward[slot] = float(reward)
         self._not_done[slot] = 0.0 if done else 1.0
         self._real_done[slot] = bool(episode_end)

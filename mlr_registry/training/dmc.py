@@ -48,6 +48,7 @@ from mlr_registry.training.common import (
 )
 from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.trainer import Tracker
+from mlr_registry.transfer import to_device
 
 EVAL_SEED_OFFSET = 10_000
 
@@ -176,7 +177,7 @@ class DMCTrainer(LoopTrainer):
                 if i < self.init_steps:
                     action = self._rng.uniform(-1.0, 1.0, self.env.action_dim).astype(np.float32)
                 else:
-                    obs_t = torch.as_tensor(obs, device=self.device)
+                    obs_t = to_device(obs, self.device)
                     action = self.agent.act(obs_t, greedy=False).reshape(-1).cpu().numpy()
                 if i >= self.init_steps:
                     metrics, outcome = self._update_while_stepping(action, wants_sequences, executor)
