@@ -74,7 +74,7 @@ def build_replay(device: str) -> PrioritizedSequenceReplay:
     return replay
 
 
-def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, t: int,
+def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, t: int,
               pipelined: bool = False) -> list:
     """One env step of the trainer's loop as the fast config runs it, the emulator excepted: act
     (a host sync for the action), store obs and action, two updates with their priority
@@ -82,9 +82,9 @@ def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tens
     as ``trainers.atari100k.pipeline_updates = True`` runs it, the action stored on the device and
     read back after the updates are queued (the host waits for the acting alone)."""
     actions = agent.act(obs, epsilon=0.0, greedy=False)
-    action, stored = (actions[0], obs) if pipelined else (int(actions[0]), frame)
+    action = actions[0] if pipelined else int(actions[0])
     action_host = HostCopy(actions[0]) if pipelined else None
-    replay.add_pending(stored, action)
+    replay.add_pending(obs, action)  # the observation acting saw, already on the device
     replay.set_step(STORED + t)
     out = []
     for _ in range(2):
@@ -127,15 +127,14 @@ def main() -> None:
     n = 1 if args.cpu else 20
     agent, replay = build_agent(device, variants[0], args.objective, args.tiny), build_replay(device)
     obs = torch.randint(0, 256, SHAPE, dtype=torch.uint8, device=device)
-    frame = obs.cpu().numpy()
     for t in range(2 if args.cpu else 4):  # compilation, Adam state, the first two protected updates
-        loop_step(agent, replay, obs, frame, t)
+        loop_step(agent, replay, obs, t)
     print(f"{args.objective} {variants[0]}: built and compiled in {time.perf_counter() - t0:.0f}s; "
           f"fast path {agent.fast_path.describe()}")
-    per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 10 + i), n)
+    per_step = timed(lambda i: loop_step(agent, replay, obs, 10 + i), n)
     print(f"loop without the emulator: {per_step / 2 * 1e3:.2f} ms per update ({2 / per_step:.1f} updates/s)")
-    loop_step(agent, replay, obs, frame, 9, pipelined=True)  # the pinned allocator's first blocks
-    per_step = timed(lambda i: loop_step(agent, replay, obs, frame, 30 + i, pipelined=True), n)
+    loop_step(agent, replay, obs, 9, pipelined=True)  # the pinned allocator's first blocks
+    per_step = timed(lambda i: loop_step(agent, replay, obs, 30 + i, pipelined=True), n)
     print(f"loop without the emulator, pipeline_updates: {per_step / 2 * 1e3:.2f} ms per update "
           f"({2 / per_step:.1f} updates/s)")
     batch = replay.sample(BATCH)
@@ -149,7 +148,7 @@ def main() -> None:
     agent._act_one.compiled = compiled_act
     print(f"act (with its host sync): {act * 1e3:.2f} ms as the loop runs it "
           f"({'compiled' if compiled_act is not None else 'eager'}), {eager_act * 1e3:.2f} ms eagerly")
-    profile_loop(agent, replay, obs, frame, out, args.cpu)
+    profile_loop(agent, replay, obs, out, args.cpu)
 
     results = {variants[0]: per_update}
     for variant in variants[1:]:
@@ -167,7 +166,7 @@ def main() -> None:
         print(f"  {variant:<14} {seconds * 1e3:8.2f} ms {1 / seconds:8.1f} updates/s")
 
 
-def profile_loop(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, frame, out: Path,
+def profile_loop(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tensor, out: Path,
                  cpu: bool) -> None:
     """Profiles a few loop steps: GPU busy fraction, kernels per update, top ops (OUT/profile.txt)."""
     activities = [ProfilerActivity.CPU] + ([] if cpu else [ProfilerActivity.CUDA])
@@ -176,7 +175,7 @@ def profile_loop(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.T
     with profile(activities=activities) as prof:
         start = time.perf_counter()
         for i in range(steps):
-            loop_step(agent, replay, obs, frame, 100 + i)
+            loop_step(agent, replay, obs, 100 + i)
         sync()
         wall = time.perf_counter() - start
     events = prof.key_averages()

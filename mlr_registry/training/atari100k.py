@@ -222,7 +222,7 @@ class Atari100kTrainer(LoopTrainer):
         actions = self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)  # (1) on the device
         if self.pipeline_updates and updates:
             return self._pipelined_step(step, obs_t, actions[0], updates)
-        return self._learn_and_step(step, obs, int(actions[0]))
+        return self._learn_and_step(step, obs_t, int(actions[0]), updates)
 
     def _pipelined_step(self, step: int, obs: torch.Tensor, action: torch.Tensor, updates: int) -> tuple[list, tuple]:
         """Step t with its updates queued before the host reads a_t (``pipeline_updates``).
@@ -245,9 +245,10 @@ class Atari100kTrainer(LoopTrainer):
         self.replay.complete_pending(outcome[1], outcome[2])
         return metrics, outcome
 
-    def _learn_and_step(self, step: int, obs: np.ndarray, action: int) -> tuple[list, tuple]:
-        """Env step t and the updates after it: ``(update metrics, (next obs, reward, done, info))``,
-        the next obs already reset after a done.
+    def _learn_and_step(self, step: int, obs: torch.Tensor, action: int, updates: int) -> tuple[list, tuple]:
+        """Env step t and its ``updates`` updates: ``(update metrics, (next obs, reward, done, info))``,
+        the next obs already reset after a done. ``obs`` is step t's observation as acting saw it
+        (already on the device: the replay stores it without a second copy).
 
         The reference's order: env step, ``replay.add``, updates. With ``overlap_env_step`` the
         env steps on a thread while the updates run, and the results are the same: the updates
@@ -257,7 +258,6 @@ class Atari100kTrainer(LoopTrainer):
         reward and done reach the replay (``complete_pending``) before the next step. Checked
         metric for metric by ``tests/test_atari_overlap.py``.
         """
-        updates = self.updates_per_step if step >= self.learning_starts else 0
         executor = self._env_thread() if updates else None
         if executor is not None:
             self.replay.add_pending(obs, action)
