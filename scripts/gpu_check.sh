@@ -27,6 +27,7 @@ GAME=${GAME:-pong}
 GAME_SECONDS=${GAME_SECONDS:-150}
 BENCH_SECONDS=${BENCH_SECONDS:-150}
 PARITY_SECONDS=${PARITY_SECONDS:-240}  # 9 CUDA tests: parity (CUDA graphs too), compiled acting, transfers without host waits
+PARITY_K=${PARITY_K:-gpu}  # pytest -k for the parity stage (e.g. a rerun of the tests that failed last time)
 PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
 PROFILE_VARIANTS=${PROFILE_VARIANTS:-cudagraphs,cudnn_benchmark}  # gin/fast's Atari update vs + cuDNN autotuning
 LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)
@@ -132,10 +133,11 @@ profile() {
 parity() {
   stage "4. CUDA parity tests"
   # -v: each test's verdict as it ends, so a stage cut short by its limit still reports the finished ones
-  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -v -rs tests/test_fast_path.py tests/test_transfer.py -k gpu \
+  timeout -k 20 "$PARITY_SECONDS" $PY -m pytest -p no:cacheprovider -v -rs tests/test_fast_path.py tests/test_transfer.py -k "$PARITY_K" \
     > "$OUT/parity.log" 2>&1
   echo "parity exit $?"
-  tail -n 15 "$OUT/parity.log"
+  grep -E "^E  |PASSED|FAILED|SKIPPED" "$OUT/parity.log" | head -n 40
+  tail -n 3 "$OUT/parity.log"
 }
 [ "$PARITY_SECONDS" -gt 0 ] && parity
 

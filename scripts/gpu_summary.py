@@ -65,11 +65,13 @@ def one_game(client, run) -> None:
         last = max(m.step for m in ups)
         print(f"steady state (median of {len(steady)} windows): {u:.1f} updates/s, {s:.1f} env steps/s; "
               f"projected training wall time for {FULL_ENV_STEPS} env steps: "
-              f"{(FULL_ENV_STEPS - last) / s / 60 + run_minutes(run):.1f} min (+ final evaluation)")
+              f"{(FULL_ENV_STEPS - last) / s / 60 + run_minutes(run, ups):.1f} min (+ final evaluation)")
 
 
-def run_minutes(run) -> float:
-    end = run.info.end_time or run.info.start_time
+def run_minutes(run, metrics=()) -> float:
+    """Minutes from the run's start to its end; for a run that never ended (still RUNNING: its
+    process died without closing it), to the last of ``metrics`` logged."""
+    end = run.info.end_time or max((m.timestamp for m in metrics), default=run.info.start_time)
     return (end - run.info.start_time) / 60_000
 
 

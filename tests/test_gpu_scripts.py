@@ -63,6 +63,25 @@ def test_gpu_summary_projects_a_full_game_from_the_steady_windows(tmp_path, caps
     assert "eval_workers_-1: status=FINISHED evaluation 6.2 s of a 30 s run, mean score -20.50" in out
 
 
+def test_gpu_summary_projects_a_run_left_running_from_its_last_window(tmp_path, capsys):
+    """A game whose process died without ending its MLflow run (no end time, as the H100's DMC
+    game on 26 November 2026) still counts its elapsed minutes, up to its last window."""
+    import gpu_summary
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    exp = client.create_experiment("dmc", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(exp, start_time=1_000_000, tags={"gpu_check": "game_dmc"})
+    for i, ups in enumerate([0.0, 0.0, 5.0, 20.0, 22.0, 22.0, 22.0]):
+        for key, value in (("throughput/updates_per_s", ups), ("throughput/env_steps_per_s", ups * 4 or 1000.0)):
+            client.log_metric(run.info.run_id, key, value, step=500 * (i + 1), timestamp=1_000_000 + 30_000 * (i + 1))
+    gpu_summary.main(["gpu_summary.py", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "status=RUNNING" in out and "22.0 updates/s, 88.0 env steps/s" in out
+    projected = (100_000 - 3500) / 88.0 / 60 + 3.5  # 7 windows, 30 s apart
+    assert f"{projected:.1f} min" in out
+
+
 def test_gpu_summary_reports_missing_parts_without_failing(tmp_path, capsys):
     import gpu_summary
 

@@ -411,6 +411,11 @@ class SAC(nn.Module):
         if step % self.actor_update_period == 0:
             self.actor_optimizer.zero_grad(set_to_none=True)
             self.log_alpha_optimizer.zero_grad(set_to_none=True)
+            # The actor loss also reaches the critic's Q heads and encoder head. The reference lets
+            # those gradients pile onto the critic step's and discards them at the next critic
+            # zero_grad, unread; dropping the stale ones first changes nothing, and under CUDA
+            # graphs it must: they live in an earlier phase's graph memory, which is reused.
+            self.critic_optimizer.zero_grad(set_to_none=True)
             tensors.update(self._actor_and_alpha(obs))
 
         # 4. Target EMAs (every 2nd step): critic target Q nets and encoder, aux losses' targets.

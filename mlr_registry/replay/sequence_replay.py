@@ -156,7 +156,7 @@ class SequenceReplay:
         if isinstance(action, torch.Tensor):  # still on the device (a pipelined loop's action)
             self._action[p].copy_(action.reshape(()))
         else:
-            self._action[p] = int(action)
+            self._action[p].fill_(int(action))  # a kernel argument: no host→device copy, no wait
         self._pending_slot = p
         self._count += 1
         self._on_add(self._count - 1)
@@ -166,8 +166,10 @@ class SequenceReplay:
         p = self._pending_slot
         if p is None:
             raise RuntimeError("replay.complete_pending: no step waits for its reward; call add_pending first")
-        self._reward[p] = float(reward)
-        self._done[p] = bool(done)
+        # fill_ passes the value as a kernel argument; ``t[p] = value`` would copy it from pageable
+        # host memory, a copy that waits for every update queued on the GPU.
+        self._reward[p].fill_(float(reward))
+        self._done[p].fill_(bool(done))
         self._pending_slot = None
 
     def _on_add(self, n: int) -> None:

@@ -211,12 +211,14 @@ class TransitionReplay:
         head = min(len(new), self.frames_capacity - start)  # the ring may wrap inside the reset stack
         self._frames[start:start + head] = new_t[:head]
         self._frames[:len(new) - head] = new_t[head:]
-        self._frame_index[slot] = newest
+        # Scalars through fill_ (a kernel argument): ``t[slot] = value`` would copy from pageable
+        # host memory and wait for the queued update.
+        self._frame_index[slot].fill_(newest)
         self._frame_index_host[slot] = newest
         self._action[slot] = to_device(act, self.device)
-        self._reward[slot] = float(reward)
-        self._not_done[slot] = 0.0 if done else 1.0
-        self._real_done[slot] = bool(episode_end)
+        self._reward[slot].fill_(float(reward))
+        self._not_done[slot].fill_(0.0 if done else 1.0)
+        self._real_done[slot].fill_(bool(episode_end))
 
         self._count += 1
         self._size += 1
