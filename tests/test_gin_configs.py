@@ -71,6 +71,10 @@ def test_gin_file_builds_and_runs_a_few_steps(name):
     assert min(tracker.history["throughput/eval_seconds"]) > 0
     if "mlr" in trainer.objective:  # mlr_loss, or pixel_mlr_loss for the pixel objective
         assert any(key.endswith("mlr_loss") for key in logged)
+    # the DMC fast file draws MLR batches at a fixed size and logs the batches it had to fill
+    short = tracker.history.get("replay/short_sequence_batches", [])
+    assert bool(short) == (name == "fast/dmc_mlr_fast.gin")
+    assert short == sorted(short) and all(float(v).is_integer() for v in short)
 
 
 def test_atari_fast_config_captures_cuda_graphs():

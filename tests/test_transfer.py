@@ -98,3 +98,42 @@ def test_gpu_pipelined_loop_never_waits_for_the_gpu():
         gin.clear_config()
     assert len(strict) == 80 - 43
     assert all(math.isfinite(v) for v in tracker.history["train/mlr_loss"])
+
+
+@cuda
+def test_gpu_dmc_update_and_replay_write_never_wait_for_the_gpu():
+    """DMC with the fast config's fixed-size MLR batch: each update (transition batch, MLR batch,
+    the four SAC phases) and each replay write of a new transition runs with host waits turned
+    into errors, after the first three updates (optimizer state, the pinned allocator's first
+    blocks). The reference's MLR draw (``nonzero``) would fail it."""
+    pytest.importorskip("dm_control")
+    registry.load_all()
+    files = ("gin/dmc_mlr.gin",)
+    tiny = tiny_bindings(files, [])
+    gin.clear_config()  # tiny_bindings leaves its parse behind
+    config.parse([REPO / f for f in files],
+                 (*tiny, "trainers.dmc.device = 'cuda'", "replays.transition.fixed_size_sequences = True"))
+    try:
+        trainer = experiment().trainer()
+        strict: list[str] = []
+
+        def no_waits(fn, name):
+            def run(*args, **kwargs):
+                if trainer.update_count < 3:
+                    return fn(*args, **kwargs)
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+                    strict.append(name)
+            return run
+
+        trainer._update = no_waits(trainer._update, "update")
+        trainer.replay.add = no_waits(trainer.replay.add, "add")
+        tracker = RecordingTracker()
+        trainer.train(tracker)
+    finally:
+        gin.clear_config()
+    assert strict.count("update") >= 10 and strict.count("add") >= 10
+    assert all(math.isfinite(v) for v in tracker.history["train/mlr_loss"])

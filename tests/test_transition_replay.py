@@ -109,6 +109,44 @@ def test_sequences_return_up_to_batch_size_without_resampling() -> None:
     assert replay.sample_sequences(128).batch_size == 128  # the first b of 2b valid draws
 
 
+def twins(lengths: list[int], **kwargs) -> tuple[TransitionReplay, TransitionReplay]:
+    """The reference draw and the fixed-size one, same seed and contents."""
+    params = {"capacity": 500, "sequence_length": 16, "seed": 3, **kwargs}
+    pair = (TransitionReplay(SHAPE, A, **params), TransitionReplay(SHAPE, A, fixed_size_sequences=True, **params))
+    for replay in pair:
+        fill(replay, lengths)
+    return pair
+
+
+def test_fixed_size_sequences_are_the_reference_batch_when_enough_windows_are_valid() -> None:
+    ref, fixed = twins([40] * 12)  # 25 of every 40 starts valid: ~1/3 of the 2b draws invalid
+    for _ in range(20):
+        a, b = ref.sample_sequences(32), fixed.sample_sequences(32)
+        assert a.batch_size == b.batch_size == 32
+        for key in ("obs", "action", "reward", "done", "indices"):
+            assert torch.equal(getattr(a, key), getattr(b, key)), key
+    assert fixed.short_sequence_batches == 0
+
+
+def test_fixed_size_sequences_fill_a_short_batch_with_its_valid_windows_and_count_it() -> None:
+    ref, fixed = twins([20] * 20)  # about 1/5 of the draws valid: always short of 128
+    for calls in range(1, 4):
+        a, b = ref.sample_sequences(128), fixed.sample_sequences(128)
+        n = a.batch_size
+        assert 0 < n < 128 and b.batch_size == 128
+        assert torch.equal(b.reward[:n], a.reward) and torch.equal(b.obs[:n], a.obs)
+        rows = torch.arange(128) % n  # the valid windows again, in order
+        assert torch.equal(b.reward, a.reward[rows]) and not b.done.any()
+        assert fixed.short_sequence_batches == calls
+    state = fixed.state_dict()
+    restored = TransitionReplay(SHAPE, A, capacity=500, sequence_length=16, fixed_size_sequences=True)
+    restored.load_state_dict(state)
+    assert restored.short_sequence_batches == 3
+    del state["short_sequence_batches"]  # a checkpoint from before the switch existed
+    restored.load_state_dict(state)
+    assert restored.short_sequence_batches == 0
+
+
 def test_sequences_need_more_than_sequence_length_steps() -> None:
     replay = TransitionReplay(SHAPE, A, capacity=50, sequence_length=16)
     fill(replay, [16])
@@ -197,7 +235,7 @@ def test_add_checks_shapes_and_episode_continuity() -> None:
     ({"capacity": 16}, "capacity"), ({"sequence_length": 0}, "sequence_length"),
     ({"action_dim": 0}, "action_dim"), ({"observation_shape": (8, 6, 5)}, "frame_stack"),
     ({"observation_shape": (9, 6)}, "observation_shape"), ({"device": "nope"}, "device"),
-    ({"capacity": 2.5}, "capacity"),
+    ({"capacity": 2.5}, "capacity"), ({"fixed_size_sequences": "yes"}, "fixed_size_sequences"),
 ])
 def test_bad_parameters_are_config_errors(kwargs: dict, match: str) -> None:
     params = {"observation_shape": SHAPE, "action_dim": A, "capacity": 100, "sequence_length": 16, **kwargs}

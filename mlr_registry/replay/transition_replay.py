@@ -34,6 +34,18 @@ Deviation, once the buffer has wrapped: the reference draws starts from the phys
 ``[0, capacity - jumps - 1)``, so its windows can straddle the write pointer and mix the newest
 and oldest transitions; here starts are counted from the oldest stored transition, so a window
 is always a run of consecutive transitions. Before wrapping both are identical.
+
+``fixed_size_sequences`` (the GPU fast path; off by default): the same draw without its host
+sync. Keeping "the first valid ones" needs their count, which the device knows and the host
+must wait for (``nonzero``), so every aux step stalls the host until the GPU has finished the
+queued critic phase, and the batch size varies, which CUDA graphs cannot capture. With the
+switch on, a stable sort puts the valid candidates first, in draw order, and the first
+``batch_size`` rows are taken: the reference's batch exactly whenever at least ``batch_size``
+of the ``2 * batch_size`` candidates are valid. When fewer are (at the DMC defaults a window is
+invalid with probability ≈ sequence_length / episode length, 6–13%, so for a batch of 128 this
+is beyond any run's reach; tiny smoke configs hit it), the missing rows repeat the valid ones
+in order, or hold invalid windows when none is valid, and ``short_sequence_batches`` counts
+the batch; the DMC trainer logs that count as ``replay/short_sequence_batches``.
 """
 
 from __future__ import annotations
@@ -94,6 +106,7 @@ class TransitionReplay:
         frame_stack: int = 3,
         device: str = "cpu",
         seed: int = 0,
+        fixed_size_sequences: bool = False,
     ) -> None:
         """
         Args:
@@ -106,6 +119,8 @@ class TransitionReplay:
             frame_stack: frames per observation (3); ``channels`` must be a multiple of it.
             device: where storage and batches live (a 100k buffer takes ~3 GB).
             seed: seeds the sampling generator.
+            fixed_size_sequences: ``sample_sequences`` without a host sync, always
+                ``batch_size`` windows (see the module docstring); False = the reference's draw.
         """
         shape = tuple(int(v) for v in observation_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -119,6 +134,9 @@ class TransitionReplay:
             raise ConfigError(f"observation_shape = {shape} has {shape[0]} channels, not a multiple of "
                               f"frame_stack = {self.frame_stack}")
         _check_int("seed", seed, 0)
+        if not isinstance(fixed_size_sequences, bool):
+            raise ConfigError(f"fixed_size_sequences = {fixed_size_sequences!r} must be True or False")
+        self.fixed_size_sequences = fixed_size_sequences
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
@@ -138,6 +156,7 @@ class TransitionReplay:
         self._reward = torch.zeros(self.capacity, dtype=torch.float32, device=dev)
         self._not_done = torch.ones(self.capacity, dtype=torch.float32, device=dev)
         self._real_done = torch.zeros(self.capacity, dtype=torch.bool, device=dev)
+        self._short_batches = torch.zeros((), dtype=torch.int64, device=dev)  # fixed_size_sequences only
         self._generator = torch.Generator(device=dev)
         self._generator.manual_seed(seed)
         self._offsets_obs = torch.arange(-k + 1, 2, device=dev)  # frames of obs and next_obs
@@ -278,7 +297,8 @@ class TransitionReplay:
 
         Returns a :class:`Batch`: ``obs (b t c h w)`` uint8 uncropped, ``action (b t a)``,
         ``reward (b t)``, ``done (b t)`` (all False by construction) and ``indices (b)`` (the
-        slots of the window starts), with ``b <= batch_size``.
+        slots of the window starts), with ``b <= batch_size`` (``b = batch_size`` with
+        ``fixed_size_sequences``).
         """
         check_range("batch_size", batch_size, 1)
         starts = self.num_sequence_starts
@@ -287,14 +307,31 @@ class TransitionReplay:
                              f"stored transitions; the replay holds {self._size}")
         rel = torch.randint(0, starts, (2 * batch_size,), generator=self._generator, device=self.device)
         windows = (self._oldest() + rel[:, None] + self._steps_seq) % self.capacity  # (2b t)
-        valid = ~self._real_done[windows].any(dim=1)
-        windows = windows[valid.nonzero().squeeze(1)[:batch_size]]  # (b t), first valid ones
+        valid = ~self._real_done[windows].any(dim=1)  # (2b)
+        if self.fixed_size_sequences:
+            windows = windows[self._first_valid_rows(valid, batch_size)]  # (b t), no host sync
+        else:
+            windows = windows[valid.nonzero().squeeze(1)[:batch_size]]  # (b t), first valid ones
         # A valid window lies in one episode, so its frames are consecutive in the ring.
         newest = self._frame_index[windows[:, 0]]  # (b)
         frames = self._gather_frames(newest[:, None] + self._offsets_seq)  # (b t+k-1 f h w)
         obs = rearrange(frames.unfold(1, self.frame_stack, 1), "b t f h w k -> b t (k f) h w")
         return Batch(obs=obs, action=self._action[windows], reward=self._reward[windows],
                      done=self._real_done[windows], indices=windows[:, 0])
+
+    def _first_valid_rows(self, valid: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(b) candidate rows: the first ``batch_size`` valid ones in draw order, computed on the
+        device; short of valid ones, the valid ones again (in order), counted."""
+        order = torch.sort((~valid).to(torch.uint8), stable=True).indices  # (2b): valid first
+        n_valid = valid.sum()
+        self._short_batches += n_valid < batch_size
+        return order[torch.arange(batch_size, device=self.device) % n_valid.clamp(min=1)]
+
+    @property
+    def short_sequence_batches(self) -> int:
+        """How many ``sample_sequences`` batches had fewer valid windows than asked for and were
+        filled with repeats (``fixed_size_sequences`` only; reading it waits for the GPU)."""
+        return int(self._short_batches)
 
     # --- checkpointing -------------------------------------------------------------------------
 
@@ -314,6 +351,7 @@ class TransitionReplay:
             "action": self._action[:n].clone(), "reward": self._reward[:n].clone(),
             "not_done": self._not_done[:n].clone(), "real_done": self._real_done[:n].clone(),
             "rng_state": self._generator.get_state(),
+            "short_sequence_batches": self._short_batches.clone(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -338,3 +376,4 @@ class TransitionReplay:
         self._episode_open = bool(int(state["episode_open"]))
         self._last_next_obs = state["last_next_obs"].cpu().numpy().copy() if self._episode_open else None
         self._generator.set_state(state["rng_state"])
+        self._short_batches.fill_(int(state.get("short_sequence_batches", 0)))  # absent before 2026-11-26

@@ -198,7 +198,7 @@ class DMCTrainer(LoopTrainer):
                     self._obs, _ = self._on_env_thread(executor, self.env.reset)
                 bar.update(self.action_repeat)
                 if self._due(env_step + self.action_repeat, self.log_every):
-                    metrics = window.flush(env_step + self.action_repeat, self.update_count)
+                    metrics = self._flush(window, env_step + self.action_repeat)
                     tracker.log_metrics(metrics, step=env_step + self.action_repeat)
                     bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
                 self._agent_steps_done = i + 1
@@ -208,12 +208,20 @@ class DMCTrainer(LoopTrainer):
         bar.close()
         self._stop_env_thread()  # before the evaluation renders on this thread
         if window:
-            tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
+            tracker.log_metrics(self._flush(window, self.num_env_steps), step=self.num_env_steps)
         final = self._evaluation(final=True, env_step=self.num_env_steps)
         tracker.log_metrics(final, step=self.num_env_steps)
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
         return final
+
+    def _flush(self, window: MetricWindow, env_step: int) -> dict[str, float]:
+        """The window's means, and with ``replays.transition.fixed_size_sequences`` how many aux
+        batches so far had to repeat windows (see ``TransitionReplay``)."""
+        metrics = window.flush(env_step, self.update_count)
+        if getattr(self.replay, "fixed_size_sequences", False):
+            metrics["replay/short_sequence_batches"] = float(self.replay.short_sequence_batches)
+        return metrics
 
     def close(self) -> None:
         self._stop_env_thread()  # also when the loop was interrupted or failed
