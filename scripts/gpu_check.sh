@@ -7,6 +7,8 @@
 #      again without CUDA graphs (compile_mode 'default'; the fast config captures them); with
 #      PIPELINED_SECONDS > 0, again with trainers.atari100k.pipeline_updates = True; with
 #      DMC_SECONDS > 0, a DMC game (DMC_TASK, default cheetah_run) on gin/fast/dmc_mlr_fast.gin;
+#      with DMC_GRAPHS_SECONDS > 0, the same with CUDA graphs (agents.sac.compile_mode
+#      'reduce-overhead', which the DMC fast config does not use yet);
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
@@ -94,6 +96,10 @@ fi
 # the DMC wheels (DMC=1 scripts/gpu_wheels.sh) and EGL's loaders in .gl/ (unpacked above).
 if [ "${DMC_SECONDS:-0}" -gt 0 ]; then
   DMC_TASK=${DMC_TASK:-cheetah_run} game game_dmc "$DMC_SECONDS"
+fi
+if [ "${DMC_GRAPHS_SECONDS:-0}" -gt 0 ]; then
+  DMC_TASK=${DMC_TASK:-cheetah_run} game game_dmc_cudagraphs "$DMC_GRAPHS_SECONDS" \
+    "agents.sac.compile_mode = 'reduce-overhead'"
 fi
 
 bench() {
