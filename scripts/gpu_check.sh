@@ -12,7 +12,9 @@
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
-#      without the emulator, acting compiled vs eager, the variants' updates alone);
+#      without the emulator, acting compiled vs eager, the variants' updates alone); with
+#      PROFILE_DMC_SECONDS > 0: scripts/gpu_profile_dmc.py --variants PROFILE_DMC_VARIANTS (DMC's
+#      update as the trainer runs it, its host waits, the variants' updates);
 #   4. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference);
 #   5. with EVAL_SECONDS > 0: the final evaluation alone, 100 games of an untrained agent (no
 #      updates), with one worker process per core and in the trainer's process
@@ -31,7 +33,8 @@ BENCH_SECONDS=${BENCH_SECONDS:-150}
 PARITY_SECONDS=${PARITY_SECONDS:-240}  # 10 CUDA tests: parity (CUDA graphs too), compiled acting, loops without host waits (Atari, DMC)
 PARITY_K=${PARITY_K:-gpu}  # pytest -k for the parity stage (e.g. a rerun of the tests that failed last time)
 PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
-PROFILE_VARIANTS=${PROFILE_VARIANTS:-cudagraphs,cudnn_benchmark}  # gin/fast's Atari update vs + cuDNN autotuning
+PROFILE_VARIANTS=${PROFILE_VARIANTS:-cudagraphs,fast}  # gin/fast's Atari update, and without CUDA graphs
+PROFILE_DMC_VARIANTS=${PROFILE_DMC_VARIANTS:-fast,reference_draw,cudagraphs}  # DMC: gin/fast, the reference's MLR draw, graphs
 LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
 PY=${PY:-python3}
@@ -135,6 +138,15 @@ profile() {
   grep -E "compiled in|loop|update alone|act \(|profiled|skipped|^  [a-z_]+ +[0-9]|Error" "$OUT/profile.log"
 }
 [ "$PROFILE_SECONDS" -gt 0 ] && profile
+
+profile_dmc() {
+  stage "3b. gpu_profile_dmc.py --variants $PROFILE_DMC_VARIANTS"
+  timeout -k 20 "$PROFILE_DMC_SECONDS" $PY scripts/gpu_profile_dmc.py --out "$OUT" --task "${DMC_TASK:-cheetah_run}" \
+    --variants "$PROFILE_DMC_VARIANTS" --budget-s $(( PROFILE_DMC_SECONDS * 2 / 3 )) > "$OUT/profile_dmc.log" 2>&1
+  echo "profile_dmc exit $?"
+  grep -E "warmed up|profiled|skipped|^  [a-z_]+ +[0-9]|Error" "$OUT/profile_dmc.log"
+}
+[ "${PROFILE_DMC_SECONDS:-0}" -gt 0 ] && profile_dmc
 
 parity() {
   stage "4. CUDA parity tests"

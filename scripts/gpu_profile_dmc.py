@@ -1,0 +1,161 @@
+"""Where DMC's fast path spends its time: the update as ``trainers.dmc`` runs it (a SAC batch, the
+MLR batch, ``agent.update``), at full size (``gin/fast/dmc_mlr_fast.gin`` + a task file), on a
+replay filled with random frames in episodes of the task's length; timed per variant, and the
+first variant profiled with ``torch.profiler``, its host waits counted.
+
+    python scripts/gpu_profile_dmc.py --out gpu_out                       # on a CUDA machine
+    python scripts/gpu_profile_dmc.py --variants fast,reference_draw,cudagraphs
+    python scripts/gpu_profile_dmc.py --out /tmp/p --cpu --tiny           # the code path, on a CPU
+
+Variants (``--variants``; gin bindings on top of the fast config): ``fast`` (the file as it is),
+``reference_draw`` (the MLR batch drawn as the reference does, with its host sync:
+``fixed_size_sequences = False``), ``cudagraphs`` (``compile_mode = 'reduce-overhead'``),
+``eager_bf16`` (no compilation), ``eager_fp32`` (the reference path). Each compiled variant
+costs a minute or two of compilation on a GPU.
+
+Prints: the first variant's update wall time, the GPU's busy fraction over a profiled stretch
+(summed kernel time / wall time), kernel launches and host waits (``cudaStreamSynchronize``,
+``cudaDeviceSynchronize``, synchronous ``cudaMemcpy``) per update, the top ops by GPU and by CPU
+time (full tables in OUT/profile_dmc.txt), then one line per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import gin
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from mlr_registry import config, registry
+from mlr_registry.dry_run import tiny_bindings
+from mlr_registry.training.experiment import experiment
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = {"fast": (), "reference_draw": ("replays.transition.fixed_size_sequences = False",),
+            "cudagraphs": ("agents.sac.compile_mode = 'reduce-overhead'",),
+            "eager_bf16": ("agents.sac.compile = False",),
+            "eager_fp32": ("agents.sac.compile = False", "agents.sac.precision = 'fp32'")}
+# The profiler's names for host calls that wait for the GPU.
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build_trainer(variant: str, task: str, device: str, tiny: bool):
+    """The DMC trainer of the fast config with a VARIANTS entry's bindings: no evaluation workers,
+    no env thread (only the update is measured)."""
+    files = [str(REPO / "gin/fast/dmc_mlr_fast.gin"), str(REPO / f"gin/dmc/{task}.gin")]
+    bindings = [*VARIANTS[variant], f"trainers.dmc.device = '{device}'", "trainers.dmc.eval_workers = 0",
+                "trainers.dmc.overlap_env_step = False", "trainers.dmc.progress = False"]
+    if device == "cpu":
+        bindings.append("agents.sac.compile = False")  # inductor's C++ compile: minutes on a CPU
+    if tiny:
+        bindings = tiny_bindings(files, bindings)
+    gin.clear_config()
+    config.parse(files, bindings)
+    torch.manual_seed(0)
+    return experiment().trainer()
+
+
+def fill(trainer, transitions: int, episode: int) -> None:
+    """``transitions`` random transitions in episodes of ``episode`` agent steps, added as the
+    trainer adds them (frame stacks shifted by one frame per step)."""
+    rng = np.random.default_rng(0)
+    shape, k = trainer.replay.observation_shape, trainer.replay.frame_stack
+    c = shape[0] // k
+    for start in range(0, transitions, episode):
+        obs = np.concatenate([rng.integers(0, 256, (c, *shape[1:]), dtype=np.uint8)] * k)
+        for t in range(min(episode, transitions - start)):
+            next_obs = np.concatenate([obs[c:], rng.integers(0, 256, (c, *shape[1:]), dtype=np.uint8)])
+            action = rng.uniform(-1, 1, trainer.replay.action_dim).astype(np.float32)
+            trainer.replay.add(obs, action, 0.0, next_obs, done=False, episode_end=t == episode - 1)
+            obs = next_obs
+
+
+def timed(fn, n: int) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / n
+
+
+def profiled(trainer, out: Path, cpu: bool) -> None:
+    """A few updates under the profiler: GPU busy fraction, kernels and host waits per update."""
+    steps = 1 if cpu else 5
+    sync()
+    with profile(activities=[ProfilerActivity.CPU] + ([] if cpu else [ProfilerActivity.CUDA])) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer._update(True)
+        sync()
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy = sum(e.device_time for e in kernels) / 1e6  # µs -> s
+    waits = sum(e.count for e in events if e.key in WAITS)
+    print(f"profiled updates: {wall / steps * 1e3:.2f} ms per update; GPU kernels {len(kernels) / steps:.0f} per "
+          f"update, busy {busy / wall:.0%} of the wall time; host waits {waits / steps:.1f} per update")
+    key = "self_cpu_time_total" if cpu else "self_device_time_total"
+    tables = (f"by {key}\n{events.table(sort_by=key, row_limit=30)}\n\n"
+              f"by self CPU time\n{events.table(sort_by='self_cpu_time_total', row_limit=30)}\n")
+    (out / "profile_dmc.txt").write_text(tables)
+    print(events.table(sort_by=key, row_limit=12, max_name_column_width=48))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="gpu_out")
+    parser.add_argument("--task", default="cheetah_run", help="a gin/dmc/<task>.gin file")
+    parser.add_argument("--cpu", action="store_true", help="on the CPU, eagerly, few steps (checks the script)")
+    parser.add_argument("--tiny", action="store_true", help="the dry run's tiny sizes (a quick check)")
+    parser.add_argument("--budget-s", type=float, default=300, help="skip the remaining variants past this")
+    parser.add_argument("--variants", default="fast,reference_draw",
+                        help=f"comma-separated, the first profiled; of {', '.join(VARIANTS)}")
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    if not (REPO / f"gin/dmc/{args.task}.gin").exists():
+        parser.error(f"no gin/dmc/{args.task}.gin; the tasks are "
+                     f"{', '.join(sorted(p.stem for p in (REPO / 'gin/dmc').glob('*.gin')))}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    registry.load_all()
+    device, n = ("cpu", 1) if args.cpu else ("cuda", 20)
+    t0 = time.perf_counter()
+    results = {}
+    for i, variant in enumerate(variants):
+        if i and time.perf_counter() - t0 > args.budget_s:
+            print(f"{variant}: skipped (past --budget-s)")
+            continue
+        trainer = build_trainer(variant, args.task, device, args.tiny)
+        episode = trainer.env.max_episode_steps
+        fill(trainer, min(trainer.replay.capacity, 4 * episode if args.tiny else 10_000), episode)
+        start = time.perf_counter()
+        for _ in range(2 if args.cpu else 4):  # compilation, Adam state, the first protected updates
+            trainer._update(True)
+        results[variant] = timed(lambda trainer=trainer: trainer._update(True), n)
+        print(f"{variant}: built, filled and warmed up in {time.perf_counter() - start:.0f}s; update "
+              f"{results[variant] * 1e3:.2f} ms; fast path {trainer.agent.fast_path.describe()}")
+        if i == 0:
+            profiled(trainer, out, args.cpu)
+        trainer.close()
+        trainer = None  # free its GPU memory before the next variant
+    gin.clear_config()
+    print(f"\nDMC ({args.task}) update as the trainer runs it, {device}:")
+    for variant, seconds in results.items():
+        print(f"  {variant:<15} {seconds * 1e3:8.2f} ms {1 / seconds:8.1f} updates/s")
+
+
+if __name__ == "__main__":
+    main()
