@@ -42,7 +42,7 @@ queued critic phase, and the batch size varies, which CUDA graphs cannot capture
 switch on, a stable sort puts the valid candidates first, in draw order, and the first
 ``batch_size`` rows are taken: the reference's batch exactly whenever at least ``batch_size``
 of the ``2 * batch_size`` candidates are valid. When fewer are (at the DMC defaults a window is
-invalid with probability ≈ sequence_length / episode length, 6–13%, so for a batch of 128 this
+invalid with probability ≈ sequence_length / episode length, 3–13%, so for a batch of 128 this
 is beyond any run's reach; tiny smoke configs hit it), the missing rows repeat the valid ones
 in order, or hold invalid windows when none is valid, and ``short_sequence_batches`` counts
 the batch; the DMC trainer logs that count as ``replay/short_sequence_batches``.
