@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_timing import add_variants, chosen_variants, gpu_kernels, sync, timed
 from torch.profiler import ProfilerActivity, profile
 
 from mlr_registry.agents.rainbow import Rainbow
@@ -36,11 +37,6 @@ from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
 from mlr_registry.transfer import HostCopy
 
 A, STORED, BATCH, SHAPE = 6, 5000, 32, (4, 84, 84)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
@@ -97,15 +93,6 @@ def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tens
     return out
 
 
-def timed(fn, n: int) -> float:
-    sync()
-    start = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    sync()
-    return (time.perf_counter() - start) / n
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default="gpu_out")
@@ -113,13 +100,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=200, help="skip the remaining variants past this")
     parser.add_argument("--tiny", action="store_true", help="tiny networks (a quick check of this script)")
     parser.add_argument("--objective", choices=("mlr", "baseline"), default="mlr")
-    parser.add_argument("--variants", default="fast,cudagraphs",
-                        help=f"comma-separated, the first profiled in the loop; of {', '.join(VARIANTS)}")
+    add_variants(parser, VARIANTS, "fast,cudagraphs", "profiled in the loop")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    variants = chosen_variants(parser, args.variants, VARIANTS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -179,9 +162,8 @@ def profile_loop(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.T
         sync()
         wall = time.perf_counter() - start
     events = prof.key_averages()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.device_time for e in kernels) / 1e6  # µs -> s
-    print(f"profiled loop: {wall / (2 * steps) * 1e3:.2f} ms per update; GPU kernels {len(kernels) / (2 * steps):.0f} "
+    kernels, busy = gpu_kernels(prof)
+    print(f"profiled loop: {wall / (2 * steps) * 1e3:.2f} ms per update; GPU kernels {kernels / (2 * steps):.0f} "
           f"per update, busy {busy / wall:.0%} of the wall time")
     key = "self_cpu_time_total" if cpu else "self_device_time_total"
     table = events.table(sort_by=key, row_limit=25)

@@ -28,6 +28,7 @@ from pathlib import Path
 import gin
 import numpy as np
 import torch
+from gpu_timing import add_variants, chosen_variants, gpu_kernels, sync, timed
 from torch.profiler import ProfilerActivity, profile
 
 from mlr_registry import config, registry
@@ -41,11 +42,6 @@ VARIANTS = {"fast": (), "reference_draw": ("replays.transition.fixed_size_sequen
             "eager_fp32": ("agents.sac.compile = False", "agents.sac.precision = 'fp32'")}
 # The profiler's names for host calls that wait for the GPU.
 WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def build_trainer(variant: str, task: str, device: str, tiny: bool):
@@ -79,15 +75,6 @@ def fill(trainer, transitions: int, episode: int) -> None:
             obs = next_obs
 
 
-def timed(fn, n: int) -> float:
-    sync()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / n
-
-
 def profiled(trainer, out: Path, cpu: bool) -> None:
     """A few updates under the profiler: GPU busy fraction, kernels and host waits per update."""
     steps = 1 if cpu else 5
@@ -99,10 +86,9 @@ def profiled(trainer, out: Path, cpu: bool) -> None:
         sync()
         wall = time.perf_counter() - start
     events = prof.key_averages()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.device_time for e in kernels) / 1e6  # µs -> s
+    kernels, busy = gpu_kernels(prof)
     waits = sum(e.count for e in events if e.key in WAITS)
-    print(f"profiled updates: {wall / steps * 1e3:.2f} ms per update; GPU kernels {len(kernels) / steps:.0f} per "
+    print(f"profiled updates: {wall / steps * 1e3:.2f} ms per update; GPU kernels {kernels / steps:.0f} per "
           f"update, busy {busy / wall:.0%} of the wall time; host waits {waits / steps:.1f} per update")
     key = "self_cpu_time_total" if cpu else "self_device_time_total"
     tables = (f"by {key}\n{events.table(sort_by=key, row_limit=30)}\n\n"
@@ -118,13 +104,9 @@ def main() -> None:
     parser.add_argument("--cpu", action="store_true", help="on the CPU, eagerly, few steps (checks the script)")
     parser.add_argument("--tiny", action="store_true", help="the dry run's tiny sizes (a quick check)")
     parser.add_argument("--budget-s", type=float, default=300, help="skip the remaining variants past this")
-    parser.add_argument("--variants", default="fast,reference_draw",
-                        help=f"comma-separated, the first profiled; of {', '.join(VARIANTS)}")
+    add_variants(parser, VARIANTS, "fast,reference_draw", "profiled")
     args = parser.parse_args()
-    variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    variants = chosen_variants(parser, args.variants, VARIANTS)
     if not (REPO / f"gin/dmc/{args.task}.gin").exists():
         parser.error(f"no gin/dmc/{args.task}.gin; the tasks are "
                      f"{', '.join(sorted(p.stem for p in (REPO / 'gin/dmc').glob('*.gin')))}")
@@ -144,7 +126,7 @@ def main() -> None:
         start = time.perf_counter()
         for _ in range(2 if args.cpu else 4):  # compilation, Adam state, the first protected updates
             trainer._update(True)
-        results[variant] = timed(lambda trainer=trainer: trainer._update(True), n)
+        results[variant] = timed(lambda i, trainer=trainer: trainer._update(True), n)
         print(f"{variant}: built, filled and warmed up in {time.perf_counter() - start:.0f}s; update "
               f"{results[variant] * 1e3:.2f} ms; fast path {trainer.agent.fast_path.describe()}")
         if i == 0:
