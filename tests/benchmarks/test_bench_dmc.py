@@ -4,7 +4,9 @@
 steps + one render): the gap is the wrapper (frame stack, copies). Each round is ``STEPS``
 agent steps, so agent steps/s = STEPS / mean time. Replay: a buffer filled with 5k steps of
 9x100x100 observations (20 cheetah-length episodes of 250) sampled as the agent does: SAC
-batches of 512 transitions and MLR batches of 128 sequences of 16.
+batches of 512 transitions and MLR batches of 128 sequences of 16, on the GPU when there is
+one, drawn the reference's way (``nonzero``: a host sync) and at a fixed size
+(``fixed_size_sequences``, the fast config's), each timed until its batch is on the device.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from mlr_registry.envs.dmc import DMCEnv  # noqa: E402
 from mlr_registry.replay.transition_replay import TransitionReplay  # noqa: E402
 
 STEPS = 20
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FILL_STEPS, EPISODE = 5_000, 250
 
 
@@ -63,7 +66,7 @@ def test_raw_dm_control_step_and_render(benchmark) -> None:
 
 @pytest.fixture(scope="module")
 def filled_replay() -> TransitionReplay:
-    replay = TransitionReplay((9, 100, 100), action_dim=6, capacity=100_000)
+    replay = TransitionReplay((9, 100, 100), action_dim=6, capacity=100_000, device=DEVICE)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (64, 3, 100, 100), dtype=np.uint8)  # reused: content is irrelevant
     actions = rng.uniform(-1, 1, (FILL_STEPS, 6)).astype(np.float32)
@@ -78,11 +81,25 @@ def filled_replay() -> TransitionReplay:
 
 
 def test_sample_transitions_512(benchmark, filled_replay: TransitionReplay) -> None:
-    batch = benchmark(filled_replay.sample_transitions, 512)
+    batch = benchmark(_synced(filled_replay.sample_transitions), 512)
     assert batch.obs.shape == (512, 9, 100, 100)
 
 
-def test_sample_sequences_128x16(benchmark, filled_replay: TransitionReplay) -> None:
-    batch = benchmark(filled_replay.sample_sequences, 128)
+def _synced(fn):
+    def run(*args):
+        out = fn(*args)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
+@pytest.mark.parametrize("fixed_size", [False, True], ids=["reference_draw", "fixed_size"])
+def test_sample_sequences_128x16(benchmark, filled_replay: TransitionReplay, fixed_size: bool) -> None:
+    filled_replay.fixed_size_sequences = fixed_size
+    try:
+        batch = benchmark(_synced(filled_replay.sample_sequences), 128)
+    finally:
+        filled_replay.fixed_size_sequences = False
     assert batch.obs.shape[1:] == (16, 9, 100, 100) and batch.obs.dtype == torch.uint8
     assert batch.batch_size == 128  # 235 of 250 starts per episode are valid: 256 draws give 128
