@@ -105,14 +105,16 @@ def test_gpu_dmc_update_and_replay_write_never_wait_for_the_gpu():
     """DMC with the fast config's fixed-size MLR batch: each update (transition batch, MLR batch,
     the four SAC phases) and each replay write of a new transition runs with host waits turned
     into errors, after the first three updates (optimizer state, the pinned allocator's first
-    blocks). The reference's MLR draw (``nonzero``) would fail it."""
+    blocks). The reference's MLR draw (``nonzero``) would fail it. The episode outlasts the run,
+    so the replay's bound allows the sync-free draw throughout."""
     pytest.importorskip("dm_control")
     registry.load_all()
     files = ("gin/dmc_mlr.gin",)
     tiny = tiny_bindings(files, [])
     gin.clear_config()  # tiny_bindings leaves its parse behind
     config.parse([REPO / f for f in files],
-                 (*tiny, "trainers.dmc.device = 'cuda'", "replays.transition.fixed_size_sequences = True"))
+                 (*tiny, "trainers.dmc.device = 'cuda'", "replays.transition.fixed_size_sequences = True",
+                  "envs.dmc.episode_length = 1000"))
     try:
         trainer = experiment().trainer()
         strict: list[str] = []
@@ -136,4 +138,5 @@ def test_gpu_dmc_update_and_replay_write_never_wait_for_the_gpu():
     finally:
         gin.clear_config()
     assert strict.count("update") >= 10 and strict.count("add") >= 10
+    assert trainer.replay._shortest_episode == 0 and trainer.replay._sync_free_draw_is_safe(trainer.aux_batch_size)
     assert all(math.isfinite(v) for v in tracker.history["train/mlr_loss"])

@@ -13,21 +13,22 @@ SHAPE = (9, 6, 5)  # 3 RGB frames of 6x5: small, and h != w to catch transposes
 A = 2
 
 
-def fill(replay: TransitionReplay, lengths: list[int], seed: int = 0) -> list[dict]:
-    """Add episodes of the given lengths with FrameStack(3) semantics; reward = transition id.
+def fill(replay: TransitionReplay, lengths: list[int], seed: int = 0, open_last: bool = False) -> list[dict]:
+    """Add episodes of the given lengths with FrameStack(3) semantics; reward = transition id;
+    ``open_last``: the last episode has not ended yet.
 
     Returns one record per added transition (obs, next_obs, action, episode_end).
     """
     rng = np.random.default_rng(seed)
     records: list[dict] = []
-    for length in lengths:
+    for e, length in enumerate(lengths):
         first = rng.integers(0, 256, (3, *SHAPE[1:]), dtype=np.uint8)
         obs = np.concatenate([first] * 3)  # the reset stack repeats the first frame
         for t in range(length):
             frame = rng.integers(0, 256, (3, *SHAPE[1:]), dtype=np.uint8)
             next_obs = np.concatenate([obs[3:], frame])
             action = rng.uniform(-1, 1, A).astype(np.float32)
-            end = t == length - 1
+            end = t == length - 1 and not (open_last and e == len(lengths) - 1)
             replay.add(obs, action, float(len(records)), next_obs, done=False, episode_end=end)
             records.append({"obs": obs, "next_obs": next_obs, "action": action, "end": end})
             obs = next_obs
@@ -111,7 +112,7 @@ def test_sequences_return_up_to_batch_size_without_resampling() -> None:
 
 def twins(lengths: list[int], **kwargs) -> tuple[TransitionReplay, TransitionReplay]:
     """The reference draw and the fixed-size one, same seed and contents."""
-    params = {"capacity": 500, "sequence_length": 16, "seed": 3, **kwargs}
+    params = {"capacity": 1000, "sequence_length": 16, "seed": 3, **kwargs}
     pair = (TransitionReplay(SHAPE, A, **params), TransitionReplay(SHAPE, A, fixed_size_sequences=True, **params))
     for replay in pair:
         fill(replay, lengths)
@@ -119,7 +120,8 @@ def twins(lengths: list[int], **kwargs) -> tuple[TransitionReplay, TransitionRep
 
 
 def test_fixed_size_sequences_are_the_reference_batch_when_enough_windows_are_valid() -> None:
-    ref, fixed = twins([40] * 12)  # 25 of every 40 starts valid: ~1/3 of the 2b draws invalid
+    ref, fixed = twins([250] * 5)  # wrapped; 15 of every 250 starts invalid: ~4 of the 64 draws
+    assert fixed._sync_free_draw_is_safe(32)  # the host's bound allows the sync-free draw here
     for _ in range(20):
         a, b = ref.sample_sequences(32), fixed.sample_sequences(32)
         assert a.batch_size == b.batch_size == 32
@@ -128,8 +130,34 @@ def test_fixed_size_sequences_are_the_reference_batch_when_enough_windows_are_va
     assert fixed.short_sequence_batches == 0
 
 
-def test_fixed_size_sequences_fill_a_short_batch_with_its_valid_windows_and_count_it() -> None:
+@pytest.mark.parametrize("lengths, sequence_length, batch_size, safe", [
+    ([125] * 8, 16, 128, True),  # cartpole at the paper's settings, at the first aux step (1,000 steps)
+    ([125] * 8, 64, 128, False),  # a sequence-length ablation: about half the windows cross an end
+    ([250] * 4, 16, 4, False),  # a tiny batch: 8 draws bound nothing
+])
+def test_the_sync_free_draw_is_used_only_where_a_short_batch_is_out_of_reach(lengths, sequence_length,
+                                                                             batch_size, safe) -> None:
+    replay = TransitionReplay(SHAPE, A, capacity=1000, sequence_length=sequence_length, fixed_size_sequences=True)
+    fill(replay, lengths)
+    assert replay._sync_free_draw_is_safe(batch_size) == safe
+    if not safe:
+        open_only = TransitionReplay(SHAPE, A, capacity=1000, sequence_length=sequence_length,
+                                     fixed_size_sequences=True)
+        fill(open_only, [sum(lengths)], open_last=True)  # no episode has ended: every window is valid
+        assert open_only._sync_free_draw_is_safe(batch_size)
+
+
+def test_fixed_size_sequences_draw_the_reference_way_where_short_batches_are_likely() -> None:
     ref, fixed = twins([20] * 20)  # about 1/5 of the draws valid: always short of 128
+    for _ in range(3):
+        a, b = ref.sample_sequences(128), fixed.sample_sequences(128)
+        assert 0 < b.batch_size < 128 and torch.equal(a.reward, b.reward) and torch.equal(a.obs, b.obs)
+    assert fixed.short_sequence_batches == 0
+
+
+def test_a_short_sync_free_batch_repeats_its_valid_windows_and_is_counted(monkeypatch) -> None:
+    ref, fixed = twins([20] * 20)
+    monkeypatch.setattr(fixed, "_sync_free_draw_is_safe", lambda batch_size: True)  # as if the bound had failed
     for calls in range(1, 4):
         a, b = ref.sample_sequences(128), fixed.sample_sequences(128)
         n = a.batch_size
@@ -139,12 +167,27 @@ def test_fixed_size_sequences_fill_a_short_batch_with_its_valid_windows_and_coun
         assert torch.equal(b.reward, a.reward[rows]) and not b.done.any()
         assert fixed.short_sequence_batches == calls
     state = fixed.state_dict()
-    restored = TransitionReplay(SHAPE, A, capacity=500, sequence_length=16, fixed_size_sequences=True)
+    restored = TransitionReplay(SHAPE, A, capacity=1000, sequence_length=16, fixed_size_sequences=True)
     restored.load_state_dict(state)
     assert restored.short_sequence_batches == 3
-    del state["short_sequence_batches"]  # a checkpoint from before the switch existed
-    restored.load_state_dict(state)
-    assert restored.short_sequence_batches == 0
+
+
+def test_a_checkpoint_from_before_the_switch_recovers_the_episode_lengths_from_its_ends() -> None:
+    lengths = [30, 12, 50, 40, 7, 9]
+    replay = TransitionReplay(SHAPE, A, capacity=100, sequence_length=8, fixed_size_sequences=True)
+    fill(replay, lengths, open_last=True)  # wrapped; the last 9 steps still an open episode
+    assert replay._shortest_episode == 7 and replay._episode_start == 139  # tracked over the whole run
+    state = replay.state_dict()
+    for key in ("short_sequence_batches", "episode_start", "shortest_episode"):
+        del state[key]
+    old = TransitionReplay(SHAPE, A, capacity=100, sequence_length=8, fixed_size_sequences=True)
+    old.load_state_dict(state)
+    # from the stored ends alone: the gaps between them (the oldest, cut episode looks shorter)
+    oldest = replay._count - replay._size
+    ends = [e for e in np.cumsum(lengths[:-1]) - 1 if e >= oldest]
+    assert old._episode_start == 139 and old._shortest_episode == int(np.diff([oldest - 1, *ends]).min())
+    assert old.short_sequence_batches == 0 and old._shortest_episode <= 7
+
 
 
 def test_sequences_need_more_than_sequence_length_steps() -> None:

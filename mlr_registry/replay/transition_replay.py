@@ -41,16 +41,21 @@ must wait for (``nonzero``), so every aux step stalls the host until the GPU has
 queued critic phase, and the batch size varies, which CUDA graphs cannot capture. With the
 switch on, a stable sort puts the valid candidates first, in draw order, and the first
 ``batch_size`` rows are taken: the reference's batch exactly whenever at least ``batch_size``
-of the ``2 * batch_size`` candidates are valid. When fewer are (at the DMC defaults a window is
-invalid with probability ≈ sequence_length / episode length, 3–13%, so for a batch of 128 this
-is beyond any run's reach; tiny smoke configs hit it), the missing rows repeat the valid ones
-in order, or hold invalid windows when none is valid, and ``short_sequence_batches`` counts
-the batch; the DMC trainer logs that count as ``replay/short_sequence_batches``.
+of the ``2 * batch_size`` candidates are valid. The switch takes this path only where the host
+can bound the chance of fewer by ``SHORT_BATCH_ODDS`` (1e-9 per batch, Hoeffding's inequality
+on a lower bound of the valid share; see :meth:`TransitionReplay._sync_free_draw_is_safe`), and
+draws the reference's way elsewhere (short episodes, long sequences, small batches: the tiny
+smoke configs, or a sequence-length ablation on cartpole). At the DMC defaults (sequences of
+16, episodes of 125 to 500 agent steps, batches of 128) the bound holds from the first aux
+step. Should a short batch happen anyway, its missing rows repeat the valid windows in order,
+and ``short_sequence_batches`` counts it; the DMC trainer logs that count as
+``replay/short_sequence_batches``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from typing import Any
 
@@ -64,6 +69,9 @@ from mlr_registry.registry import register
 from mlr_registry.transfer import to_device
 
 MIN_EPISODE_FOR_FULL_CAPACITY = 100  # agent steps per episode the frame ring is sized for
+# fixed_size_sequences draws without a host sync only where a batch short of valid windows is
+# less likely than this (per batch; a run draws 10^5 to 10^6 batches).
+SHORT_BATCH_ODDS = 1e-9
 
 
 @dataclasses.dataclass
@@ -167,6 +175,8 @@ class TransitionReplay:
         self._size = 0  # transitions stored: the `size` slots before the next one
         self._frame_count = 0  # frames ever written; frame n lives at n % frames_capacity
         self._episode_open = False  # the last transition did not end its episode
+        self._episode_start = 0  # logical index of the open episode's first transition
+        self._shortest_episode = 0  # agent steps of the shortest episode ended so far (0: none yet)
         self._last_next_obs: np.ndarray | None = None  # (c h w) uint8: continuity check
 
     # --- filling -------------------------------------------------------------------------------
@@ -239,8 +249,13 @@ class TransitionReplay:
         self._not_done[slot].fill_(0.0 if done else 1.0)
         self._real_done[slot].fill_(bool(episode_end))
 
+        if not self._episode_open:
+            self._episode_start = self._count
         self._count += 1
         self._size += 1
+        if episode_end:
+            length = self._count - self._episode_start
+            self._shortest_episode = min(self._shortest_episode or length, length)
         self._frame_count = last_frame + 1
         self._episode_open = not episode_end
         self._last_next_obs = next_np.copy() if self._episode_open else None
@@ -296,7 +311,8 @@ class TransitionReplay:
         """Up to ``batch_size`` windows of ``sequence_length`` consecutive steps inside one episode.
 
         Returns a :class:`Batch`: ``obs (b t c h w)`` uint8 uncropped, ``action (b t a)``,
-        ``reward (b t)``, ``done (b t)`` (all False by construction) and ``indices (b)`` (the
+        ``reward (b t)``, ``done (b t)`` (all False by construction: only valid windows, which a
+        short sync-free batch repeats) and ``indices (b)`` (the
         slots of the window starts), with ``b <= batch_size`` (``b = batch_size`` with
         ``fixed_size_sequences``).
         """
@@ -308,7 +324,7 @@ class TransitionReplay:
         rel = torch.randint(0, starts, (2 * batch_size,), generator=self._generator, device=self.device)
         windows = (self._oldest() + rel[:, None] + self._steps_seq) % self.capacity  # (2b t)
         valid = ~self._real_done[windows].any(dim=1)  # (2b)
-        if self.fixed_size_sequences:
+        if self.fixed_size_sequences and self._sync_free_draw_is_safe(batch_size):
             windows = windows[self._first_valid_rows(valid, batch_size)]  # (b t), no host sync
         else:
             windows = windows[valid.nonzero().squeeze(1)[:batch_size]]  # (b t), first valid ones
@@ -319,13 +335,41 @@ class TransitionReplay:
         return Batch(obs=obs, action=self._action[windows], reward=self._reward[windows],
                      done=self._real_done[windows], indices=windows[:, 0])
 
+    def _sync_free_draw_is_safe(self, batch_size: int) -> bool:
+        """True where fewer than ``batch_size`` valid windows among ``2 * batch_size`` uniform draws
+        has probability below ``SHORT_BATCH_ODDS``, from what the host knows.
+
+        Consecutive episode ends lie at least ``shortest episode`` transitions apart, so the
+        buffer holds at most ``(size - 1) // shortest + 1`` ends and each invalidates at most
+        ``sequence_length`` starts: p, the valid share of the starts, is at least
+        ``1 - sequence_length * ends / starts``. Each draw is valid with probability p, so by
+        Hoeffding P(valid draws <= batch_size) <= exp(-4 * batch_size * (p - 1/2)^2).
+        """
+        if self._shortest_episode == 0:
+            return True  # no episode has ended: every window is valid
+        ends = (self._size - 1) // self._shortest_episode + 1
+        p = 1.0 - self.sequence_length * ends / self.num_sequence_starts
+        return p > 0.5 and math.exp(-4 * batch_size * (p - 0.5) ** 2) < SHORT_BATCH_ODDS
+
     def _first_valid_rows(self, valid: torch.Tensor, batch_size: int) -> torch.Tensor:
         """(b) candidate rows: the first ``batch_size`` valid ones in draw order, computed on the
-        device; short of valid ones, the valid ones again (in order), counted."""
+        device; short of valid ones, the valid ones again (in order), counted (with none valid,
+        the first candidate, invalid: the bound puts both below ``SHORT_BATCH_ODDS``)."""
         order = torch.sort((~valid).to(torch.uint8), stable=True).indices  # (2b): valid first
         n_valid = valid.sum()
         self._short_batches += n_valid < batch_size
         return order[torch.arange(batch_size, device=self.device) % n_valid.clamp(min=1)]
+
+    def _episodes_from_ends(self) -> tuple[int, int]:
+        """(open episode's first logical index, shortest gap between stored episode ends), for a
+        checkpoint that predates them: the gaps are the stored episodes' lengths, and an episode
+        cut by the buffer's start only ever looks shorter (a conservative bound)."""
+        oldest = self._count - self._size
+        slots = (oldest + np.arange(self._size)) % self.capacity
+        ends = oldest + np.flatnonzero(self._real_done[torch.from_numpy(slots).to(self.device)].cpu().numpy())
+        bounds = np.concatenate([[oldest - 1], ends])
+        shortest = int(np.diff(bounds).min()) if len(ends) else 0
+        return (int(bounds[-1]) + 1, shortest)
 
     @property
     def short_sequence_batches(self) -> int:
@@ -352,6 +396,7 @@ class TransitionReplay:
             "not_done": self._not_done[:n].clone(), "real_done": self._real_done[:n].clone(),
             "rng_state": self._generator.get_state(),
             "short_sequence_batches": self._short_batches.clone(),
+            "episode_start": self._episode_start, "shortest_episode": self._shortest_episode,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -376,4 +421,9 @@ class TransitionReplay:
         self._episode_open = bool(int(state["episode_open"]))
         self._last_next_obs = state["last_next_obs"].cpu().numpy().copy() if self._episode_open else None
         self._generator.set_state(state["rng_state"])
-        self._short_batches.fill_(int(state.get("short_sequence_batches", 0)))  # absent before 2026-11-26
+        # Absent before 2026-11-26: no short batch counted; the episode lengths from the stored ends.
+        self._short_batches.fill_(int(state.get("short_sequence_batches", 0)))
+        if "shortest_episode" in state:
+            self._episode_start, self._shortest_episode = int(state["episode_start"]), int(state["shortest_episode"])
+        else:
+            self._episode_start, self._shortest_episode = self._episodes_from_ends()
