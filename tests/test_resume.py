@@ -25,6 +25,7 @@ import torch
 from conftest import mlflow_runs
 
 from mlr_registry.errors import CheckpointError
+from mlr_registry.training import checkpoint as checkpoint_module
 from mlr_registry.training.checkpoint import (
     ARRAYS,
     LATEST,
@@ -319,3 +320,24 @@ def test_deferred_interrupt_checkpoints_at_the_step_boundary(tmp_path):
     assert saved == ["step 3 finished", "flushed"]
     assert json.loads((latest_checkpoint(tmp_path) / META).read_text())["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_an_interrupt_delivered_twice_at_once_still_checkpoints(tmp_path, monkeypatch):
+    """``timeout`` signals its child and then the child's process group: the same SIGINT twice,
+    microseconds apart (on an H100 that cancelled the checkpoint and, for DMC, left the run
+    RUNNING). A second signal later than DUPLICATE_SIGNAL_S still stops at once."""
+    ckpt = Checkpointer(tmp_path, CONFIG, log=lambda msg: None)
+    with ckpt.interrupts_deferred(), pytest.raises(KeyboardInterrupt):
+        for step in range(1, 100):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)  # the copy: deferred with the first
+            ckpt.step_end(step, lambda: STATE, "atari100k", due=False)
+    assert json.loads((latest_checkpoint(tmp_path) / META).read_text())["step"] == 3
+    monkeypatch.setattr(checkpoint_module, "DUPLICATE_SIGNAL_S", 0.0)
+    later = Checkpointer(tmp_path / "later", CONFIG, log=lambda msg: None)
+    with later.interrupts_deferred(), pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a person's second Ctrl-C: stop now
+        pytest.fail("the second signal should have stopped the loop")
+    assert later.last_saved_step is None

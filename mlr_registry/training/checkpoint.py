@@ -42,6 +42,9 @@ import torch
 from mlr_registry.errors import CheckpointError
 
 FORMAT_VERSION = 1
+# A second SIGINT/SIGTERM sooner than this after the first is the same interrupt delivered twice;
+# a person asking to stop at once presses again later than this.
+DUPLICATE_SIGNAL_S = 0.5
 LATEST = "latest"
 TENSORS, ARRAYS, META = "tensors.pt", "arrays.npz", "meta.json"
 _ARRAY_REF = "__npz__"
@@ -249,6 +252,7 @@ class Checkpointer:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.last_saved_step: int | None = None
         self._signal: int | None = None
+        self._signal_at = 0.0  # time.monotonic() of the first signal
         self._previous: dict[int, Any] = {}
 
     def save(self, step: int, state: Mapping[str, Any], trainer: str) -> Path:
@@ -277,14 +281,21 @@ class Checkpointer:
 
     @contextlib.contextmanager
     def interrupts_deferred(self) -> Iterator[None]:
-        """First SIGINT/SIGTERM: checkpoint at the next step boundary, then stop; second: stop now."""
+        """First SIGINT/SIGTERM: checkpoint at the next step boundary, then stop; second: stop now.
+
+        A repeat within ``DUPLICATE_SIGNAL_S`` of the first counts as the same interrupt: tools
+        that stop a job often deliver it twice at once (``timeout`` signals its child, then the
+        child's process group), and the copy must not cancel the checkpoint.
+        """
         def defer(signum, frame):
-            if self._signal is not None:  # second signal: the original behaviour, at once
-                handler = self._previous.get(signum)
+            if self._signal is not None:
+                if time.monotonic() - self._signal_at < DUPLICATE_SIGNAL_S:
+                    return  # the same interrupt, delivered twice
+                handler = self._previous.get(signum)  # a second signal: the original behaviour, at once
                 if callable(handler):
                     handler(signum, frame)
                 raise KeyboardInterrupt()
-            self._signal = signum
+            self._signal, self._signal_at = signum, time.monotonic()
             self.log(f"{signal.Signals(signum).name}: writing a checkpoint at the end of this step, then "
                      "stopping (send it again to stop at once)")
 
