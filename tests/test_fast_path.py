@@ -651,8 +651,9 @@ def test_gpu_rainbow_mlr_bf16_and_inductor_parity():
 def test_gpu_whole_update_under_cuda_graphs_matches_eager(agent):
     """gin/fast's Atari setting (inductor + CUDA graphs, compile_mode 'reduce-overhead') over three
     updates, each a graph replay after the first, with eager's random draws (fallback_random):
-    the eager losses within the GPU's inductor bound. Not yet run on a GPU when written (the
-    H100 game's losses tracked the run without graphs; README)."""
+    the eager losses within the GPU's inductor bound. On an H100 it found SAC reading critic
+    gradients that an earlier phase's graph memory had since overwritten (now dropped before the
+    actor phase); both agents pass since."""
     from torch._inductor import config as inductor_config
 
     whole = {"compile": True, "compile_scope": "update", "compile_mode": "reduce-overhead"}
