@@ -15,7 +15,9 @@
 #      without the emulator, acting compiled vs eager, the variants' updates alone); with
 #      PROFILE_DMC_SECONDS > 0: scripts/gpu_profile_dmc.py --variants PROFILE_DMC_VARIANTS (DMC's
 #      update as the trainer runs it, its host waits, the variants' updates);
-#   4. the CUDA parity tests of tests/test_fast_path.py (bf16 and inductor vs the reference);
+#   4. the CUDA tests of tests/test_fast_path.py and tests/test_transfer.py (bf16, inductor and
+#      CUDA graphs vs the reference; the Atari and DMC loops without host waits), PARITY_K as
+#      pytest -k (default: all of them);
 #   5. with EVAL_SECONDS > 0: the final evaluation alone, 100 games of an untrained agent (no
 #      updates), with one worker process per core and in the trainer's process
 #      (throughput/eval_seconds in MLflow).
