@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -130,6 +132,27 @@ class RecordingTracker:
 
     def set_tags(self, tags):
         self.tags.update(tags)
+
+
+@contextlib.contextmanager
+def tiny_trainer(*gin_files: str, bindings: tuple[str, ...] = ()) -> Iterator:
+    """The trainer that ``gin_files`` (repo-relative) configure at the dry run's tiny sizes, then
+    ``bindings``, built in this process. The gin config stays parsed inside the block (evaluation
+    builds its envs from it) and is cleared after."""
+    import gin
+
+    from mlr_registry import config, registry
+    from mlr_registry.dry_run import tiny_bindings
+    from mlr_registry.training.experiment import experiment
+
+    registry.load_all()
+    tiny = tiny_bindings(gin_files, [])
+    gin.clear_config()  # tiny_bindings leaves its parse behind
+    config.parse([REPO / f for f in gin_files], (*tiny, *bindings))
+    try:
+        yield experiment().trainer()
+    finally:
+        gin.clear_config()
 
 
 def train_in_process(*gin_files: str | Path, bindings: tuple[str, ...] = ()) -> RecordingTracker:

@@ -4,7 +4,7 @@ nothing but wall time: every logged metric is identical, step for step."""
 from __future__ import annotations
 
 import pytest
-from conftest import REPO, RecordingTracker, train_in_process
+from conftest import RecordingTracker, tiny_trainer, train_in_process
 
 from mlr_registry import registry
 from mlr_registry.dry_run import tiny_bindings
@@ -30,18 +30,7 @@ def test_an_interrupted_overlapped_run_frees_rendering_on_the_env_thread():
     the env thread; from any other thread dm_control refuses, with a traceback at exit."""
     import threading
 
-    import gin
-
-    from mlr_registry import config
-    from mlr_registry.training.experiment import experiment
-
-    registry.load_all()
-    files = ("gin/dmc_mlr.gin",)
-    tiny = tiny_bindings(files, [])
-    gin.clear_config()
-    config.parse([REPO / f for f in files], (*tiny, "trainers.dmc.overlap_env_step = True"))
-    try:
-        trainer = experiment().trainer()
+    with tiny_trainer("gin/dmc_mlr.gin", bindings=("trainers.dmc.overlap_env_step = True",)) as trainer:
         freed_on, release = [], trainer.env.release_rendering
 
         def recording_release():
@@ -55,7 +44,5 @@ def test_an_interrupted_overlapped_run_frees_rendering_on_the_env_thread():
         trainer._update = failing_update
         with pytest.raises(RuntimeError, match="an update failed"):
             trainer.train(RecordingTracker())
-    finally:
-        gin.clear_config()
     assert len(freed_on) == 1 and freed_on[0].startswith("env-step")
     assert trainer._env_executor is None

@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import math
 
-import gin
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, RecordingTracker
+from conftest import RecordingTracker, tiny_trainer
 
-from mlr_registry import config, registry
-from mlr_registry.dry_run import tiny_bindings
-from mlr_registry.training.experiment import experiment
 from mlr_registry.transfer import HostCopy, to_device
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -71,13 +67,7 @@ def test_gpu_pipelined_loop_never_waits_for_the_gpu():
     """Every learning step (act, replay writes, two sample + update + priority write-backs, the
     action's read-back, the env step) runs with host waits turned into errors; the first three
     (optimizer state, the pinned allocator's first blocks) are left out."""
-    registry.load_all()
-    files = ("gin/atari_mlr.gin",)
-    tiny = tiny_bindings(files, [])
-    gin.clear_config()  # tiny_bindings leaves its parse behind
-    config.parse([REPO / f for f in files], (*tiny, *CATCH))
-    try:
-        trainer = experiment().trainer()
+    with tiny_trainer("gin/atari_mlr.gin", bindings=CATCH) as trainer:
         strict, step_fn = [], trainer._step
 
         def no_waits(step, obs):
@@ -93,9 +83,7 @@ def test_gpu_pipelined_loop_never_waits_for_the_gpu():
 
         trainer._step = no_waits
         tracker = RecordingTracker()
-        trainer.train(tracker)  # the config stays parsed: evaluation builds its envs from it
-    finally:
-        gin.clear_config()
+        trainer.train(tracker)
     assert len(strict) == 80 - 43
     assert all(math.isfinite(v) for v in tracker.history["train/mlr_loss"])
 
@@ -108,15 +96,9 @@ def test_gpu_dmc_update_and_replay_write_never_wait_for_the_gpu():
     blocks). The reference's MLR draw (``nonzero``) would fail it. The episode outlasts the run,
     so the replay's bound allows the sync-free draw throughout."""
     pytest.importorskip("dm_control")
-    registry.load_all()
-    files = ("gin/dmc_mlr.gin",)
-    tiny = tiny_bindings(files, [])
-    gin.clear_config()  # tiny_bindings leaves its parse behind
-    config.parse([REPO / f for f in files],
-                 (*tiny, "trainers.dmc.device = 'cuda'", "replays.transition.fixed_size_sequences = True",
-                  "envs.dmc.episode_length = 1000"))
-    try:
-        trainer = experiment().trainer()
+    with tiny_trainer("gin/dmc_mlr.gin", bindings=(
+            "trainers.dmc.device = 'cuda'", "replays.transition.fixed_size_sequences = True",
+            "envs.dmc.episode_length = 1000")) as trainer:
         strict: list[str] = []
 
         def no_waits(fn, name):
@@ -135,8 +117,6 @@ def test_gpu_dmc_update_and_replay_write_never_wait_for_the_gpu():
         trainer.replay.add = no_waits(trainer.replay.add, "add")
         tracker = RecordingTracker()
         trainer.train(tracker)
-    finally:
-        gin.clear_config()
     assert strict.count("update") >= 10 and strict.count("add") >= 10
     assert trainer.replay._shortest_episode == 0 and trainer.replay._sync_free_draw_is_safe(trainer.aux_batch_size)
     assert all(math.isfinite(v) for v in tracker.history["train/mlr_loss"])
