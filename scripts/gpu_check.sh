@@ -36,6 +36,7 @@ PARITY_SECONDS=${PARITY_SECONDS:-240}  # 10 CUDA tests: parity (CUDA graphs too)
 PARITY_K=${PARITY_K:-gpu}  # pytest -k for the parity stage (e.g. a rerun of the tests that failed last time)
 PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
 PROFILE_VARIANTS=${PROFILE_VARIANTS:-cudagraphs,fast}  # gin/fast's Atari update, and without CUDA graphs
+DMC_GAME_TASK=${DMC_TASK:-cheetah_run}  # the DMC stages' task (game() switches to DMC when DMC_TASK is set)
 PROFILE_DMC_VARIANTS=${PROFILE_DMC_VARIANTS:-fast,reference_draw,cudagraphs}  # DMC: gin/fast, the reference's MLR draw, graphs
 LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
@@ -100,10 +101,10 @@ fi
 # A DMC game (cheetah-run by default) on gin/fast/dmc_mlr_fast.gin, when DMC_SECONDS > 0: needs
 # the DMC wheels (DMC=1 scripts/gpu_wheels.sh) and EGL's loaders in .gl/ (unpacked above).
 if [ "${DMC_SECONDS:-0}" -gt 0 ]; then
-  DMC_TASK=${DMC_TASK:-cheetah_run} game game_dmc "$DMC_SECONDS"
+  DMC_TASK=$DMC_GAME_TASK game game_dmc "$DMC_SECONDS"
 fi
 if [ "${DMC_GRAPHS_SECONDS:-0}" -gt 0 ]; then
-  DMC_TASK=${DMC_TASK:-cheetah_run} game game_dmc_cudagraphs "$DMC_GRAPHS_SECONDS" \
+  DMC_TASK=$DMC_GAME_TASK game game_dmc_cudagraphs "$DMC_GRAPHS_SECONDS" \
     "agents.sac.compile_mode = 'reduce-overhead'"
 fi
 
@@ -143,7 +144,7 @@ profile() {
 
 profile_dmc() {
   stage "3b. gpu_profile_dmc.py --variants $PROFILE_DMC_VARIANTS"
-  timeout -k 20 "$PROFILE_DMC_SECONDS" $PY scripts/gpu_profile_dmc.py --out "$OUT" --task "${DMC_TASK:-cheetah_run}" \
+  timeout -k 20 "$PROFILE_DMC_SECONDS" $PY scripts/gpu_profile_dmc.py --out "$OUT" --task "$DMC_GAME_TASK" \
     --variants "$PROFILE_DMC_VARIANTS" --budget-s $(( PROFILE_DMC_SECONDS * 2 / 3 )) > "$OUT/profile_dmc.log" 2>&1
   echo "profile_dmc exit $?"
   grep -E "warmed up|profiled|skipped|^  [a-z_]+ +[0-9]|Error" "$OUT/profile_dmc.log"
