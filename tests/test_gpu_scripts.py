@@ -152,13 +152,14 @@ def test_trim_wheel_drops_the_prefixes_and_their_record_lines(tmp_path):
 
 def test_gpu_profile_dmc_times_its_variants_on_a_cpu(tmp_path):
     cmd = [sys.executable, str(SCRIPTS / "gpu_profile_dmc.py"), "--out", str(tmp_path), "--cpu", "--tiny",
-           "--variants", "fast,reference_draw"]
+           "--variants", "fast,reference_draw,channels_last"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"^profiled updates: [\d.]+ ms per update; .* host waits [\d.]+ per update", out.stdout, re.M)
     table = dict(re.findall(r"^  (\w+) +([\d.]+) ms", out.stdout, re.M))
-    assert set(table) == {"fast", "reference_draw"} and all(float(v) > 0 for v in table.values())
+    assert set(table) == {"fast", "reference_draw", "channels_last"} and all(float(v) > 0 for v in table.values())
+    assert "memory_format" in re.search(r"^channels_last: .*$", out.stdout, re.M).group()  # the switch took effect
     assert "by self_cpu_time_total" in (tmp_path / "profile_dmc.txt").read_text()
     bad = subprocess.run([*cmd[:-1], "fast,bogus"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown variants ['bogus']" in bad.stderr
