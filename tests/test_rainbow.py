@@ -351,7 +351,11 @@ def test_rl_loss_and_priorities_match_a_hand_computed_c51_target(double_dqn):
         target = project_distribution(target_ps[rows, a_star], batch.returns[:, 0], batch.done_n[:, 0],
                                       0.99 ** 3, agent.support)
         ce = -(target * log_p).sum(-1)
-        kl = (torch.xlogy(target, target) - target * log_p).sum(-1).clamp(1e-6, 1e6)
+        # the reference's priority: KL with the target clamped to [1e-6, 1] (rlpyt's EPS), itself
+        # clamped to [1e-6, 1e6]; the target has zero-mass atoms, where the clamp counts
+        assert (target == 0).any()
+        clamped = target.clamp(1e-6, 1)
+        kl = (clamped * (clamped.log() - log_p)).sum(-1).clamp(1e-6, 1e6)
     metrics = agent.update(batch)
     assert metrics["rl_loss"] == pytest.approx((batch.weights * ce).mean().item(), rel=1e-5)
     torch.testing.assert_close(agent.last_priorities, kl)

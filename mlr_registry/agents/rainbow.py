@@ -28,6 +28,8 @@ from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxiliaryLoss
 from mlr_registry.registry import register
 
+PRIORITY_EPS = 1e-6  # rlpyt's EPS: the KL priority's clamps
+
 
 def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     """Identity forward, gradient × ``scale`` backward (rlpyt's ``scale_grad``)."""
@@ -325,8 +327,12 @@ class Rainbow(nn.Module):
 
         cross_entropy = -(target * log_p).sum(dim=-1)  # (b)
         rl_loss = (weights * cross_entropy).mean()
-        kl = (torch.xlogy(target, target) - target * log_p.detach()).sum(dim=-1)
-        priorities = kl.clamp(1e-6, 1e6)  # PER priority before ^alpha (§5)
+        # KL(target || p) as the reference computes it for the priorities: the target clamped to
+        # [EPS, 1] first (rlpyt's EPS = 1e-6; the cross-entropy above uses it unclamped), then the
+        # KL clamped to [EPS, 1/EPS] (§5).
+        clamped = target.clamp(PRIORITY_EPS, 1)
+        kl = (clamped * (clamped.log() - log_p.detach())).sum(dim=-1)
+        priorities = kl.clamp(PRIORITY_EPS, 1 / PRIORITY_EPS)  # PER priority before ^alpha
 
         # Auxiliary losses; their targets move before the optimizer step (one-update lag, §4.5).
         total_loss = rl_loss
