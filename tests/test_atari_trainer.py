@@ -1,6 +1,6 @@
 """The Atari-100k loop (MLR_SPEC Part 1 checklist 1, 2, 8): ε = 1 while step <= learning_starts
 then 0, updates_per_step updates per env step from learning_starts on, priorities written back,
-and the paper's budget of 196,000 updates."""
+PER's beta annealed after each step's updates, and the paper's budget of 196,000 updates."""
 
 from __future__ import annotations
 
@@ -40,10 +40,15 @@ def test_loop_acts_updates_and_writes_priorities():
     config.parse([REPO / "gin/learning/catch_baseline.gin"],
                  ["trainers.atari100k.num_env_steps = 60", "trainers.atari100k.learning_starts = 40",
                   "trainers.atari100k.updates_per_step = 2", "trainers.atari100k.eval_episodes = 3",
-                  "encoders.nature_cnn.channels = (2, 4, 4)"])
+                  "encoders.nature_cnn.channels = (2, 4, 4)",
+                  "replays.prioritized_sequence.beta_anneal_start = 40",
+                  "replays.prioritized_sequence.beta_anneal_end = 60"])
     trainer = experiment().trainer()
     epsilons: list[float] = []
     act = trainer.agent.act
+    betas: list[float] = []
+    sample = trainer.replay.sample
+    trainer.replay.sample = lambda b: betas.append(trainer.replay.beta) or sample(b)
 
     def spy_act(obs, epsilon, greedy):
         if not greedy:
@@ -57,6 +62,9 @@ def test_loop_acts_updates_and_writes_priorities():
         gin.clear_config()
     assert epsilons == [1.0] * 41 + [0.0] * 19  # steps 0..40 random, then noisy-net exploration
     assert trainer.update_count == 2 * (60 - 40) == trainer.agent.update_count
+    # step t's updates sample with beta(t - 1): rlpyt anneals it after the step's updates
+    expected = [0.4 + 0.6 * min(max((t - 1 - 40) / 20, 0), 1) for t in range(40, 60) for _ in range(2)]
+    assert betas == pytest.approx(expected) and betas[-1] < 1.0
     assert -1.0 <= final["final_return"] <= 1.0
     # sampled starts got KL^alpha priorities; the others keep the default 1 (or 0: not sampleable)
     leaves = trainer.replay.priorities

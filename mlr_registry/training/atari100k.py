@@ -239,8 +239,8 @@ class Atari100kTrainer(LoopTrainer):
         """
         action_host = HostCopy(action)
         self.replay.add_pending(obs, action)
-        self.replay.set_step(step)
         metrics = [self._update() for _ in range(updates)]
+        self.replay.set_step(step)  # after the updates, as in the other paths
         outcome = self._env_step(int(action_host.result()))
         self.replay.complete_pending(outcome[1], outcome[2])
         return metrics, outcome
@@ -261,15 +261,18 @@ class Atari100kTrainer(LoopTrainer):
         executor = self._env_thread() if updates else None
         if executor is not None:
             self.replay.add_pending(obs, action)
-            self.replay.set_step(step)
             metrics, outcome = beside(executor, lambda: self._env_step(action),
                                       lambda: [self._update() for _ in range(updates)])
             self.replay.complete_pending(outcome[1], outcome[2])
+            self.replay.set_step(step)
             return metrics, outcome
         outcome = self._env_step(action)
         self.replay.add(obs, action, outcome[1], outcome[2])
+        metrics = [self._update() for _ in range(updates)]
+        # After the updates, as rlpyt's update_itr_hyperparams(itr): step t's updates sample with
+        # the importance-sampling exponent beta of step t - 1.
         self.replay.set_step(step)
-        return [self._update() for _ in range(updates)], outcome
+        return metrics, outcome
 
     def _env_step(self, action: int) -> tuple[np.ndarray, float, bool, dict[str, Any]]:
         """``env.step(action)``, then ``env.reset()`` after a done: (obs, reward, done, info)."""
