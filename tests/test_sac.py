@@ -182,6 +182,13 @@ def test_act_center_crops_at_offset_8_and_greedy_is_deterministic():
     single = agent.act(obs[0], greedy=True)
     assert single.shape == (A,)
     torch.testing.assert_close(single, greedy[0])
+    # greedy acting draws no noise (the reference's select_action): evaluation leaves torch's
+    # random stream, which the training crops and masks draw from, where it was
+    state = torch.get_rng_state()
+    agent.act(obs, greedy=True), agent.act(obs[0], greedy=True)
+    assert torch.equal(torch.get_rng_state(), state)
+    agent.act(obs[0])
+    assert not torch.equal(torch.get_rng_state(), state)
 
 
 # --- learning --------------------------------------------------------------------------------

@@ -287,6 +287,7 @@ class SAC(nn.Module):
         self._critic, self._aux = step(self._critic_phase), step(self._aux_phase)
         self._actor_and_alpha, self._targets = step(self._actor_and_alpha_phase), step(self._targets_phase)
         self._act_one = step(self._policy)  # acting on one observation, the training loop's call
+        self._greedy_one = step(self._mean_policy)  # the same for evaluation (compiled when first used)
         self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
 
     def _check_encoder(self, encoder: nn.Module) -> int:
@@ -348,20 +349,32 @@ class SAC(nn.Module):
         obs = torch.as_tensor(obs, device=self.device)
         single = obs.dim() == 3
         obs = obs[None] if single else obs
-        # One observation runs compiled on the fast path (its Gaussian draw then comes from the
-        # backend's RNG, as the update's draws do); batches (evaluation) run eagerly rather than
-        # compile once per batch size.
-        policy = self._act_one if obs.shape[0] == 1 else self._policy
-        mean_action, action = self.fast_path.run_stateless(policy, obs)
-        out = mean_action if greedy else action
+        # One observation runs compiled on the fast path (a training sample's Gaussian draw then
+        # comes from the backend's RNG, as the update's draws do); batches (evaluation) run
+        # eagerly rather than compile once per batch size.
+        if greedy:  # no random draw, as the reference's select_action
+            policy = self._greedy_one if obs.shape[0] == 1 else self._mean_policy
+        else:
+            policy = self._act_one if obs.shape[0] == 1 else self._policy
+        out = self.fast_path.run_stateless(policy, obs)
         return out[0] if single else out
 
-    def _policy(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 obs (b c h w) -> (tanh(mu), a tanh(pi) sample), each (b A), from the center crop."""
-        x = center_crop(obs, self.image_size).float() / 255.0
+    def _features(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 obs (b c h w) -> the center crop in [0, 1], (b c s s)."""
+        return center_crop(obs, self.image_size).float() / 255.0
+
+    def _policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 obs (b c h w) -> a tanh(pi) sample (b A), from the center crop."""
         with self.fast_path.autocast():
-            mean_action, action, _, _ = self.actor(x)
-        return mean_action, action
+            _, action, _, _ = self.actor(self._features(obs))
+        return action
+
+    def _mean_policy(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 obs (b c h w) -> tanh(mu) (b A), from the center crop, without drawing the noise
+        that a sample needs (evaluation leaves torch's random streams as they were)."""
+        with self.fast_path.autocast():
+            mu, _ = self.actor.distribution(self._features(obs))
+        return torch.tanh(mu)
 
     # --- learning --------------------------------------------------------------------------
     def td_target(self, next_obs: torch.Tensor, reward: torch.Tensor, not_done: torch.Tensor) -> torch.Tensor:
