@@ -69,3 +69,16 @@ def test_loop_acts_updates_and_writes_priorities():
     # sampled starts got KL^alpha priorities; the others keep the default 1 (or 0: not sampleable)
     leaves = trainer.replay.priorities
     assert bool(((leaves != 0) & (leaves != 1)).any())
+
+
+def test_evaluation_envs_are_seeded_as_the_reference():
+    """MLR_SPEC §1 Seeds: evaluation env 0 gets the run seed, env i > 0 gets seed·100 + i."""
+    registry.load_all()
+    config.parse([REPO / "gin/learning/catch_baseline.gin"],
+                 ["trainers.atari100k.seed = 3", "trainers.atari100k.eval_episodes = 4",
+                  "encoders.nature_cnn.channels = (2, 4, 4)"])
+    try:
+        trainer = experiment().trainer()
+    finally:
+        gin.clear_config()
+    assert trainer.eval_seeds() == [3, 301, 302, 303]

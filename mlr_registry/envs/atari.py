@@ -129,7 +129,8 @@ class AtariEnv(gymnasium.Env):
 
     Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and the
     ALE's ``random_seed`` (the ROM is reloaded on ``reset(seed=...)``). The official run uses
-    the run seed for the training env and ``seed * 100 + i`` for evaluation env i (§1 Seeds);
+    the run seed for the training env and evaluation env 0, and ``seed * 100 + i`` for
+    evaluation env i > 0 (§1 Seeds);
     that choice belongs to the trainer.
     """
 

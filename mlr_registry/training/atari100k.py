@@ -339,7 +339,7 @@ class Atari100kTrainer(LoopTrainer):
         return metrics
 
     def evaluate(self, epsilon: float | None = None) -> np.ndarray:
-        """One episode in each of ``eval_episodes`` envs (seeds seed·100 + i), stepped in lockstep
+        """One episode in each of ``eval_episodes`` envs (:meth:`eval_seeds`), stepped in lockstep
         and acted in one batch; returns the raw scores. Life loss is not terminal here (as in the
         reference). ``eval_workers`` steps the envs in worker processes: same scores."""
         eps = self.eval_epsilon if epsilon is None else epsilon
@@ -347,9 +347,14 @@ class Atari100kTrainer(LoopTrainer):
         def policy(obs: np.ndarray) -> np.ndarray:
             return self.agent.act(torch.as_tensor(obs, device=self.device), epsilon=eps, greedy=True).cpu().numpy()
 
-        seeds = [self.seed * 100 + i for i in range(self.eval_episodes)]
         make_env = functools.partial(self.env_factory, terminal_on_life_loss=False)
-        return play_episodes(make_env, seeds, policy, workers=self._eval_pool, max_steps=self.eval_max_steps)
+        return play_episodes(make_env, self.eval_seeds(), policy, workers=self._eval_pool,
+                             max_steps=self.eval_max_steps)
+
+    def eval_seeds(self) -> list[int]:
+        """The evaluation envs' seeds as the reference's sampler gives them (MLR_SPEC §1 Seeds):
+        env 0 gets the run seed, env i > 0 gets seed·100 + i."""
+        return [self.seed] + [self.seed * 100 + i for i in range(1, self.eval_episodes)]
 
     video_fps = 15  # agent steps per second of video (each is 4 frames of the game)
 
