@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlr_registry.agents import fast_path
-from mlr_registry.agents.fast_path import FastPath, compile_targets
+from mlr_registry import fast_path
 from mlr_registry.agents.rainbow import Rainbow
 from mlr_registry.agents.sac import SAC
 from mlr_registry.batch import Batch
@@ -34,6 +33,7 @@ from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.encoders.pixel_encoder import PixelEncoder
 from mlr_registry.errors import ConfigError
+from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.maskers.cube import CubeMasker
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import gin
 import pytest
@@ -392,7 +394,7 @@ def test_state_dict_round_trip_with_weights_only_load(cls):
 # --- GPU fast path: compiled batch assembly and sum-tree descent / write-back -----------------
 
 def _filled_pair(cls, monkeypatch, backend="aot_eager"):
-    from mlr_registry.agents import fast_path
+    from mlr_registry import fast_path
 
     monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", backend)
     replays = [cls(capacity=600, seed=1), cls(capacity=600, seed=1, compile=True)]
@@ -431,3 +433,17 @@ def test_a_replay_that_cannot_compile_samples_the_eager_batch(monkeypatch):
         b = fast.sample(32)
     assert torch.equal(b.indices, eager.sample(32).indices)  # the generator was rolled back first
     assert fast.fast_path.describe()["compile"] == "off"
+
+
+def test_replays_and_envs_import_nothing_of_the_agents():
+    """DESIGN.md: envs and replay know nothing of agents (the replay's compiled data path uses
+    mlr_registry.fast_path, which the agents share; its old name mlr_registry.agents.fast_path is
+    the same module)."""
+    code = ("import sys, mlr_registry.replay.sequence_replay, mlr_registry.replay.transition_replay, "
+            "mlr_registry.envs.atari, mlr_registry.envs.catch; "
+            "print(sorted(m for m in sys.modules if m.startswith('mlr_registry.agents')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import mlr_registry.agents.fast_path as old_name
+    from mlr_registry import fast_path
+    assert old_name is fast_path and old_name.FastPath is fast_path.FastPath

@@ -19,12 +19,12 @@ from torch import nn
 
 from mlr_registry.agents.augmentation import Augmentation
 from mlr_registry.agents.distributional import make_support, project_distribution
-from mlr_registry.agents.fast_path import FastPath, compile_targets
 from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.agents.noisy import NoisyLinear, reset_noise, set_sampling
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import AuxiliaryLoss
 from mlr_registry.registry import register
 
@@ -121,7 +121,7 @@ class Rainbow(nn.Module):
         precision: "fp32" (default: the reference's arithmetic), "bf16" (autocast around every
             network forward of update and act, aux losses' included; float32 master weights,
             losses and C51 projection) or "auto" (bf16 on a bf16-capable GPU). Not in the paper:
-            the GPU fast path of :mod:`mlr_registry.agents.fast_path`.
+            the GPU fast path of :mod:`mlr_registry.fast_path`.
         compile: ``torch.compile`` the encoders, Q heads and aux losses' networks in place
             (False by default; True; "auto" = on CUDA only); falls back to eager with a warning
             where unsupported. compile_mode: torch.compile's mode ("default"; "reduce-overhead"

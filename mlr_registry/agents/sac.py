@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import center_crop, intensity, random_crop
-from mlr_registry.agents.fast_path import FastPath, compile_targets
 from mlr_registry.agents.lr_schedule import inverse_sqrt_warmup
 from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
 from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import AuxiliaryLoss
 from mlr_registry.registry import register
 
@@ -154,7 +154,7 @@ class SAC(nn.Module):
         precision: "fp32" (default: the reference's arithmetic), "bf16" (autocast around every
             network forward of update and act, aux losses' included; float32 master weights,
             Q values, log-probabilities and losses) or "auto" (bf16 on a bf16-capable GPU). Not
-            in the paper: the GPU fast path of :mod:`mlr_registry.agents.fast_path`.
+            in the paper: the GPU fast path of :mod:`mlr_registry.fast_path`.
         compile: ``torch.compile`` the encoders, Q MLPs, actor trunk and aux losses' networks in
             place (False by default; True; "auto" = on CUDA only; the policy's sampling stays
             eager); falls back to eager with a warning where unsupported. compile_mode:

@@ -41,9 +41,9 @@ from typing import Any
 
 import torch
 
-from mlr_registry.agents.fast_path import FastPath
 from mlr_registry.batch import Batch
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
+from mlr_registry.fast_path import FastPath
 from mlr_registry.registry import register
 from mlr_registry.replay.sum_tree import SumTree
 from mlr_registry.transfer import to_device
