@@ -82,3 +82,5 @@ def test_evaluation_envs_are_seeded_as_the_reference():
     finally:
         gin.clear_config()
     assert trainer.eval_seeds() == [3, 301, 302, 303]
+    trainer.eval_episodes = 0  # no evaluation asked for: no episode played
+    assert trainer.eval_seeds() == [] and trainer.evaluate().size == 0

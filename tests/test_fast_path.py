@@ -737,16 +737,18 @@ def test_gpu_sac_mlr_whole_update_inductor_parity():
 # --- end to end: the trainers with whole-update capture -------------------------------------
 
 @pytest.mark.slow(minutes=1.0)
-@pytest.mark.parametrize("gin_file, agent, budget", [
-    ("gin/smoke/atari_mlr.gin", "rainbow", ("trainers.atari100k.num_env_steps = 140",)),  # 80 updates
-    ("gin/smoke/dmc_mlr.gin", "sac", ())])
-def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeypatch, gin_file, agent, budget):
+@pytest.mark.parametrize("gin_file, agent, budget, later_rel", [
+    ("gin/smoke/atari_mlr.gin", "rainbow", ("trainers.atari100k.num_env_steps = 140",), 1e-4),  # 80 updates
+    ("gin/smoke/dmc_mlr.gin", "sac", (), 5e-3)])
+def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeypatch, gin_file, agent, budget,
+                                                                         later_rel):
     """The real trainer (acting, evaluation, replay, priorities) around compiled update phases
     (aot_eager: eager's random draws): every logged loss, return and evaluation of the smoke run
     equals the eager run's up to float rounding: within 1e-4 in the first window; later the
     rounding differences (aot_eager's traced backward against eager's) compound through the
-    updates, acting and episodes (seen: up to 2e-3 relative by the DMC run's last window), so
-    those are held to 1e-2, where a different function or random draw would differ at O(1)."""
+    updates, acting and episodes, on DMC up to 2e-3 relative by the run's last window (SAC's
+    aux gradient norm is ~2,000 before clipping), so DMC's later windows are held to 5e-3; a
+    different function or random draw would differ at O(1)."""
     from conftest import train_in_process
 
     monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
@@ -764,7 +766,7 @@ def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeyp
     for key in compared:
         if len(eager.history[key]) > 1:  # not final_return, logged once at the end
             assert whole.history[key][:1] == pytest.approx(eager.history[key][:1], rel=1e-4, abs=1e-4), key
-        assert whole.history[key] == pytest.approx(eager.history[key], rel=1e-2, abs=1e-3), key
+        assert whole.history[key] == pytest.approx(eager.history[key], rel=later_rel, abs=1e-4), key
 
 
 def test_updates_return_their_metrics_unread_on_the_device():

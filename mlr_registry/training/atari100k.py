@@ -4,8 +4,9 @@ Per env step t (``itr`` in the reference, t = 0 .. num_env_steps-1):
   act with ε(t) (1 while t <= learning_starts, then 0: noisy nets explore) -> env.step ->
   replay.add -> if t >= learning_starts: ``updates_per_step`` gradient updates, each followed by
   a priority update. With the defaults that is 98,000 × 2 = 196,000 updates.
-After training: ``eval_episodes`` episodes, one per eval env (seed·100 + i), with ε = 0.001,
-noise off, no augmentation, life loss not terminal, raw game score averaged.
+After training: ``eval_episodes`` episodes, one per eval env (env 0 seeded with the run seed,
+env i > 0 with seed·100 + i), with ε = 0.001, noise off, no augmentation, life loss not
+terminal, raw game score averaged.
 
 The trainer owns the progress bar and all metric logging; components never see MLflow.
 """
@@ -354,7 +355,7 @@ class Atari100kTrainer(LoopTrainer):
     def eval_seeds(self) -> list[int]:
         """The evaluation envs' seeds as the reference's sampler gives them (MLR_SPEC §1 Seeds):
         env 0 gets the run seed, env i > 0 gets seed·100 + i."""
-        return [self.seed] + [self.seed * 100 + i for i in range(1, self.eval_episodes)]
+        return [self.seed if i == 0 else self.seed * 100 + i for i in range(self.eval_episodes)]
 
     video_fps = 15  # agent steps per second of video (each is 4 frames of the game)
 
