@@ -136,3 +136,12 @@ def test_dmc_shared_values_and_budgets():
                             ("losses.mlr.unnormalized_masked_input", False), ("trainers.dmc.num_env_steps", 100_000)]:
         assert gin.query_parameter(selector) == value, selector
     assert _query(["gin/dmc_mlr.gin", "gin/dmc500k.gin"], "trainers.dmc.num_env_steps") == 500_000
+
+
+def test_every_ablation_file_says_what_it_ablates_and_the_readme_lists_it():
+    readme = (REPO / "README.md").read_text()
+    files = sorted((REPO / "gin/ablations").glob("*.gin"))
+    assert len(files) >= 30
+    for path in files:
+        assert path.read_text().startswith("# Ablation ("), f"{path.name}: header '# Ablation (<axis>): ...'"
+        assert f"`{path.name}`" in readme, f"{path.name} is missing from README's ablation section"
