@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlr_registry.report.build import REPORT_EXPERIMENT, analyse
 from mlr_registry.report.cli import main
 from mlr_registry.report.data import reference
-from mlr_registry.report.runs import NoRunsError, RunFilter
+from mlr_registry.report.runs import NoRunsError, ReportError, RunFilter, find_runs
 from mlr_registry.report.tables import NO_RUNS, per_task_table
 
 ATARI = reference("atari100k")
@@ -127,6 +127,7 @@ def test_several_seeds_means_cis_and_notes(store):
     assert report.objectives == ["baseline", "mlr"]
     alien = report.stats["mlr"]["alien"]
     assert alien.n == 3 and alien.seeds == ("0", "1", "2")  # FAILED, RUNNING and metric-less runs left out
+    assert "2 run(s) not FINISHED left out (1 FAILED, 1 RUNNING): resume or rerun them to count them" in report.notes
     assert alien.mean == pytest.approx(np.mean([_seed_score("alien", s) for s in range(3)]))
     assert alien.std == pytest.approx(np.std([_seed_score("alien", s) for s in range(3)], ddof=1))
     assert alien.normalized_mean == pytest.approx(_hns("alien", alien.mean))
@@ -238,3 +239,38 @@ def test_dmc_cli_without_plots_or_mlflow(store, capsys, tmp_path):
     means = [np.mean(r) for r in DMC_TASKS.values()]
     assert float(rows["task_median"]["point"]) == pytest.approx(np.median(means))
     assert float(rows["task_mean"]["paper_MLR"]) == 772.8
+
+
+def test_runs_of_other_configurations_never_stand_in_for_the_main_ones(tmp_path):
+    """A smoke or ablation run of the same (objective, env, seed) is not a rerun: the report
+    refuses to pick one and says how to choose; true reruns keep the latest; runs of several
+    configurations pooled under one objective get a note (found by an audit: a later smoke run
+    had silently replaced a real one)."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    main_exp = client.create_experiment("atari100k", artifact_location=(tmp_path / "a").as_uri())
+    smoke_exp = client.create_experiment("smoke", artifact_location=(tmp_path / "s").as_uri())
+    real = dict(benchmark="atari100k", env="breakout", agent="rainbow", objective="mlr", gin_files="gin/atari_mlr.gin")
+    for seed, score in enumerate((16.8, 17.8, 18.8)):
+        _add_run(client, main_exp, {**real, "seed": seed}, final=score)
+    _add_run(client, main_exp, {**real, "seed": 2}, final=19.0)  # a rerun of seed 2: the latest counts
+    records, notes = find_runs(client, RunFilter("atari100k", uri))
+    assert [r.final_return for r in records] == [16.8, 17.8, 19.0]
+    assert any("1 run(s) repeat an (objective, env, seed) of the same configuration" in n for n in notes)
+    # a smoke run of seed 0 ends later: it must not replace the real one
+    _add_run(client, smoke_exp, {**real, "seed": 0, "gin_files": "gin/smoke/tiny_atari.gin"}, final=0.0)
+    with pytest.raises(ReportError) as err:
+        find_runs(client, RunFilter("atari100k", uri))
+    message = str(err.value)
+    assert "objective=mlr env=breakout seed=0" in message and "gin/smoke/tiny_atari.gin" in message
+    assert "experiment 'atari100k', gin gin/atari_mlr.gin" in message and "--experiment" in message
+    records, notes = find_runs(client, RunFilter("atari100k", uri, experiments=("atari100k",)))
+    assert [r.final_return for r in records] == [16.8, 17.8, 19.0]
+    # an ablation run on a seed the main file did not run: counted, with a note naming both
+    _add_run(client, main_exp, {**real, "seed": 3, "gin_files": "gin/ablations/mask_ratio_025.gin"}, final=1.5)
+    records, notes = find_runs(client, RunFilter("atari100k", uri, experiments=("atari100k",)))
+    assert len(records) == 4
+    (note,) = [n for n in notes if "pools runs of 2 configurations" in n]
+    assert "gin/atari_mlr.gin (3 runs)" in note and "gin/ablations/mask_ratio_025.gin (1 run)" in note
+    records, notes = find_runs(client, RunFilter("atari100k", uri, tags=(("gin_files", "gin/atari_mlr.gin"),)))
+    assert len(records) == 3 and not any("pools" in n for n in notes)

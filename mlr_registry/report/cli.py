@@ -25,7 +25,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m mlr_registry.report",
         description="The paper's tables (Atari-100k Table 1, DMC Table 2) from MLflow training runs.",
-        epilog="example: python -m mlr_registry.report --benchmark atari100k --objective mlr --objective baseline")
+        epilog="example: python -m mlr_registry.report --benchmark atari100k --experiment atari100k "
+               "--objective mlr --objective baseline")
     p.add_argument("--benchmark", required=True, choices=BENCHMARKS, help="which paper table to reproduce")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")

@@ -58,6 +58,7 @@ class RunRecord:
     agent: str
     final_return: float
     end_time: int
+    config: str = ""  # experiment and gin files (see :func:`config_of`)
 
 
 def parse_tag(text: str) -> tuple[str, str]:
@@ -72,10 +73,36 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _filter_string(flt: RunFilter) -> str:
-    clauses = [f"tags.`benchmark` = {_quote(flt.benchmark)}", "attributes.status = 'FINISHED'"]
+def _filter_string(flt: RunFilter, status: str = "= 'FINISHED'") -> str:
+    clauses = [f"tags.`benchmark` = {_quote(flt.benchmark)}", f"attributes.status {status}"]
     clauses += [f"tags.`{k}` = {_quote(v)}" for k, v in flt.tags]
     return " and ".join(clauses)
+
+
+def _search(client, experiments: dict[str, str], filter_string: str) -> list:
+    """Every run of ``experiments`` that matches ``filter_string`` (all pages)."""
+    runs, token = [], None
+    while experiments:
+        page = client.search_runs(list(experiments), filter_string=filter_string, max_results=_PAGE,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def _unfinished_note(client, experiments: dict[str, str], flt: RunFilter) -> list[str]:
+    """A note counting the runs with the filters' tags that are not FINISHED (RUNNING, FAILED,
+    KILLED: a crashed or interrupted run is left out, and said so)."""
+    counts: dict[str, int] = {}
+    for run in _search(client, experiments, _filter_string(flt, "!= 'FINISHED'")):
+        if run.data.tags.get("report") != "true":
+            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+    if not counts:
+        return []
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return [f"{sum(counts.values())} run(s) not FINISHED left out ({parts}): resume or rerun them to count them"]
 
 
 def _experiments(client, flt: RunFilter) -> dict[str, str]:
@@ -111,25 +138,56 @@ def sort_seeds(seeds) -> list[str]:
     return sorted(seeds, key=_seed_key)
 
 
+def config_of(experiment: str, tags: dict[str, str]) -> str:
+    """A run's configuration as the report tells them apart: its experiment and its ``gin_files``
+    tag, without DMC's per-task overlays (``gin/dmc/<task>.gin``, which a sweep adds per task and
+    the ``env`` tag already separates)."""
+    files = [f for f in tags.get("gin_files", "").split(",") if f and not f.startswith("gin/dmc/")]
+    return f"experiment {experiment!r}, gin {','.join(files) or '(not tagged)'}"
+
+
+def _one_config_per_cell(cells: dict[tuple[str, str, str], list[RunRecord]]) -> None:
+    """Several runs of one (objective, env, seed) count as reruns only when they share a config;
+    from different configs (the main file and an ablation, a smoke run) they are not
+    interchangeable, so the report refuses to pick one and says how to choose."""
+    clashes = [(key, sorted({r.config for r in runs})) for key, runs in cells.items()
+               if len({r.config for r in runs}) > 1]
+    if clashes:
+        lines = [f"objective={o} env={e} seed={s}: " + " | ".join(configs) for (o, e, s), configs in clashes[:5]]
+        more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
+        raise ReportError(
+            f"runs of different configurations share an (objective, env, seed){more}:\n  " + "\n  ".join(lines)
+            + "\nchoose the runs with --experiment NAME and/or --tag gin_files=FILES (the run tag)")
+
+
+def _mixed_config_notes(records: list[RunRecord]) -> list[str]:
+    """A note per objective whose counted runs come from more than one configuration."""
+    notes = []
+    for objective in sorted({r.objective for r in records}):
+        counts: dict[str, int] = {}
+        for r in records:
+            if r.objective == objective:
+                counts[r.config] = counts.get(r.config, 0) + 1
+        if len(counts) > 1:
+            by_size = sorted(counts.items(), key=lambda kv: -kv[1])
+            parts = "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in by_size)
+            notes.append(f"objective {objective} pools runs of {len(counts)} configurations: {parts}; "
+                         "narrow it with --experiment or --tag gin_files=...")
+    return notes
+
+
 def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
     """The runs that count for the report, and notes about the runs that were left out.
 
     Raises :class:`NoRunsError` (naming the filters) when none counts. Of several runs with the
-    same objective, env and seed, the one that ended last counts.
+    same objective, env and seed and the same configuration (:func:`config_of`), the one that
+    ended last counts; from different configurations they raise :class:`ReportError`.
     """
     experiments = _experiments(client, flt)
-    runs, token = [], None
-    while experiments:
-        page = client.search_runs(list(experiments), filter_string=_filter_string(flt),
-                                  max_results=_PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    notes: list[str] = []
+    runs = _search(client, experiments, _filter_string(flt))
+    notes: list[str] = _unfinished_note(client, experiments, flt)
     no_final = no_env = other_objective = 0
-    latest: dict[tuple[str, str, str], RunRecord] = {}
-    duplicates = 0
+    cells: dict[tuple[str, str, str], list[RunRecord]] = {}
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
         if tags.get("report") == "true":
@@ -144,15 +202,14 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
         if flt.objectives and objective not in flt.objectives:
             other_objective += 1
             continue
-        record = RunRecord(run.info.run_id, experiments[run.info.experiment_id], objective, tags["env"],
+        experiment = experiments[run.info.experiment_id]
+        record = RunRecord(run.info.run_id, experiment, objective, tags["env"],
                            tags.get("seed", run.info.run_id[:8]), tags.get("agent", "unknown"),
-                           float(metrics[FINAL_METRIC]), int(run.info.end_time or 0))
-        key = (record.objective, record.env, record.seed)
-        if key in latest:
-            duplicates += 1
-            if latest[key].end_time >= record.end_time:
-                continue
-        latest[key] = record
+                           float(metrics[FINAL_METRIC]), int(run.info.end_time or 0), config_of(experiment, tags))
+        cells.setdefault((record.objective, record.env, record.seed), []).append(record)
+    _one_config_per_cell(cells)
+    latest = {key: max(runs, key=lambda r: r.end_time) for key, runs in cells.items()}
+    duplicates = sum(len(runs) - 1 for runs in cells.values())
     if not latest:
         why = (f" ({len(runs)} FINISHED runs have the tags, but {no_final} lack {FINAL_METRIC}"
                f", {no_env} lack the env tag, {other_objective} have another objective)" if runs else "")
@@ -162,8 +219,10 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
     if no_env:
         notes.append(f"{no_env} run(s) without an env tag left out")
     if duplicates:
-        notes.append(f"{duplicates} run(s) repeat an (objective, env, seed): the one that ended last counts")
-    return sorted(latest.values(), key=lambda r: (r.objective, r.env, _seed_key(r.seed))), notes
+        notes.append(f"{duplicates} run(s) repeat an (objective, env, seed) of the same configuration: "
+                     "the one that ended last counts")
+    records = sorted(latest.values(), key=lambda r: (r.objective, r.env, _seed_key(r.seed)))
+    return records, notes + _mixed_config_notes(records)
 
 
 def metric_histories(client, records: list[RunRecord], key: str = CURVE_METRIC
