@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlr_registry.report.build import REPORT_EXPERIMENT, analyse
 from mlr_registry.report.cli import main
 from mlr_registry.report.data import reference
-from mlr_registry.report.runs import NoRunsError, ReportError, RunFilter, find_runs
+from mlr_registry.report.runs import NoRunsError, ReportError, RunFilter, find_runs, metric_histories
 from mlr_registry.report.tables import NO_RUNS, per_task_table
 
 ATARI = reference("atari100k")
@@ -274,3 +274,32 @@ def test_runs_of_other_configurations_never_stand_in_for_the_main_ones(tmp_path)
     assert "gin/atari_mlr.gin (3 runs)" in note and "gin/ablations/mask_ratio_025.gin (1 run)" in note
     records, notes = find_runs(client, RunFilter("atari100k", uri, tags=(("gin_files", "gin/atari_mlr.gin"),)))
     assert len(records) == 3 and not any("pools" in n for n in notes)
+
+
+def test_dmc100k_scores_also_come_from_500k_runs_at_their_100k_evaluation(tmp_path):
+    """A DMC-500k run evaluates every 5,000 env steps, so it holds its DMC-100k score at env step
+    100,000 (the reference read both of the paper's columns off the same runs)."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("dmc", artifact_location=(tmp_path / "a").as_uri())
+    long = dict(benchmark="dmc500k", env="cheetah-run", agent="sac", objective="mlr",
+                gin_files="gin/dmc_mlr.gin,gin/dmc500k.gin")
+    for seed in range(2):
+        curve = [(0, 5.0), (95_000, 400.0 + seed), (100_000, 500.0 + seed), (500_000, 800.0 + seed)]
+        _add_run(client, exp, {**long, "seed": seed}, final=800.0 + seed, curve=curve)
+    _add_run(client, exp, {**long, "seed": 2}, final=801.0, curve=[(0, 5.0), (500_000, 801.0)])  # no 100k point
+    records, notes = find_runs(client, RunFilter("dmc100k", uri))
+    assert [(r.seed, r.final_return, r.at_step) for r in records] == [("0", 500.0, 100_000), ("1", 501.0, 100_000)]
+    assert "2 run(s) of dmc500k counted at their evaluation at env step 100,000" in notes
+    assert "1 longer run(s) without eval/return_mean at the benchmark's env step left out" in notes
+    steps, values = metric_histories(client, records)[records[0].run_id]
+    assert steps.tolist() == [0, 95_000, 100_000] and values[-1] == 500.0  # the curve stops at 100k
+    records, _ = find_runs(client, RunFilter("dmc500k", uri))
+    assert [r.final_return for r in records] == [800.0, 801.0, 801.0] and all(r.at_step is None for r in records)
+    # a 100k run of the same seed is another configuration: the report will not pick one silently
+    short = {**long, "benchmark": "dmc100k", "gin_files": "gin/dmc_mlr.gin", "seed": 0}
+    _add_run(client, exp, short, final=480.0, curve=[(100_000, 480.0)])
+    with pytest.raises(ReportError, match="objective=mlr env=cheetah-run seed=0"):
+        find_runs(client, RunFilter("dmc100k", uri))
+    records, _ = find_runs(client, RunFilter("dmc100k", uri, tags=(("gin_files", "gin/dmc_mlr.gin"),)))
+    assert [r.final_return for r in records] == [480.0]

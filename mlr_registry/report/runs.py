@@ -17,6 +17,10 @@ from mlr_registry.errors import MLRError
 FINAL_METRIC = "final_return"
 CURVE_METRIC = "eval/return_mean"
 _PAGE = 1000
+# A benchmark whose score is also an evaluation point of a longer one: DMC-500k runs evaluate
+# every 5,000 env steps (as the reference's do), so each holds its DMC-100k score at env step
+# 100,000, after the same updates a 100k run's final evaluation follows.
+ALSO_FROM: dict[str, tuple[str, int]] = {"dmc100k": ("dmc500k", 100_000)}
 
 
 class ReportError(MLRError):
@@ -59,6 +63,7 @@ class RunRecord:
     final_return: float
     end_time: int
     config: str = ""  # experiment and gin files (see :func:`config_of`)
+    at_step: int | None = None  # a longer run's score at this env step (ALSO_FROM), else its final
 
 
 def parse_tag(text: str) -> tuple[str, str]:
@@ -181,19 +186,27 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
 
     Raises :class:`NoRunsError` (naming the filters) when none counts. Of several runs with the
     same objective, env and seed and the same configuration (:func:`config_of`), the one that
-    ended last counts; from different configurations they raise :class:`ReportError`.
+    ended last counts; from different configurations they raise :class:`ReportError`. A
+    benchmark in :data:`ALSO_FROM` also counts the longer benchmark's runs at its env step.
     """
     experiments = _experiments(client, flt)
-    runs = _search(client, experiments, _filter_string(flt))
+    found = _search(client, experiments, _filter_string(flt))
+    runs = [(run, run.data.metrics.get(FINAL_METRIC), None) for run in found]
     notes: list[str] = _unfinished_note(client, experiments, flt)
-    no_final = no_env = other_objective = 0
+    if flt.benchmark in ALSO_FROM:
+        longer, step = ALSO_FROM[flt.benchmark]
+        extra = _search(client, experiments, _filter_string(RunFilter(longer, flt.tracking_uri, tags=flt.tags)))
+        extra = [r for r in extra if r.data.tags.get("report") != "true"]
+        runs += [(run, _value_at(client, run.info.run_id, step), step) for run in extra]
+    no_final = no_step = no_env = other_objective = 0
     cells: dict[tuple[str, str, str], list[RunRecord]] = {}
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
+    for run, final, at_step in runs:
+        tags = run.data.tags
         if tags.get("report") == "true":
             continue
-        if FINAL_METRIC not in metrics or not np.isfinite(metrics[FINAL_METRIC]):
-            no_final += 1
+        if final is None or not np.isfinite(final):
+            no_final += at_step is None
+            no_step += at_step is not None
             continue
         if not tags.get("env"):
             no_env += 1
@@ -205,7 +218,7 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
         experiment = experiments[run.info.experiment_id]
         record = RunRecord(run.info.run_id, experiment, objective, tags["env"],
                            tags.get("seed", run.info.run_id[:8]), tags.get("agent", "unknown"),
-                           float(metrics[FINAL_METRIC]), int(run.info.end_time or 0), config_of(experiment, tags))
+                           float(final), int(run.info.end_time or 0), config_of(experiment, tags), at_step)
         cells.setdefault((record.objective, record.env, record.seed), []).append(record)
     _one_config_per_cell(cells)
     latest = {key: max(runs, key=lambda r: r.end_time) for key, runs in cells.items()}
@@ -216,13 +229,25 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
         raise NoRunsError(f"no FINISHED runs with metric {FINAL_METRIC} match {flt.describe()}{why}")
     if no_final:
         notes.append(f"{no_final} FINISHED run(s) without {FINAL_METRIC} left out")
+    if no_step:
+        notes.append(f"{no_step} longer run(s) without {CURVE_METRIC} at the benchmark's env step left out")
     if no_env:
         notes.append(f"{no_env} run(s) without an env tag left out")
     if duplicates:
         notes.append(f"{duplicates} run(s) repeat an (objective, env, seed) of the same configuration: "
                      "the one that ended last counts")
     records = sorted(latest.values(), key=lambda r: (r.objective, r.env, _seed_key(r.seed)))
+    longer_runs = [r for r in records if r.at_step is not None]
+    if longer_runs:
+        notes.append(f"{len(longer_runs)} run(s) of {ALSO_FROM[flt.benchmark][0]} counted at their evaluation "
+                     f"at env step {longer_runs[0].at_step:,}")
     return records, notes + _mixed_config_notes(records)
+
+
+def _value_at(client, run_id: str, step: int, key: str = CURVE_METRIC) -> float | None:
+    """The value of metric ``key`` logged at ``step`` (the last one logged there), or None."""
+    at = [(m.timestamp, m.value) for m in client.get_metric_history(run_id, key) if m.step == step]
+    return max(at)[1] if at else None
 
 
 def metric_histories(client, records: list[RunRecord], key: str = CURVE_METRIC
@@ -232,7 +257,9 @@ def metric_histories(client, records: list[RunRecord], key: str = CURVE_METRIC
     for record in records:
         history = client.get_metric_history(record.run_id, key)
         if history:
-            points = sorted((m.step, m.timestamp, m.value) for m in history)
+            # A longer run counted at an earlier step (ALSO_FROM): its curve up to that step.
+            points = sorted((m.step, m.timestamp, m.value) for m in history
+                            if record.at_step is None or m.step <= record.at_step)
             # If a step was logged twice, the last value logged counts.
             by_step = {step: value for step, _, value in points}
             steps = np.array(list(by_step), dtype=np.int64)
