@@ -8,6 +8,7 @@ is said in the notes, never silently.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,10 +101,8 @@ def _search(client, experiments: dict[str, str], filter_string: str) -> list:
 def _unfinished_note(client, experiments: dict[str, str], flt: RunFilter) -> list[str]:
     """A note counting the runs with the filters' tags that are not FINISHED (RUNNING, FAILED,
     KILLED: a crashed or interrupted run is left out, and said so)."""
-    counts: dict[str, int] = {}
-    for run in _search(client, experiments, _filter_string(flt, "!= 'FINISHED'")):
-        if run.data.tags.get("report") != "true":
-            counts[run.info.status] = counts.get(run.info.status, 0) + 1
+    counts = Counter(run.info.status for run in _search(client, experiments, _filter_string(flt, "!= 'FINISHED'"))
+                     if run.data.tags.get("report") != "true")
     if not counts:
         return []
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
@@ -169,13 +168,9 @@ def _mixed_config_notes(records: list[RunRecord]) -> list[str]:
     """A note per objective whose counted runs come from more than one configuration."""
     notes = []
     for objective in sorted({r.objective for r in records}):
-        counts: dict[str, int] = {}
-        for r in records:
-            if r.objective == objective:
-                counts[r.config] = counts.get(r.config, 0) + 1
+        counts = Counter(r.config for r in records if r.objective == objective)
         if len(counts) > 1:
-            by_size = sorted(counts.items(), key=lambda kv: -kv[1])
-            parts = "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in by_size)
+            parts = "; ".join(f"{c} ({n} run{'s' * (n != 1)})" for c, n in counts.most_common())
             notes.append(f"objective {objective} pools runs of {len(counts)} configurations: {parts}; "
                          "narrow it with --experiment or --tag gin_files=...")
     return notes
@@ -196,7 +191,6 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
     if flt.benchmark in ALSO_FROM:
         longer, step = ALSO_FROM[flt.benchmark]
         extra = _search(client, experiments, _filter_string(RunFilter(longer, flt.tracking_uri, tags=flt.tags)))
-        extra = [r for r in extra if r.data.tags.get("report") != "true"]
         runs += [(run, _value_at(client, run.info.run_id, step), step) for run in extra]
     no_final = no_step = no_env = other_objective = 0
     cells: dict[tuple[str, str, str], list[RunRecord]] = {}
