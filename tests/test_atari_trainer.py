@@ -84,3 +84,19 @@ def test_evaluation_envs_are_seeded_as_the_reference():
     assert trainer.eval_seeds() == [3, 301, 302, 303]
     trainer.eval_episodes = 0  # no evaluation asked for: no episode played
     assert trainer.eval_seeds() == [] and trainer.evaluate().size == 0
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("agents.rainbow.n_step = 3", "the agent's n_step (3) differs from the replay's (10)"),
+    ("replays.prioritized_sequence.discount = 0.9", "the agent's discount (0.99) differs from the replay's (0.9)"),
+])
+def test_agent_and_replay_must_agree_on_the_n_step_return(binding, message):
+    """The replay computes the returns the agent bootstraps: a mismatch would train silently on
+    10-step returns bootstrapped with γ³, so building the trainer refuses it."""
+    from conftest import tiny_trainer
+
+    from mlr_registry.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with tiny_trainer("gin/smoke/atari_baseline.gin", bindings=(binding,)):
+            pass

@@ -57,6 +57,21 @@ def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float,
     return initial + (final - initial) * progress
 
 
+def check_returns_match(agent: Any, replay: Any) -> None:
+    """The replay computes the n-step returns that the agent bootstraps from: both must use one
+    ``n_step`` and one ``discount``, which gin sets in two places (``agents.rainbow`` and
+    ``replays.prioritized_sequence``). A mismatch trains silently on the wrong target (10-step
+    returns bootstrapped with γ³, say), so it is refused. Components without these attributes
+    (plugins) are not checked."""
+    for name in ("n_step", "discount"):
+        mine, theirs = getattr(agent, name, None), getattr(replay, name, None)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ConfigError(
+                f"the agent's {name} ({mine}) differs from the replay's ({theirs}): the replay's n-step "
+                f"returns are what the agent bootstraps, so bind both to one value, e.g. "
+                f"agents.rainbow.{name} = {mine} and replays.prioritized_sequence.{name} = {mine}")
+
+
 @register("trainer", "atari100k")
 class Atari100kTrainer(LoopTrainer):
     """Trains a discrete-action agent on the Atari-100k protocol and tracks it.
@@ -128,6 +143,7 @@ class Atari100kTrainer(LoopTrainer):
         self.agent = agent(observation_shape=self.env.observation_shape, num_actions=self.env.num_actions,
                            device=str(self.device))
         self.replay = replay(observation_shape=self.env.observation_shape, device=str(self.device), seed=seed)
+        check_returns_match(self.agent, self.replay)
         self.num_env_steps = num_env_steps
         self.learning_starts = learning_starts
         self.updates_per_step = updates_per_step
