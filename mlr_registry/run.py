@@ -158,13 +158,11 @@ def resume(args: argparse.Namespace) -> int:
     info = run.get_run(args.resume).info
     if info.status not in RESUMABLE_STATUSES:
         raise CheckpointError(f"run {args.resume} is {info.status}; only {', '.join(RESUMABLE_STATUSES)} runs resume")
+    if not run.has_artifact(args.resume, "config/config.gin"):  # an unreachable store raises instead
+        raise CheckpointError(f"run {args.resume} has no config/config.gin artifact to rebuild it from")
     with tempfile.TemporaryDirectory(prefix="mlr_registry_resume_") as tmp:
-        try:
-            config_file = mlflow.artifacts.download_artifacts(
-                run_id=args.resume, artifact_path="config/config.gin", dst_path=tmp, tracking_uri=run.tracking_uri)
-        except Exception as exc:  # noqa: BLE001 - any failure means the artifact is not there
-            raise CheckpointError(f"run {args.resume} has no config/config.gin artifact to rebuild it from: "
-                                  f"{str(exc).splitlines()[0]}") from None
+        config_file = mlflow.artifacts.download_artifacts(
+            run_id=args.resume, artifact_path="config/config.gin", dst_path=tmp, tracking_uri=run.tracking_uri)
         _, trainer, params = _build_trainer([config_file], args.bind)
     try:  # a remote store's checkpoint is downloaded into a folder that the run deletes at its end
         step, latest = _load_latest_checkpoint(run, args.resume, trainer, params)

@@ -119,3 +119,32 @@ def test_a_checkpoint_that_was_not_uploaded_keeps_its_staging_folder(tmp_path, m
     assert not uploaded.exists()  # an ordinary staging folder goes with the run
     assert (failing / "step_1").is_dir()  # the only copy of a checkpoint stays, and is named
     assert f"checkpoint {failing / 'step_1'} was not uploaded" in capsys.readouterr().err
+
+
+def test_checkpoint_download_tells_absent_from_unreachable(tmp_path, monkeypatch):
+    """A remote run without a checkpoint downloads as None (the CLI then says it cannot resume,
+    exit 2, and a sweep starts the trial afresh); a store that cannot be read raises instead, so
+    a network failure never reads as "no checkpoint" and never throws a trial's progress away."""
+    from mlr_registry.tracking.mlflow_run import TrackedRun
+
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go to ./mlartifacts
+    run = TrackedRun(f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="x")
+    run.start({}, {})
+    run_id = run.run_id
+    monkeypatch.setattr(run, "artifact_dir", lambda: None)  # as for a remote artifact store
+    assert run.download_checkpoints(run_id) is None
+    staged = run.checkpoint_root()
+    (staged / "step_7").mkdir()
+    (staged / "step_7" / "meta.json").write_text('{"step": 7}')
+    (staged / "latest").write_text("step_7")
+    run.upload_checkpoint(staged / "step_7")
+    root = run.download_checkpoints(run_id)
+    assert (root / "latest").read_text() == "step_7" and (root / "step_7" / "meta.json").is_file()
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("artifact store unreachable")
+
+    monkeypatch.setattr(run.client, "list_artifacts", refuse)
+    with pytest.raises(ConnectionError):
+        run.download_checkpoints(run_id)
+    run.end("FINISHED")

@@ -341,3 +341,15 @@ def test_an_interrupt_delivered_twice_at_once_still_checkpoints(tmp_path, monkey
         os.kill(os.getpid(), signal.SIGINT)  # a person's second Ctrl-C: stop now
         pytest.fail("the second signal should have stopped the loop")
     assert later.last_saved_step is None
+
+
+def test_resume_of_a_run_without_its_config_is_exit_2(tmp_path, monkeypatch, capsys):
+    """A run that never logged config/config.gin (started by other code) cannot be rebuilt."""
+    from mlr_registry.tracking.mlflow_run import TrackedRun
+
+    monkeypatch.chdir(tmp_path)
+    run = TrackedRun(f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="x")
+    run.start({}, {})
+    run.end("KILLED")
+    code, error = _main(["--resume", run.run_id], tmp_path, capsys)
+    assert code == 2 and f"run {run.run_id} has no config/config.gin artifact" in error

@@ -210,12 +210,17 @@ class TrackedRun:
             return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{CHECKPOINT_DIR}/{path}",
                                                             dst_path=str(root), tracking_uri=self.tracking_uri))
 
-        try:
-            latest = download("latest")
-        except Exception:  # noqa: BLE001 - no checkpoint uploaded
-            return None
+        if not self.has_artifact(run_id, f"{CHECKPOINT_DIR}/latest"):
+            return None  # no checkpoint uploaded; a store that cannot be read raises instead
+        latest = download("latest")
         download(latest.read_text().strip())
         return root
+
+    def has_artifact(self, run_id: str, path: str) -> bool:
+        """Whether run ``run_id`` holds the artifact file ``path`` (a listing of its folder, so
+        that an unreachable store raises rather than reads as "absent")."""
+        folder = path.rpartition("/")[0] or None
+        return any(f.path == path for f in self.client.list_artifacts(run_id, folder))
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -242,11 +247,6 @@ class TrackedRun:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
-
-    def scratch_dir(self) -> Path:
-        """A local folder for files that will be logged as artifacts (plots, videos)."""
-        path = Path(tempfile.mkdtemp(prefix="mlr_registry_"))
-        return path
 
     def end(self, status: str) -> None:
         """Flush and mark the run FINISHED, FAILED or KILLED (only the first call counts).
