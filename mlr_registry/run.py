@@ -138,7 +138,11 @@ def train(args: argparse.Namespace) -> int:
     run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
     run.start(tags, params)
     print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)
-    checkpointer = _checkpointer(run, params) if _accepts_checkpointer(trainer) else None
+    try:  # a checkpoint folder that cannot be made (permissions, full disk) must not leave it RUNNING
+        checkpointer = _checkpointer(run, params) if _accepts_checkpointer(trainer) else None
+    except BaseException:
+        run.end("FAILED")
+        raise
     return _run_to_end(run, trainer, checkpointer, preamble=lambda: (
         run.log_text(config.config_str(), "config/config.gin"),
         run.log_text(config.operative_config_str(), "config/operative_config.gin")))

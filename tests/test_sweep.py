@@ -382,3 +382,25 @@ def test_dry_run_lists_the_trials_and_creates_no_tracking_store(tmp_path):
     assert len(lines) == 2 and "trainers.atari100k.seed = 1" in lines[1]
     assert "2 trials, 0 finished before" in out.stderr
     assert not db.exists()  # nothing ran before, so nothing was opened (or created)
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError("the Ray cluster went away"), "FAILED"),
+                                           (KeyboardInterrupt(), "KILLED")])
+def test_the_parent_run_ends_even_when_the_sweep_breaks(tmp_path, monkeypatch, error, status):
+    """Whatever stops the sweep after its parent run started (Ray failing, Ctrl-C), the parent
+    ends FAILED or KILLED instead of staying RUNNING in MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from mlr_registry.sweep import cli
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "_init_ray", lambda args: None)
+    monkeypatch.setattr(cli, "run_on_ray", broken)
+    with pytest.raises(type(error)):
+        cli.main(_sweep_args(tmp_path))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    (parent,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
+    assert parent.data.tags["sweep_role"] == "parent" and parent.info.status == status

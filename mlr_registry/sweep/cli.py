@@ -357,23 +357,30 @@ def sweep(args: argparse.Namespace) -> int:
     parent, reopened = _parent_run(tracking_uri, trials[0].experiment, name, args, trials)
     print(f"MLflow parent run {parent.run_id} ({'reopened' if reopened else 'new'}) in experiment "
           f"{trials[0].experiment!r}; trial logs in {log_dir}", file=sys.stderr)
-    tags = ((PARENT_TAG, parent.run_id), (SWEEP_TAG, name))
-    specs = [TrialSpec(t, tracking_uri, (*tags, (TRIAL_TAG, t.trial_id), (LABEL_TAG, t.label)), str(Path.cwd()),
-                       str(log_dir), args.cpus_per_trial, retries=args.retries, resume_run=resume.get(t.trial_id))
-             for t in todo]
+    status = "FAILED"  # what the parent ends as if anything below raises: it never stays RUNNING
+    try:
+        tags = ((PARENT_TAG, parent.run_id), (SWEEP_TAG, name))
+        specs = [TrialSpec(t, tracking_uri, (*tags, (TRIAL_TAG, t.trial_id), (LABEL_TAG, t.label)), str(Path.cwd()),
+                           str(log_dir), args.cpus_per_trial, retries=args.retries, resume_run=resume.get(t.trial_id))
+                 for t in todo]
 
-    results, interrupted = run_on_ray(ray, specs, args) if specs else ([], False)
-    status, exit_code = ("KILLED", EXIT_INTERRUPTED) if interrupted else ("FINISHED", 0)
-    text, counts = _summary(results, skipped, trials)
-    if counts["failed"] and status == "FINISHED":
-        status, exit_code = "FAILED", EXIT_FAILED
-    finished = list(_finished(trial_runs(client, experiments, {t.trial_id for t in trials})).values())
-    commands = report_commands(client, finished, tracking_uri, name) if finished else []
-    text += "\n\nreport:\n" + ("\n".join(f"  {c}" for c in commands) or "  (no finished runs yet)")
-    print("\n" + text)
-    parent.log_metrics({f"trials_{k}": v for k, v in counts.items()}, step=0)
-    parent.log_text(text + "\n", "sweep/summary.txt")
-    parent.end(status)
+        results, interrupted = run_on_ray(ray, specs, args) if specs else ([], False)
+        outcome, exit_code = ("KILLED", EXIT_INTERRUPTED) if interrupted else ("FINISHED", 0)
+        text, counts = _summary(results, skipped, trials)
+        if counts["failed"] and outcome == "FINISHED":
+            outcome, exit_code = "FAILED", EXIT_FAILED
+        finished = list(_finished(trial_runs(client, experiments, {t.trial_id for t in trials})).values())
+        commands = report_commands(client, finished, tracking_uri, name) if finished else []
+        text += "\n\nreport:\n" + ("\n".join(f"  {c}" for c in commands) or "  (no finished runs yet)")
+        print("\n" + text)
+        parent.log_metrics({f"trials_{k}": v for k, v in counts.items()}, step=0)
+        parent.log_text(text + "\n", "sweep/summary.txt")
+        status = outcome
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        parent.end(status)
     return exit_code
 
 
