@@ -164,6 +164,9 @@ class DMCEnv(gymnasium.Env):
         self._action_high = np.asarray(spec.maximum, np.float64)
         self.action_dim = int(np.prod(spec.shape))
         self.num_actions = self.action_dim  # the trainer's generic name for the action size
+        # seconds of simulated time per env step: 0.01 (cartpole, cheetah), 0.02 (reacher, finger,
+        # ball_in_cup), 0.025 (walker); an agent step lasts action_repeat times that
+        self.control_timestep = float(self._env.control_timestep())
         self.observation_shape: tuple[int, int, int] = (3 * self.frame_stack, self.image_size,
                                                         self.image_size)
         self.action_space = spaces.Box(-1.0, 1.0, (self.action_dim,), dtype=np.float32)

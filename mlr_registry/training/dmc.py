@@ -225,6 +225,9 @@ class DMCTrainer(LoopTrainer):
 
     def close(self) -> None:
         self._stop_env_thread()  # also when the loop was interrupted or failed
+        if self._eval_env is not None:  # its physics and rendering contexts; a later evaluation makes a new one
+            self._eval_env.close()
+            self._eval_env = None
         super().close()
 
     def _stop_env_thread(self) -> None:
@@ -343,18 +346,24 @@ class DMCTrainer(LoopTrainer):
 
     @property
     def video_fps(self) -> int:
-        """Real time: dm_control's control step is 0.01 s for these tasks, times the action repeat."""
-        return max(1, round(100 / self.action_repeat))
+        """Real time: one video frame per agent step, which lasts the task's control step (0.01 to
+        0.025 s; see ``DMCEnv.control_timestep``) times the action repeat. An env without
+        ``control_timestep`` (a plugin) is taken to step every 0.01 s."""
+        seconds = getattr(self.env, "control_timestep", 0.01) * self.action_repeat
+        return max(1, round(1.0 / seconds))
 
     def record_episode(self) -> list[np.ndarray]:
         """Newest RGB frames (h w 3) of one deterministic evaluation episode, for the run's video."""
         env = self.env_factory(seed=self.seed + 2 * EVAL_SEED_OFFSET)
-        obs, _ = env.reset()
-        frames = [np.moveaxis(obs[-3:], 0, -1)]
-        for _ in range(self.video_max_steps):
-            action = self.agent.act(torch.as_tensor(obs, device=self.device), greedy=True)
-            obs, _, terminated, truncated, _ = env.step(action.reshape(-1).cpu().numpy())
-            frames.append(np.moveaxis(obs[-3:], 0, -1))
-            if terminated or truncated:
-                break
+        try:
+            obs, _ = env.reset()
+            frames = [np.moveaxis(obs[-3:], 0, -1)]
+            for _ in range(self.video_max_steps):
+                action = self.agent.act(torch.as_tensor(obs, device=self.device), greedy=True)
+                obs, _, terminated, truncated, _ = env.step(action.reshape(-1).cpu().numpy())
+                frames.append(np.moveaxis(obs[-3:], 0, -1))
+                if terminated or truncated:
+                    break
+        finally:
+            env.close()  # its physics and rendering contexts
         return frames
