@@ -535,7 +535,7 @@ def test_whole_update_is_captured_in_graphs_split_only_by_backward():
     lazily created state. A ``.item()``, ``.tolist()`` or Python-side random draw in an aux
     loss or the agent would add a break here."""
     agent = rainbow_mlr()
-    agent.aux_losses[0].masker.seed = None  # a seeded masker creates its generator on first use: a break
+    agent.aux_losses[0].masker.generators.seed = None  # a seeded masker creates its generator on first use: a break
     agent.train()
     explanation = torch._dynamo.explain(agent._learn_phase)(rainbow_batch())
     reasons = [r.reason.splitlines()[0] for r in explanation.break_reasons]
@@ -558,7 +558,7 @@ def test_a_compile_failure_after_a_stepped_phase_rolls_back_to_the_eager_update(
     monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", backend)
     ref, fast = sac_mlr(), sac_mlr(compile=True, compile_scope="update")
     for agent in (ref, fast):
-        agent.aux_losses[0].masker.seed = None  # masks from the torch RNG, which is rolled back
+        agent.aux_losses[0].masker.generators.seed = None  # masks from the torch RNG, which is rolled back
     critic = fast._critic
 
     def critic_then_flag(*args):

@@ -8,6 +8,7 @@ from einops import rearrange
 
 from mlr_registry.errors import ConfigError
 from mlr_registry.maskers.cube import CubeMasker
+from mlr_registry.maskers.frame import FrameMasker
 
 
 def _obs(b: int, t: int, c: int, h: int, w: int | None = None) -> torch.Tensor:
@@ -108,3 +109,26 @@ def test_errors():
         CubeMasker(block_size=2.0)
     with pytest.raises(ValueError, match=r"\(b t c h w\)"):
         CubeMasker()(torch.zeros(16, 4, 84, 84))
+
+
+@pytest.mark.parametrize("make", [lambda: CubeMasker(patch_size=4, block_size=2, seed=3),
+                                  lambda: FrameMasker(mask_ratio=0.5, seed=3)])
+def test_seeded_masker_stream_is_checkpointed_and_restored(make):
+    """A resumed run masks as the uninterrupted one: the trainers save the seeded maskers'
+    generator states with the checkpoint and load them into the rebuilt maskers."""
+    from types import SimpleNamespace
+
+    from mlr_registry.training.common import seeded_generator_states, set_seeded_generator_states
+
+    obs = torch.zeros(2, 4, 1, 8, 8)
+    running = SimpleNamespace(aux_losses=[SimpleNamespace(masker=make())])
+    running.aux_losses[0].masker(obs)  # some masks drawn before the checkpoint
+    states = seeded_generator_states(running)
+    assert list(states) == ["0|cpu"]
+    after = [running.aux_losses[0].masker(obs) for _ in range(3)]
+    resumed = SimpleNamespace(aux_losses=[SimpleNamespace(masker=make())])
+    set_seeded_generator_states(resumed, states)
+    assert all(torch.equal(a, resumed.aux_losses[0].masker(obs)) for a in after)
+    fresh = make()
+    assert not torch.equal(fresh(obs), after[0]) or not torch.equal(fresh(obs), after[1])  # the stream moved on
+    assert seeded_generator_states(SimpleNamespace(aux_losses=[SimpleNamespace(masker=CubeMasker())])) == {}

@@ -26,6 +26,7 @@ import torch
 from einops import repeat
 
 from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.maskers.seeded import SeededGenerators
 from mlr_registry.registry import register
 
 
@@ -64,19 +65,16 @@ class CubeMasker:
         self.patch_size = patch_size
         self.mask_ratio = float(mask_ratio)
         self.block_size = block_size
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self.generators = SeededGenerators(seed)
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the masker's own generators; None: it draws from torch's global RNG."""
+        return self.generators.seed
 
     def num_masked(self, num_patches: int) -> int:
         """Exact number of masked patches per frame for a grid of ``num_patches``."""
         return num_patches - int((1.0 - self.mask_ratio) * num_patches + 1e-9)
-
-    def _generator(self, device: torch.device) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[device]
 
     per_sample = False  # one mask for the whole batch (the paper); True: one per sample
 
@@ -101,7 +99,7 @@ class CubeMasker:
         block = self.block_length(t)
         if t % block:
             raise ConfigError(
-                f"maskers.cube: sequence length t = {t} is not divisible by block_size = "
+                f"{type(self).__name__}: sequence length t = {t} is not divisible by block_size = "
                 f"{block}; choose a block_size that divides the sequence length"
             )
         num_patches = gh * gw
@@ -109,7 +107,7 @@ class CubeMasker:
         device = obs.device
         # argsort of iid uniform noise is a uniform random permutation per block; the patches
         # whose rank is below num_masked form a uniform random subset of exactly that size.
-        noise = torch.rand(sets, t // block, num_patches, device=device, generator=self._generator(device))
+        noise = torch.rand(sets, t // block, num_patches, device=device, generator=self.generators(device))
         pattern = noise.argsort(dim=-1) < self.num_masked(num_patches)  # (s nb gh*gw) bool
         p = self.patch_size
         mask = repeat(pattern, "s nb (gh gw) -> s (nb bs) 1 (gh ph) (gw pw)",

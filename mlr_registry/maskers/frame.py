@@ -11,6 +11,7 @@ import torch
 from einops import repeat
 
 from mlr_registry.errors import check_range
+from mlr_registry.maskers.seeded import SeededGenerators
 from mlr_registry.registry import register
 
 
@@ -22,8 +23,12 @@ class FrameMasker:
         """mask_ratio: fraction of steps dropped (exact count); seed: own generator when given."""
         check_range("maskers.frame.mask_ratio", mask_ratio, 0.0, 1.0)
         self.mask_ratio = float(mask_ratio)
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
+        self.generators = SeededGenerators(seed)
+
+    @property
+    def seed(self) -> int | None:
+        """The seed of the masker's own generators; None: it draws from torch's global RNG."""
+        return self.generators.seed
 
     def num_masked(self, t: int) -> int:
         return t - int((1.0 - self.mask_ratio) * t + 1e-9)
@@ -32,9 +37,6 @@ class FrameMasker:
         if obs.dim() != 5:
             raise ValueError(f"FrameMasker expects obs of shape (b t c h w), got {tuple(obs.shape)}")
         b, t, _, h, w = obs.shape
-        generator = None
-        if self.seed is not None:
-            generator = self._generators.setdefault(
-                obs.device, torch.Generator(device=obs.device).manual_seed(self.seed))
-        steps = torch.rand(t, device=obs.device, generator=generator).argsort() < self.num_masked(t)  # (t)
+        noise = torch.rand(t, device=obs.device, generator=self.generators(obs.device))
+        steps = noise.argsort() < self.num_masked(t)  # (t) bool
         return repeat(steps, "t -> b t 1 h w", b=b, h=h, w=w)

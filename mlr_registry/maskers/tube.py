@@ -20,3 +20,6 @@ class TubeMasker(CubeMasker):
 
     def block_length(self, t: int) -> int:
         return t
+
+    def __repr__(self) -> str:  # no block_size: one block spans the whole sequence
+        return f"TubeMasker(patch_size={self.patch_size}, mask_ratio={self.mask_ratio}, seed={self.seed})"

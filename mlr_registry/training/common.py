@@ -176,12 +176,14 @@ class MetricWindow:
 
 
 def seeded_generator_states(agent: Any) -> dict[str, torch.Tensor]:
-    """States of the private ``torch.Generator``s of the agent's aux-loss maskers (maskers built
-    with a ``seed``; the default ``seed=None`` draws from torch's global RNG instead)."""
+    """States of the seeded generators (``masker.generators``, a :class:`SeededGenerators`) of the
+    agent's aux-loss maskers, keyed ``"<loss index>|<device>"``; maskers built without a ``seed``
+    draw from torch's global RNG, which the checkpoint holds anyway."""
     states = {}
     for i, loss in enumerate(getattr(agent, "aux_losses", [])):
-        for device, generator in getattr(getattr(loss, "masker", None), "_generators", {}).items():
-            states[f"{i}|{device}"] = generator.get_state()
+        generators = getattr(getattr(loss, "masker", None), "generators", None)
+        for device, state in (generators.state_dict() if generators is not None else {}).items():
+            states[f"{i}|{device}"] = state
     return states
 
 
@@ -189,9 +191,7 @@ def set_seeded_generator_states(agent: Any, states: Mapping[str, torch.Tensor]) 
     losses = list(getattr(agent, "aux_losses", []))
     for key, state in states.items():
         index, device = key.split("|", 1)
-        generators = losses[int(index)].masker._generators
-        device = torch.device(device)
-        generators.setdefault(device, torch.Generator(device=device)).set_state(state)
+        losses[int(index)].masker.generators.load_state_dict({device: state})
 
 
 def missing_checkpoint_methods(env: Any, agent: Any, replay: Any) -> list[str]:
