@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import gin
 
-from mlr_registry.errors import ConfigError, PluginError, RegistryError
+from mlr_registry.errors import ConfigError, RegistryError
 
 KINDS: tuple[str, ...] = ("masker", "encoder", "decoder", "loss", "agent", "replay", "env", "trainer")
 GIN_MODULES: dict[str, str] = {
@@ -106,8 +106,24 @@ class PluginFailure:
 _components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
 _plugin_failures: list[PluginFailure] = []
 _loaded_plugins: dict[str, str] = {}  # entry-point name -> distribution name
-_current_origin: str = BUILTIN
+_current_origin: str | None = None  # a plugin's distribution name while load_all imports it
 _loaded = False
+_loading = False
+
+
+def _ensure_loaded() -> None:
+    """Load the built-in components and plugins on first use from Python (``build`` in a
+    notebook, a user's own ``register``), as the CLI does at start-up."""
+    if not _loaded and not _loading:
+        load_all()
+
+
+def _origin_of(module: str) -> str:
+    """Who registers from ``module``: the plugin being loaded, else ``built-in`` for this
+    package's modules, else the module itself (``__main__`` for a notebook or script)."""
+    if _current_origin is not None:
+        return _current_origin
+    return BUILTIN if module == "mlr_registry" or module.startswith("mlr_registry.") else module
 
 
 def _check_kind(kind: str) -> None:
@@ -126,16 +142,19 @@ def register(kind: str, name: str) -> Callable[[T], T]:
     _check_kind(kind)
 
     def decorate(target: T) -> T:
-        existing = _components[kind].get(name)
         module = getattr(target, "__module__", "?")
+        origin = _origin_of(module)
+        if origin != BUILTIN:  # user code: the built-ins first, so that a clash is reported here
+            _ensure_loaded()
+        existing = _components[kind].get(name)
         if existing is not None:
             raise RegistryError(
                 f"{kind} {name!r} is already registered by {existing.origin} "
-                f"({existing.module}); {_current_origin} ({module}) tried to register it again. "
+                f"({existing.module}); {origin} ({module}) tried to register it again. "
                 "Pick another name: a registered component is never replaced."
             )
         configurable = gin.configurable(name, module=GIN_MODULES[kind])(target)
-        _components[kind][name] = Component(kind, name, configurable, _current_origin, module)
+        _components[kind][name] = Component(kind, name, configurable, origin, module)
         return configurable
 
     return decorate
@@ -156,21 +175,25 @@ def load_all() -> list[PluginFailure]:
 
     Returns the plugins that failed to load; the CLI reports them and carries on.
     """
-    global _loaded
-    if _loaded:
+    global _loaded, _loading
+    if _loaded or _loading:
         return list(_plugin_failures)
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else ep.value
-        with _origin(dist):
-            try:
-                ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
-                _plugin_failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
-                continue
-        _loaded_plugins[ep.name] = dist
-    _loaded = True
+    _loading = True
+    try:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else ep.value
+            with _origin(dist):
+                try:
+                    ep.load()
+                except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+                    _plugin_failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
+                    continue
+            _loaded_plugins[ep.name] = dist
+        _loaded = True
+    finally:
+        _loading = False
     return list(_plugin_failures)
 
 
@@ -188,12 +211,14 @@ def components(kind: str | None = None) -> list[Component]:
     kinds = KINDS if kind is None else (kind,)
     for k in kinds:
         _check_kind(k)
+    _ensure_loaded()
     return [_components[k][n] for k in kinds for n in sorted(_components[k])]
 
 
 def lookup(kind: str, name: str) -> Component:
     """The component ``name`` of ``kind``; an unknown name lists the closest registered ones."""
     _check_kind(kind)
+    _ensure_loaded()
     try:
         return _components[kind][name]
     except KeyError:
@@ -237,10 +262,3 @@ def find_selector(selector: str) -> Component | None:
 
 def kind_of_gin_module(module: str) -> str | None:
     return next((k for k, m in GIN_MODULES.items() if m == module), None)
-
-
-def require_loaded_plugin(name: str) -> None:
-    """Raise PluginError if the named plugin entry point failed to load."""
-    for failure in _plugin_failures:
-        if failure.entry_point == name:
-            raise PluginError(str(failure))

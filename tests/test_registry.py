@@ -56,8 +56,9 @@ def test_duplicate_name_is_an_error_naming_both_origins_and_keeps_the_first():
             @register("masker", "test_reg_stripes")
             class Other:  # noqa: F841
                 pass
-    message = str(info.value)
-    assert "built-in" in message and "some-plugin-dist" in message and "test_reg_stripes" in message
+    message = str(info.value)  # Stripes came from this test module, not from mlr_registry
+    assert "by test_registry (test_registry)" in message and "some-plugin-dist" in message
+    assert "test_reg_stripes" in message
     assert registry.lookup("masker", "test_reg_stripes").target is Stripes
 
 
@@ -82,7 +83,7 @@ def test_parameters_and_defaults_are_introspectable():
     params = registry.lookup("decoder", "test_reg_factory").parameters()
     assert params == {"depth": 2, "scale": 1.0}
     component = registry.lookup("masker", "test_reg_stripes")
-    assert component.origin == "built-in" and component.parameters()["ratio"] == 0.5
+    assert component.origin == "test_registry" and component.parameters()["ratio"] == 0.5
     assert all(v is not inspect.Parameter.empty for v in params.values())
 
 
@@ -119,3 +120,32 @@ def test_files_compose_in_order_and_bindings_win(tmp_path):
     parse([a, b], ["maskers.test_reg_stripes.ratio = 0.9"])
     built = build("masker", "test_reg_stripes")
     assert (built.width, built.ratio) == (2, 0.9)
+
+
+def test_build_from_a_fresh_interpreter_loads_the_built_ins_and_user_code_is_named():
+    """A notebook's first call is ``build`` (DESIGN's registry contract), with no CLI to load the
+    built-ins first; a user's own component is listed under its module, and a clash with a
+    built-in name is refused at the user's register, naming both."""
+    import subprocess
+    import sys
+
+    code = """
+from mlr_registry import build, register, registry
+masker = build("masker", "cube", mask_ratio=0.75)
+print(type(masker).__name__, masker.mask_ratio)
+@register("masker", "mine")
+class Mine:
+    pass
+print(registry.lookup("masker", "mine").origin, registry.lookup("masker", "cube").origin)
+try:
+    register("masker", "cube")(Mine)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "CubeMasker 0.75"
+    assert lines[1] == "__main__ built-in"
+    assert lines[2].startswith("RegistryError masker 'cube' is already registered by built-in")
+    assert "__main__ (__main__) tried to register it again" in lines[2]
