@@ -92,6 +92,67 @@ def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None
         _parse_one(lambda b=binding: gin.parse_config(b), "--bind " + repr(binding))
 
 
+_LITERALS = (bool, int, float, str, type(None))
+
+
+def _literal(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_literal(v) for v in value)
+    if isinstance(value, dict):
+        return all(_literal(k) and _literal(v) for k, v in value.items())
+    return isinstance(value, _LITERALS)
+
+
+def _resolve_include(name: str) -> Path:
+    """An included file as gin finds it: relative to the working directory, else to the repo."""
+    path = Path(name)
+    return path if path.is_absolute() or path.is_file() else REPO_ROOT / path
+
+
+def file_bindings(path: str | Path, skip: Iterable[Path] = ()) -> dict[str, str]:
+    """What a gin file binds, itself and through its includes (in gin's order: a later binding
+    wins), as ``{"losses.mlr.target_tau": "0.01"}``: each value as gin text that a ``--bind``
+    reproduces. Included files in ``skip`` (resolved paths) are not read, nor their includes.
+    Read with gin's own parser; nothing is registered or bound."""
+    from gin import config_parser
+
+    skipped = {Path(p).resolve() for p in skip}
+    found: dict[str, str] = {}
+    text = Path(path).read_text()
+    for statement in config_parser.ConfigParser(text, gin_config.ParserDelegate(skip_unknown=True)):
+        if isinstance(statement, config_parser.IncludeStatement):
+            included = _resolve_include(statement.filename)
+            if included.resolve() not in skipped:
+                found.update(file_bindings(included, skipped))
+        elif isinstance(statement, config_parser.BindingStatement):
+            scope = f"{statement.scope}/" if statement.scope else ""
+            key = f"{scope}{statement.selector}.{statement.arg_name}"
+            found[key] = repr(statement.value) if _literal(statement.value) else _source_value(path, statement)
+    return found
+
+
+def included_files(path: str | Path) -> list[Path]:
+    """Every file a gin file includes, directly or through other includes (resolved paths)."""
+    from gin import config_parser
+
+    found: list[Path] = []
+    for statement in config_parser.ConfigParser(Path(path).read_text(), gin_config.ParserDelegate(skip_unknown=True)):
+        if isinstance(statement, config_parser.IncludeStatement):
+            included = _resolve_include(statement.filename)
+            found += [included.resolve(), *included_files(included)]
+    return found
+
+
+def _source_value(path: str | Path, statement) -> str:
+    """A reference or macro binding's value as written (``@maskers.tube()``): one line only."""
+    line = statement.location.line_content.split("#", 1)[0]
+    value = line.split("=", 1)[1].strip()
+    if value.count("(") != value.count(")") or value.count("[") != value.count("]"):
+        raise ConfigError(f"{path}:{statement.location.line_num}: the value of {statement.arg_name} spans several "
+                          "lines; write it on one line so that it can be re-bound")
+    return value
+
+
 def _parse_one(parse_fn, source: str) -> None:
     try:
         with _quiet_include_search():

@@ -103,6 +103,27 @@ def test_task_overlay_follows_the_first_file():
         grid.expand([base], [], [grid.tasks_axis("walker-walk"), grid.parse_grid("envs.dmc.task=[cheetah-run]")])
 
 
+def test_an_ablation_keeps_its_values_on_every_task():
+    """An ablation of a value the task files also set (τ, block size) holds on every task: the
+    sweep re-binds it after the task overlay, so walker-walk gets τ = 0.01, not its own 0.1, and
+    the trial is not the plain MLR one. Its other per-task values stay the task's."""
+    ablation = str(REPO / "gin" / "ablations" / "target_tau_001.gin")
+    plain = str(REPO / "gin" / "dmc_mlr.gin")
+    (trial,) = grid.expand([ablation], [], [grid.tasks_axis("walker-walk")])
+    assert trial.bindings[0] == "losses.mlr.target_tau = 0.01"
+    assert gin.query_parameter("losses.mlr.target_tau") == 0.01
+    assert gin.query_parameter("envs.dmc.action_repeat") == 2 and gin.query_parameter("agents.sac.critic_lr") == 0.001
+    (baseline,) = grid.expand([plain], [], [grid.tasks_axis("walker-walk")])
+    assert gin.query_parameter("losses.mlr.target_tau") == 0.1
+    assert baseline.bindings == ("envs.dmc.task = 'walker-walk'",)
+    assert baseline.trial_id != trial.trial_id
+    # a later file that includes a task file (here cheetah-run's, through gin/dmc_mlr.gin) would
+    # undo the overlay: refused, naming the fix
+    later = str(REPO / "gin" / "ablations" / "mask_ratio_025_dmc.gin")
+    with pytest.raises(ConfigError, match="includes the task file gin/dmc/cheetah_run.gin.*as the first --gin file"):
+        grid.expand([plain, later], [], [grid.tasks_axis("walker-walk")])
+
+
 # ---- one trial: retry from the run's checkpoint ----------------------------------------------
 
 # Stands in for `python -m mlr_registry.run` without importing anything heavy: it records its

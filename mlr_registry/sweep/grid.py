@@ -243,6 +243,40 @@ def _overlay_first(base: Sequence[str], extra: Sequence[str]) -> tuple[str, ...]
     return (*base[:1], *extra, *base[1:])
 
 
+def _every_overlay() -> set[Path]:
+    from mlr_registry.config import REPO_ROOT
+
+    return {p.resolve() for p in (*DMC_OVERLAY_DIR.glob("*.gin"), *(REPO_ROOT / DMC_OVERLAY_DIR).glob("*.gin"))}
+
+
+def _check_no_later_task(later: Sequence[str]) -> None:
+    """A file after the first that includes a task overlay (an ablation that includes
+    ``gin/dmc_mlr.gin``, which includes cheetah-run's) would undo the swept task's overlay."""
+    from mlr_registry.config import included_files
+
+    for name in later:
+        hidden = sorted(str(DMC_OVERLAY_DIR / p.name) for p in set(included_files(name)) & _every_overlay())
+        if hidden:
+            raise ConfigError(
+                f"{name} includes the task file {hidden[0]}, which would undo each trial's task overlay "
+                f"(every task would run with {hidden[0]}'s values): give {name} as the first --gin file "
+                "(it includes its base config itself)")
+
+
+def _kept_over_overlays(first: str, overlays: Sequence[str]) -> list[str]:
+    """Bindings that restore what the first file sets itself (or through its includes other
+    than the task overlays) and a task overlay placed after it would undo: an ablation on
+    ``gin/dmc_mlr.gin`` that sets τ or the block size keeps its value on every task, instead of
+    running as the plain MLR config on the tasks whose overlay sets that value too."""
+    from mlr_registry.config import file_bindings
+
+    if not overlays:
+        return []
+    own = file_bindings(first, skip=_every_overlay())
+    undone = set().union(*(file_bindings(f) for f in overlays)) & set(own)
+    return [f"{key} = {own[key]}" for key in sorted(undone)]
+
+
 def expand(gin_files: Sequence[str], bindings: Sequence[str], axes: Sequence[Axis]) -> list[Trial]:
     """Every combination of the axes' values (the first axis varies slowest), each parsed once
     to check it and to compute its identity. Needs the registry loaded."""
@@ -256,13 +290,17 @@ def expand(gin_files: Sequence[str], bindings: Sequence[str], axes: Sequence[Axi
     for combo in itertools.product(*(range(len(a.values)) for a in axes)):
         extra_files = [f for axis, i in zip(axes, combo, strict=True) for f in axis.files_for(i)]
         files = _overlay_first(list(gin_files), extra_files)
+        kept = _kept_over_overlays(gin_files[0], extra_files) if gin_files else []
+        if extra_files:
+            _check_no_later_task(gin_files[1:])
         own = [f"{axis.selector} = {axis.values[i]}" for axis, i in zip(axes, combo, strict=True)]
-        config.parse(files, [*bindings, *own])
+        config.parse(files, [*kept, *bindings, *own])
         trial_id = hashlib.sha256(config.config_str().encode()).hexdigest()[:_ID_LENGTH]
         label = " ".join(f"{axis.param}={_plain(axis.values[i])}" for axis, i in zip(axes, combo, strict=True))
         if trial_id in seen:
             raise ConfigError(f"trials {seen[trial_id]!r} and {label!r} have the same config "
                               "(a value repeated in the grid?)")
         seen[trial_id] = label
-        trials.append(Trial(tuple(files), (*bindings, *own), label or "default", trial_id, _experiment_name()))
+        trials.append(Trial(tuple(files), (*kept, *bindings, *own), label or "default", trial_id,
+                            _experiment_name()))
     return trials
