@@ -134,7 +134,7 @@ def train(args: argparse.Namespace) -> int:
     tags = {**trainer.run_tags(),
             "plugins": ",".join(sorted(set(plugins.values()))) or "none",
             "mlr_registry_version": __version__, "git_commit": git_commit(),
-            "gin_files": ",".join(args.gin), **_extra_tags(args)}
+            "gin_files": ",".join(args.gin), "bindings": "; ".join(args.bind), **_extra_tags(args)}
     run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
     run.start(tags, params)
     print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)

@@ -276,6 +276,26 @@ def test_runs_of_other_configurations_never_stand_in_for_the_main_ones(tmp_path)
     assert len(records) == 3 and not any("pools" in n for n in notes)
 
 
+def test_runs_that_differ_only_in_their_bind_options_are_different_configurations(tmp_path):
+    """Runs of one gin file with different --bind values (a plugin masker, a grid over the mask
+    ratio) are not reruns of each other; bindings of the seed, game or task (a sweep's per-trial
+    ones) only pick the cell, so they do not split a configuration."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("smoke", artifact_location=(tmp_path / "a").as_uri())
+    cube = dict(benchmark="atari100k", env="breakout", agent="rainbow", objective="mlr",
+                gin_files="gin/smoke/atari_mlr.gin",
+                bindings="trainers.atari100k.seed = 0; envs.atari.game = 'breakout'")
+    _add_run(client, exp, {**cube, "seed": 0}, final=2.0)
+    _add_run(client, exp, {**cube, "seed": 1, "bindings": "trainers.atari100k.seed = 1"}, final=3.0)
+    records, notes = find_runs(client, RunFilter("atari100k", uri))
+    assert [r.final_return for r in records] == [2.0, 3.0] and not any("pools" in n for n in notes)
+    _add_run(client, exp, {**cube, "seed": 0, "bindings": "losses.mlr.masker = @maskers.checkerboard()"}, final=9.0)
+    with pytest.raises(ReportError) as err:
+        find_runs(client, RunFilter("atari100k", uri))
+    assert "bind losses.mlr.masker = @maskers.checkerboard()" in str(err.value) and "--tag bindings" in str(err.value)
+
+
 def test_dmc100k_scores_also_come_from_500k_runs_at_their_100k_evaluation(tmp_path):
     """A DMC-500k run evaluates every 5,000 env steps, so it holds its DMC-100k score at env step
     100,000 (the reference read both of the paper's columns off the same runs)."""

@@ -425,3 +425,28 @@ def test_the_parent_run_ends_even_when_the_sweep_breaks(tmp_path, monkeypatch, e
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     (parent,) = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     assert parent.data.tags["sweep_role"] == "parent" and parent.info.status == status
+
+
+def test_a_grid_sweep_prints_one_report_command_per_variant():
+    """Each value of a grid over a non-env parameter is its own configuration, so the sweep
+    prints one report per value (by its sweep_variant tag) instead of one that would clash."""
+    from types import SimpleNamespace
+
+    from mlr_registry.sweep import cli
+
+    trial = grid.Trial(("gin/atari_mlr.gin",), (), "mask_ratio=0.25 game=pong seed=3", "x", "atari100k")
+    assert trial.variant == "mask_ratio=0.25"
+    assert grid.Trial((), (), "game=pong seed=1", "y", "atari100k").variant == "default"
+
+    def run(variant):
+        tags = {"benchmark": "atari100k", cli.SWEEP_TAG: "s", cli.VARIANT_TAG: variant}
+        return SimpleNamespace(info=SimpleNamespace(experiment_id="1"), data=SimpleNamespace(tags=tags))
+
+    client = SimpleNamespace(get_experiment=lambda _: SimpleNamespace(name="atari100k"))
+    uri = "sqlite:///x.db"
+    runs = [run("mask_ratio=0.25"), run("mask_ratio=0.75"), run("mask_ratio=0.25")]
+    two = cli.report_commands(client, runs, uri, "s")
+    assert [c.split("--tag sweep=s ")[1].split(" --tracking-uri")[0] for c in two] == [
+        "--tag sweep_variant=mask_ratio=0.25", "--tag sweep_variant=mask_ratio=0.75"]
+    (one,) = cli.report_commands(client, [run("default"), run("default")], uri, "s")
+    assert "sweep_variant" not in one and "--tag sweep=s" in one

@@ -142,12 +142,20 @@ def sort_seeds(seeds) -> list[str]:
     return sorted(seeds, key=_seed_key)
 
 
+# Bindings of these parameters pick a run's cell (env, seed), not its configuration.
+_CELL_PARAMETERS = ("seed", "game", "task")
+
+
 def config_of(experiment: str, tags: dict[str, str]) -> str:
-    """A run's configuration as the report tells them apart: its experiment and its ``gin_files``
-    tag, without DMC's per-task overlays (``gin/dmc/<task>.gin``, which a sweep adds per task and
-    the ``env`` tag already separates)."""
+    """A run's configuration as the report tells them apart: its experiment, its ``gin_files``
+    tag without DMC's per-task overlays (``gin/dmc/<task>.gin``, which a sweep adds per task and
+    the ``env`` tag already separates) and its ``bindings`` tag (the ``--bind`` options) without
+    those that set the seed, game or task (a sweep's per-trial ones)."""
     files = [f for f in tags.get("gin_files", "").split(",") if f and not f.startswith("gin/dmc/")]
-    return f"experiment {experiment!r}, gin {','.join(files) or '(not tagged)'}"
+    bindings = [b.strip() for b in tags.get("bindings", "").split("; ") if b.strip()]
+    own = [b for b in bindings if b.split("=", 1)[0].strip().rsplit(".", 1)[-1] not in _CELL_PARAMETERS]
+    text = f"experiment {experiment!r}, gin {','.join(files) or '(not tagged)'}"
+    return text + (f", bind {'; '.join(own)}" if own else "")
 
 
 def _one_config_per_cell(cells: dict[tuple[str, str, str], list[RunRecord]]) -> None:
@@ -161,7 +169,8 @@ def _one_config_per_cell(cells: dict[tuple[str, str, str], list[RunRecord]]) -> 
         more = f" (and {len(clashes) - 5} more)" if len(clashes) > 5 else ""
         raise ReportError(
             f"runs of different configurations share an (objective, env, seed){more}:\n  " + "\n  ".join(lines)
-            + "\nchoose the runs with --experiment NAME and/or --tag gin_files=FILES (the run tag)")
+            + "\nchoose the runs with --experiment NAME and/or --tag gin_files=FILES, --tag bindings=... "
+            "(the run tags), or --tag sweep_variant=... for one value of a sweep's grid")
 
 
 def _mixed_config_notes(records: list[RunRecord]) -> list[str]:

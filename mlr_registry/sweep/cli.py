@@ -31,6 +31,7 @@ EXIT_INTERRUPTED = 130
 SWEEP_TAG = "sweep"
 ROLE_TAG = "sweep_role"
 LABEL_TAG = "sweep_trial_label"
+VARIANT_TAG = "sweep_variant"  # the label without game/task/seed: one report per value
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -216,20 +217,24 @@ def _init_ray(args: argparse.Namespace):
 
 def report_commands(client, runs: Sequence, tracking_uri: str, name: str) -> list[str]:
     """One report command per benchmark of the finished runs, selecting exactly this sweep's runs
-    when every one of them carries its tag."""
+    when every one of them carries its tag; and per grid variant (``sweep_variant``, e.g.
+    ``mask_ratio=0.25``) when the sweep has several, since each is its own configuration."""
     from mlr_registry.tracking.mlflow_run import DEFAULT_TRACKING_URI
 
-    by_benchmark: dict[str, set[str]] = {}
+    groups: dict[tuple[str, str], set[str]] = {}
     tagged = all(r.data.tags.get(SWEEP_TAG) == name for r in runs)
     for run in runs:
         exp = client.get_experiment(run.info.experiment_id).name
-        by_benchmark.setdefault(run.data.tags.get("benchmark", "?"), set()).add(exp)
+        key = (run.data.tags.get("benchmark", "?"), run.data.tags.get(VARIANT_TAG, "") if tagged else "")
+        groups.setdefault(key, set()).add(exp)
     commands = []
-    for benchmark, experiments in sorted(by_benchmark.items()):
+    for (benchmark, variant), experiments in sorted(groups.items()):
         parts = ["python -m mlr_registry.report", f"--benchmark {benchmark}"]
         parts += [f"--experiment {e}" for e in sorted(experiments)]
         if tagged:
             parts.append(f"--tag {SWEEP_TAG}={name}")
+            if len({v for b, v in groups if b == benchmark}) > 1:
+                parts.append("--tag " + shlex.quote(f"{VARIANT_TAG}={variant}"))
         if tracking_uri != DEFAULT_TRACKING_URI:
             parts.append(f"--tracking-uri {tracking_uri}")
         commands.append(" ".join(parts))
@@ -360,7 +365,8 @@ def sweep(args: argparse.Namespace) -> int:
     status = "FAILED"  # what the parent ends as if anything below raises: it never stays RUNNING
     try:
         tags = ((PARENT_TAG, parent.run_id), (SWEEP_TAG, name))
-        specs = [TrialSpec(t, tracking_uri, (*tags, (TRIAL_TAG, t.trial_id), (LABEL_TAG, t.label)), str(Path.cwd()),
+        specs = [TrialSpec(t, tracking_uri, (*tags, (TRIAL_TAG, t.trial_id), (LABEL_TAG, t.label),
+                                                     (VARIANT_TAG, t.variant)), str(Path.cwd()),
                            str(log_dir), args.cpus_per_trial, retries=args.retries, resume_run=resume.get(t.trial_id))
                  for t in todo]
 

@@ -55,6 +55,14 @@ class Trial:
     trial_id: str    # the sweep_trial tag: a hash of the parsed config
     experiment: str  # the MLflow experiment its run goes to (gin's experiment.name)
 
+    @property
+    def variant(self) -> str:
+        """The label without the game, task and seed (which the report's cells already tell
+        apart): what sets this trial's configuration apart from the sweep's others, e.g.
+        ``mask_ratio=0.25``; ``default`` for a sweep over games, tasks and seeds only."""
+        parts = [p for p in self.label.split() if p.split("=", 1)[0] not in ("game", "task", "seed")]
+        return " ".join(parts) or "default"
+
     def run_args(self) -> list[str]:
         """The ``--gin``/``--bind`` arguments of ``python -m mlr_registry.run``."""
         args: list[str] = []
