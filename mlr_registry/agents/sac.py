@@ -108,6 +108,10 @@ def _field(transitions: Any, name: str) -> torch.Tensor:
     return transitions[name] if isinstance(transitions, Mapping) else getattr(transitions, name)
 
 
+# The aux branch's intensity noise scale (MLR_SPEC Part 2 §5, the reference's Intensity(scale=0.05)).
+AUX_INTENSITY_SCALE = 0.05
+
+
 @register("agent", "sac")
 class SAC(nn.Module):
     """SAC with auxiliary losses (an ``AuxHost`` for ``losses/auxiliary.py``).
@@ -324,7 +328,7 @@ class SAC(nn.Module):
         """The aux branch's augmentation (§5 "Augmentation"): an independent random
         image_size crop per image (offsets 0..h−size inclusive, kornia's ``RandomCrop``), then
         intensity ×(1 + 0.05·clamp(N(0,1), ±2)). (n c h w) float → (n c size size)."""
-        return intensity(random_crop(x, self.image_size), 0.05)
+        return intensity(random_crop(x, self.image_size), AUX_INTENSITY_SCALE)
 
     def crop(self, obs: torch.Tensor) -> torch.Tensor:
         """The SAC batch's random crop, independent per image (§2): offsets 0..h−size−1 when
