@@ -7,6 +7,8 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import numbers
+
 
 class MLRError(Exception):
     """Base class of errors caused by user input rather than by a bug."""
@@ -29,15 +31,21 @@ class CheckpointError(MLRError):
 
 
 def check_range(name: str, value: float, low: float | None = None, high: float | None = None,
-                *, low_open: bool = False, high_open: bool = False) -> None:
-    """Raise ConfigError unless ``low <= value <= high`` (bounds open where asked).
+                *, low_open: bool = False, high_open: bool = False, integer: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a number (an integer where ``integer``) and
+    ``low <= value <= high`` (bounds open where asked).
 
-    The message names the parameter, the value given and the accepted interval, so that a
-    typo in a gin file is fixed without reading code.
+    The message names the parameter, the value given and what is accepted, so that a typo in
+    a gin file is fixed without reading code (and a count given as 1.5 or 'big' stops the run
+    before it starts, not at its first use hours later).
     """
+    kind = "an integer" if integer else "a number"
+    wanted = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, wanted):
+        raise ConfigError(f"{name} = {value!r} is a {type(value).__name__}; expected {kind}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
         lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
         hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
-        raise ConfigError(f"{name} = {value!r} is out of range; expected a value in {lo}, {hi}")
+        raise ConfigError(f"{name} = {value!r} is out of range; expected {kind} in {lo}, {hi}")

@@ -100,3 +100,20 @@ def test_agent_and_replay_must_agree_on_the_n_step_return(binding, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         with tiny_trainer("gin/smoke/atari_baseline.gin", bindings=(binding,)):
             pass
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("trainers.atari100k.eval_episodes = 1.5", "atari100k.eval_episodes = 1.5 is a float; expected an integer"),
+    ("trainers.atari100k.batch_size = 'big'", "atari100k.batch_size = 'big' is a str; expected an integer"),
+    ("trainers.atari100k.seed = -3", r"seed = -3 is out of range; expected an integer in \[0, 4.29497e\+09\]"),
+])
+def test_a_count_of_the_wrong_type_stops_the_run_before_it_starts(binding, message):
+    """A count given as 1.5 or 'big' used to train the whole run and fail at its first use (the
+    final evaluation, hours later) or dump a TypeError: it is refused when the trainer is built."""
+    from conftest import tiny_trainer
+
+    from mlr_registry.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        with tiny_trainer("gin/smoke/atari_baseline.gin", bindings=(binding,)):
+            pass

@@ -143,7 +143,7 @@ def test_out_of_range_value(tmp_path, toy_site, toy_gin):
     db = tmp_path / "store.db"
     line = _single_error_line(run_cli(["--gin", str(toy_gin), "--bind", "trainers.toy.lr = 1.5",
                                        "--tracking-uri", f"sqlite:///{db}"], cwd=tmp_path, site=toy_site))
-    assert "toy.lr = 1.5 is out of range; expected a value in (0, 1]" in line
+    assert "toy.lr = 1.5 is out of range; expected a number in (0, 1]" in line
     assert not db.exists()  # a config error creates no run
 
 

@@ -93,7 +93,7 @@ class SequenceReplay:
         # rlpyt: off_backward = 1 + n_step + batch_T; off_forward = max(1, n_frames - 1)
         self.off_backward = 1 + self.n_step + self.sequence_length
         self.off_forward = max(1, self._fm1)
-        check_range("capacity", capacity, self.off_backward + self.off_forward + 1)
+        check_range("capacity", capacity, self.off_backward + self.off_forward + 1, integer=True)
         self.capacity = int(capacity)
         self.device = _check_device(device)
         self.seed = int(seed)
@@ -209,7 +209,7 @@ class SequenceReplay:
 
     def sample(self, batch_size: int) -> Batch:
         """A batch of ``batch_size`` sequences (with replacement), sanitized (MLR_SPEC §5)."""
-        check_range("batch_size", batch_size, 1)
+        check_range("batch_size", batch_size, 1, integer=True)
         if not self.can_sample(batch_size):
             raise RuntimeError(
                 f"replay cannot sample yet: {self._count} steps added, a start needs "

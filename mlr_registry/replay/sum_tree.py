@@ -32,7 +32,7 @@ class SumTree:
             capacity: number of leaves (replay entries); all start at priority 0.
             device: where the tree lives (the replay's device, so sampling needs no transfer).
         """
-        check_range("capacity", capacity, 1)
+        check_range("capacity", capacity, 1, integer=True)
         self.capacity = int(capacity)
         self.depth = max(0, math.ceil(math.log2(self.capacity)))
         self.num_leaves = 2**self.depth  # L

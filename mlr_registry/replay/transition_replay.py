@@ -281,7 +281,7 @@ class TransitionReplay:
 
     def sample_transitions(self, batch_size: int) -> Transitions:
         """``batch_size`` transitions drawn uniformly (with replacement) from those stored."""
-        check_range("batch_size", batch_size, 1)
+        check_range("batch_size", batch_size, 1, integer=True)
         if self._size == 0:
             raise ValueError("sample_transitions called on an empty replay")
         rel = torch.randint(0, self._size, (batch_size,), generator=self._generator, device=self.device)
@@ -316,7 +316,7 @@ class TransitionReplay:
         slots of the window starts), with ``b <= batch_size`` (``b = batch_size`` with
         ``fixed_size_sequences``).
         """
-        check_range("batch_size", batch_size, 1)
+        check_range("batch_size", batch_size, 1, integer=True)
         starts = self.num_sequence_starts
         if starts == 0:
             raise ValueError(f"sample_sequences needs more than sequence_length = {self.sequence_length} "

@@ -126,15 +126,15 @@ class Atari100kTrainer(LoopTrainer):
     ):
         if agent is None:
             raise ConfigError("atari100k.agent is not set; bind it, e.g. atari100k.agent = @agents.rainbow")
-        check_range("atari100k.num_env_steps", num_env_steps, 1)
-        check_range("atari100k.learning_starts", learning_starts, 0)
-        check_range("atari100k.updates_per_step", updates_per_step, 0)
-        check_range("atari100k.batch_size", batch_size, 1)
-        check_range("atari100k.eval_episodes", eval_episodes, 0)
+        check_range("atari100k.num_env_steps", num_env_steps, 1, integer=True)
+        check_range("atari100k.learning_starts", learning_starts, 0, integer=True)
+        check_range("atari100k.updates_per_step", updates_per_step, 0, integer=True)
+        check_range("atari100k.batch_size", batch_size, 1, integer=True)
+        check_range("atari100k.eval_episodes", eval_episodes, 0, integer=True)
         check_range("atari100k.eval_epsilon", eval_epsilon, 0, 1)
-        check_range("atari100k.eval_every", eval_every, 0)
-        check_range("atari100k.log_every", log_every, 1)
-        check_range("atari100k.checkpoint_every", checkpoint_every, 0)
+        check_range("atari100k.eval_every", eval_every, 0, integer=True)
+        check_range("atari100k.log_every", log_every, 1, integer=True)
+        check_range("atari100k.checkpoint_every", checkpoint_every, 0, integer=True)
         self.device = resolve_device(device)
         seed_everything(seed)
         self.seed = seed

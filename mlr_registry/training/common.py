@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from mlr_registry.errors import ConfigError
+from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.training.evaluation import EnvWorkers
 
 
@@ -30,6 +30,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators; numpy takes 0 .. 2**32 - 1."""
+    check_range("seed", seed, 0, 2**32 - 1, integer=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -96,14 +96,14 @@ class DMCTrainer(LoopTrainer):
         thread anyway, so stepping from another thread is safe.
         eval_workers (0 = the reference's one eval env; -1 = one worker per core; N): play the
         evaluation episodes in lockstep in worker processes (see :meth:`evaluate`)."""
-        check_range("dmc.num_env_steps", num_env_steps, 1)
+        check_range("dmc.num_env_steps", num_env_steps, 1, integer=True)
         check_range("dmc.init_steps", init_steps, 0)
-        check_range("dmc.batch_size", batch_size, 1)
-        check_range("dmc.aux_batch_size", aux_batch_size, 1)
-        check_range("dmc.eval_every", eval_every, 0)
-        check_range("dmc.eval_episodes", eval_episodes, 1)
-        check_range("dmc.log_every", log_every, 1)
-        check_range("dmc.checkpoint_every", checkpoint_every, 0)
+        check_range("dmc.batch_size", batch_size, 1, integer=True)
+        check_range("dmc.aux_batch_size", aux_batch_size, 1, integer=True)
+        check_range("dmc.eval_every", eval_every, 0, integer=True)
+        check_range("dmc.eval_episodes", eval_episodes, 1, integer=True)
+        check_range("dmc.log_every", log_every, 1, integer=True)
+        check_range("dmc.checkpoint_every", checkpoint_every, 0, integer=True)
         self.device = resolve_device(device)
         seed_everything(seed)
         self.seed = seed
