@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -113,6 +114,38 @@ def _extra_tags(args: argparse.Namespace) -> dict[str, str]:
     return {k.strip(): v for k, v in (t.split("=", 1) for t in args.tag)}
 
 
+def _process_tags() -> dict[str, str]:
+    """Which process writes the run: ``--resume`` refuses a RUNNING run whose process is alive."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _refuse_if_alive(run_id: str, tags: dict[str, str]) -> None:
+    """A RUNNING run may be one that crashed (kill -9, a lost machine) or one still training:
+    resuming the latter would have two processes write one run's metrics and checkpoints. On
+    this host a live process with the run's pid that runs mlr_registry says which; from
+    another host it cannot be told, so that gets a warning."""
+    import socket
+
+    from mlr_registry.errors import CheckpointError
+
+    host, pid = tags.get("host"), tags.get("pid", "")
+    if host is None or not pid.isdigit():
+        return
+    if host != socket.gethostname():
+        print(f"warning: run {run_id} is RUNNING on host {host}; if its process (pid {pid}) still runs, "
+              "both will write to the run", file=sys.stderr)
+        return
+    try:
+        alive = b"mlr_registry" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # no such process (or no /proc: then os.kill tells whether the pid exists)
+        alive = False
+    if alive:
+        raise CheckpointError(f"run {run_id} is RUNNING and its process (pid {pid} on this host) is still alive: "
+                              "stop it first (Ctrl-C or SIGTERM end it KILLED with a checkpoint), then resume")
+
+
 def _checkpointer(run, params):
     from mlr_registry.training.checkpoint import Checkpointer
 
@@ -134,7 +167,8 @@ def train(args: argparse.Namespace) -> int:
     tags = {**trainer.run_tags(),
             "plugins": ",".join(sorted(set(plugins.values()))) or "none",
             "mlr_registry_version": __version__, "git_commit": git_commit(),
-            "gin_files": ",".join(args.gin), "bindings": "; ".join(args.bind), **_extra_tags(args)}
+            "gin_files": ",".join(args.gin), "bindings": "; ".join(args.bind), **_process_tags(),
+            **_extra_tags(args)}
     run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
     run.start(tags, params)
     print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)
@@ -162,6 +196,8 @@ def resume(args: argparse.Namespace) -> int:
     info = run.get_run(args.resume).info
     if info.status not in RESUMABLE_STATUSES:
         raise CheckpointError(f"run {args.resume} is {info.status}; only {', '.join(RESUMABLE_STATUSES)} runs resume")
+    if info.status == "RUNNING":
+        _refuse_if_alive(args.resume, run.get_run(args.resume).data.tags)
     if not run.has_artifact(args.resume, "config/config.gin"):  # an unreachable store raises instead
         raise CheckpointError(f"run {args.resume} has no config/config.gin artifact to rebuild it from")
     with tempfile.TemporaryDirectory(prefix="mlr_registry_resume_") as tmp:
@@ -174,7 +210,7 @@ def resume(args: argparse.Namespace) -> int:
         run.remove_scratch()
         raise
     run.resume(args.resume, from_step=step)
-    run.set_tags({"resumed_from_step": str(step), **_extra_tags(args)})
+    run.set_tags({"resumed_from_step": str(step), **_process_tags(), **_extra_tags(args)})
     print(f"resuming MLflow run {run.run_id} from step {step} ({latest})", file=sys.stderr)
     checkpointer = _checkpointer(run, params)
     checkpointer.last_saved_step = step
@@ -216,6 +252,10 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
         status = "KILLED"
         print(f"interrupted: MLflow run {run.run_id} ends KILLED with what it had logged", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # the run keeps why it failed, not only the console
+        with contextlib.suppress(Exception):
+            run.set_tags({"error": f"{type(exc).__name__}: {str(exc).strip()}"[:1000]})
+        raise
     finally:
         # A second Ctrl-C or SIGTERM while the status is written would leave the run RUNNING.
         with _signals_ignored():

@@ -84,6 +84,9 @@ def test_crash_ends_failed_with_logged_metrics(tmp_path, toy_site, toy_gin):
     client, runs = mlflow_runs(db, "toy")
     assert runs[0].info.status == "FAILED"
     assert len(client.get_metric_history(runs[0].info.run_id, "train/loss")) == 1
+    # the run keeps why it failed (not only the console), and which process wrote it
+    assert "toy trainer crashed on purpose" in runs[0].data.tags["error"]
+    assert runs[0].data.tags["pid"].isdigit() and runs[0].data.tags["host"]
 
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])

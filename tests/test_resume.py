@@ -353,3 +353,25 @@ def test_resume_of_a_run_without_its_config_is_exit_2(tmp_path, monkeypatch, cap
     run.end("KILLED")
     code, error = _main(["--resume", run.run_id], tmp_path, capsys)
     assert code == 2 and f"run {run.run_id} has no config/config.gin artifact" in error
+
+
+def test_a_running_run_whose_process_is_alive_is_not_resumed(tmp_path, monkeypatch, capsys):
+    """Two processes writing one run mixed its metrics and deleted each other's checkpoints: a
+    RUNNING run whose recorded process on this host still runs mlr_registry is refused; one
+    whose process is gone (killed with -9) resumes, as the other tests show."""
+    import socket
+
+    from mlr_registry.tracking.mlflow_run import TrackedRun
+
+    monkeypatch.chdir(tmp_path)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "mlr_registry"])
+    try:
+        run = TrackedRun(f"sqlite:///{tmp_path / 'mlruns.db'}", experiment="x")
+        run.start({"host": socket.gethostname(), "pid": str(alive.pid)}, {})
+        code, error = _main(["--resume", run.run_id], tmp_path, capsys)
+        assert code == 2 and f"its process (pid {alive.pid} on this host) is still alive" in error
+    finally:
+        alive.kill()
+        alive.wait()
+    code, error = _main(["--resume", run.run_id], tmp_path, capsys)  # now gone: on to the next check
+    assert code == 2 and "has no config/config.gin artifact" in error
