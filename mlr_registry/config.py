@@ -162,6 +162,10 @@ def _parse_one(parse_fn, source: str) -> None:
         raise ConfigError(f"{where}: gin syntax error: {exc.msg}") from exc
     except tokenize.TokenError as exc:
         raise ConfigError(f"{source}: gin syntax error: {exc.args[0]} (an unclosed bracket or quote?)") from exc
+    except KeyError as exc:  # gin: "Ambiguous selector 'dmc', matches ['trainers.dmc', 'envs.dmc']."
+        text = str(exc.args[0]) if exc.args else str(exc)
+        raise ConfigError(f"{source}: {text.splitlines()[0].strip(chr(34) + chr(39)).rstrip('.')}; "
+                          "write the full name") from exc
     except (OSError, ValueError) as exc:
         text = str(exc)
         if isinstance(exc, IOError) and "Unable to open file" in text:
@@ -176,6 +180,12 @@ def translate_call_error(exc: BaseException) -> ConfigError | None:
         return ConfigError(_translate(text))
     if "Required bindings" in text or "REQUIRED" in text:
         return ConfigError(text.splitlines()[0])
+    called = re.search(r"In call to configurable '([\w.]+)'", text)
+    if isinstance(exc, TypeError) and called and "required positional argument" in text:
+        # e.g. @encoders.nature_cnn() bound as a masker: its owner, not gin, gives it its inputs
+        return ConfigError(f"gin called {called.group(1)} itself and it failed: {text.splitlines()[0]} "
+                           "(is it bound where another kind of component is expected, or should the "
+                           "reference be written without '()'?)")
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import REPO, run_cli
 
 
@@ -28,3 +29,21 @@ def test_dry_run_reports_config_errors_like_a_run(tmp_path):
                     "--dry-run"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "mask_ratio" in proc.stderr and "1.5" in proc.stderr
+
+
+@pytest.mark.parametrize("gin_file, binding, message", [
+    ("gin/smoke/dmc_mlr.gin", "dmc.task = 'walker-walk'",
+     "Ambiguous selector 'dmc', matches ['trainers.dmc', 'envs.dmc']; write the full name"),
+    ("gin/smoke/atari_mlr.gin", "losses.mlr.masker = 'cube'",
+     "losses.mlr.masker = 'cube' is a str; expected a masker, e.g. losses.mlr.masker = @maskers.cube()"),
+    ("gin/smoke/atari_mlr.gin", "losses.mlr.masker = @encoders.nature_cnn()",
+     "gin called nature_cnn itself and it failed: NatureCNN.__init__() missing 1 required positional argument"),
+])
+def test_miswired_bindings_are_one_line_errors(gin_file, binding, message, capsys):
+    """An ambiguous short name, a string where a component goes, a component of another kind:
+    each used to dump a traceback (or fail at the first update); now exit 2 and one line."""
+    from mlr_registry import run
+
+    assert run.main(["--gin", str(REPO / gin_file), "--bind", binding, "--dry-run"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert message in line

@@ -212,6 +212,11 @@ class MLRLoss(AuxiliaryLoss):
                                      ("distance", distance, DISTANCES)):
             if value not in allowed:
                 raise ConfigError(f"losses.mlr.{name} = {value!r}; expected one of {', '.join(allowed)}")
+        for name, value, example in (("masker", masker, "@maskers.cube()"),
+                                     ("decoder", decoder, "@decoders.transformer")):
+            if value is not None and (isinstance(value, (str, int, float)) or not callable(value)):
+                raise ConfigError(f"losses.mlr.{name} = {value!r} is a {type(value).__name__}; "
+                                  f"expected a {name}, e.g. losses.mlr.{name} = {example}")
         if reinit_encoder_linear and init != "trunc_normal":
             raise ConfigError("losses.mlr.reinit_encoder_linear = True re-initializes the encoder with this "
                               f"loss's init scheme; set losses.mlr.init = 'trunc_normal' (got {init!r})")
