@@ -450,3 +450,21 @@ def test_a_grid_sweep_prints_one_report_command_per_variant():
         "--tag sweep_variant=mask_ratio=0.25", "--tag sweep_variant=mask_ratio=0.75"]
     (one,) = cli.report_commands(client, [run("default"), run("default")], uri, "s")
     assert "sweep_variant" not in one and "--tag sweep=s" in one
+
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--games", "pongg"], "unknown Atari game 'pongg'; did you mean 'pong'?"),
+    (["--grid", "atari.game=[pong,brekout]"], "unknown Atari game 'brekout'"),
+    (["--tasks", "cheetah_run"], "unknown DMC task 'cheetah_run'; did you mean 'cheetah-run'?"),
+    (["--tasks", "cheetah-run"], "gin/smoke/atari_mlr.gin trains on envs.atari: use --games with this config"),
+])
+def test_the_sweep_checks_its_games_and_tasks_before_any_trial(args, message, capsys, tmp_path):
+    """An unknown id used to fail inside every trial (exit 1), and --tasks on an Atari config
+    ran Atari trials labelled task=cheetah-run: both now stop the sweep at once, exit 2."""
+    from mlr_registry.sweep import cli
+
+    monkey_db = tmp_path / "absent.db"
+    code = cli.main(["--gin", SMOKE, *args, "--dry-run", "--tracking-uri", f"sqlite:///{monkey_db}"])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not monkey_db.exists()

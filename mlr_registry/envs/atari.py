@@ -74,7 +74,11 @@ def human_normalized(game: str, score: float) -> float:
     return (float(score) - random) / (HUMAN_SCORES[game] - random)
 
 
-def _rom_path(game: str) -> str:
+def rom_path(game: str) -> str:
+    """The ROM file of ALE game ``game`` (a ROM id such as 'pong'); an unknown or uninstalled
+    id is a ConfigError naming the closest ids."""
+    if not isinstance(game, str):
+        raise ConfigError(f"atari.game = {game!r} is a {type(game).__name__}; expected an ALE ROM id such as 'pong'")
     ids = roms.get_all_rom_ids()
     if game not in ids:
         close = _nearest(game, ids)
@@ -172,7 +176,7 @@ class AtariEnv(gymnasium.Env):
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed = {seed!r} must be a non-negative integer")
         self.game = game
-        self._rom = _rom_path(game)
+        self._rom = rom_path(game)
         self.frame_skip = int(frame_skip)
         self.frame_stack = int(frame_stack)
         self.image_size = int(image_size)

@@ -67,7 +67,12 @@ def all_task_ids() -> list[str]:
     return [f"{domain}-{task}" for domain, task in _suite().ALL_TASKS]
 
 
-def _split_task(task: str) -> tuple[str, str]:
+def split_task(task: str) -> tuple[str, str]:
+    """(domain, task) of a ``domain-task`` id such as 'cheetah-run'; an unknown id is a
+    ConfigError naming the closest ids."""
+    if not isinstance(task, str):
+        raise ConfigError(f"dmc.task = {task!r} is a {type(task).__name__}; expected a `domain-task` id "
+                          "such as 'cheetah-run'")
     ids = all_task_ids()
     if task not in ids:
         squashed = {i.replace("_", ""): i for i in ids}
@@ -139,7 +144,7 @@ class DMCEnv(gymnasium.Env):
                 ``ceil(episode_length / action_repeat)`` steps, as dmc2gym's time limit.
         """
         super().__init__()
-        domain, name = _split_task(task)
+        domain, name = split_task(task)
         self.game = f"{domain}-{name}"
         if action_repeat is None:
             action_repeat = ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)

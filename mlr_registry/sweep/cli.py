@@ -97,6 +97,8 @@ def build_axes(args: argparse.Namespace) -> list[Axis]:
         axes.append(grid.games_axis(args.games))
     if args.tasks:
         axes.append(grid.tasks_axis(args.tasks))
+    for axis in axes:
+        grid.check_env_axis(axis, args.gin, args.bind)
     if args.seeds is not None:
         axes.append(grid.seeds_axis(args.seeds, args.gin, args.bind, args.first_seed))
     return axes

@@ -157,6 +157,8 @@ def parse_grid(text: str) -> Axis:
         raise ConfigError(f"--grid {text!r}: no values")
     if selector == TASK_SELECTOR:
         return tasks_axis(",".join(items))
+    if selector == GAME_SELECTOR:
+        return games_axis(",".join(items))
     return Axis(selector, param, tuple(to_gin_literal(v) for v in items))
 
 
@@ -171,9 +173,11 @@ def _named_set(spec: str, sets: dict[str, tuple[str, ...]], what: str) -> list[s
 
 def games_axis(spec: str) -> Axis:
     """``atari26`` (the paper's 26 Atari-100k games) or ``alien,pong`` (ALE ROM ids)."""
-    from mlr_registry.envs.atari import ATARI_100K_GAMES
+    from mlr_registry.envs.atari import ATARI_100K_GAMES, rom_path
 
     games = _named_set(spec, {"atari26": ATARI_100K_GAMES}, "games")
+    for game in games:  # an unknown id stops the sweep here, not inside each trial
+        rom_path(game)
     return Axis(GAME_SELECTOR, "game", tuple(repr(g) for g in games))
 
 
@@ -193,9 +197,11 @@ def task_overlay(task: str) -> str | None:
 def tasks_axis(spec: str) -> Axis:
     """``dmc6`` (the paper's six tasks) or ``cheetah-run,walker-walk``; each task brings its
     overlay (action repeat, per-task learning rates, block size, tau) where one exists."""
-    from mlr_registry.envs.dmc import DMC6_TASKS
+    from mlr_registry.envs.dmc import DMC6_TASKS, split_task
 
     tasks = _named_set(spec, {"dmc6": DMC6_TASKS}, "tasks")
+    for task in tasks:  # an unknown id stops the sweep here, not inside each trial
+        split_task(task)
     overlays = tuple((o,) if (o := task_overlay(t)) else () for t in tasks)
     return Axis(TASK_SELECTOR, "task", tuple(repr(t) for t in tasks), overlays)
 
@@ -210,6 +216,27 @@ def trainer_selector() -> str:
         raise ConfigError("the gin files bind no experiment.trainer (e.g. experiment.trainer = "
                           "@trainers.atari100k)") from None
     return reference.selector
+
+
+def check_env_axis(axis: Axis, gin_files: Sequence[str], bindings: Sequence[str] = ()) -> None:
+    """A game axis needs a config that trains on ``envs.atari``, a task axis one on ``envs.dmc``:
+    otherwise every trial would run the config's own env under a wrong label."""
+    import gin
+
+    from mlr_registry import config
+
+    wanted = {GAME_SELECTOR: ("envs.atari", "--games"), TASK_SELECTOR: ("envs.dmc", "--tasks")}.get(axis.selector)
+    if wanted is None:
+        return
+    config.parse(gin_files, bindings)
+    try:
+        env = gin.query_parameter(f"{trainer_selector()}.env").selector
+    except (ValueError, AttributeError):
+        return  # a trainer without an env reference (a plugin): nothing to compare
+    if env != wanted[0]:
+        other = "--tasks" if wanted[1] == "--games" else "--games"
+        raise ConfigError(f"{wanted[1]} sweeps {axis.selector}, but {gin_files[0]} trains on {env}: "
+                          f"use {other} with this config, or a config on {wanted[0]}")
 
 
 def seeds_axis(count: int, gin_files: Sequence[str], bindings: Sequence[str] = (), first: int = 0) -> Axis:
