@@ -191,6 +191,11 @@ def test_no_matching_runs_is_a_one_line_error_naming_the_filters(store, capsys, 
     with pytest.raises(NoRunsError):
         main([*args, "--benchmark", "dmc500k", "--debug"])
     assert not (tmp_path / "r").exists()
+    # a mistyped store path is named, not created (and then reported as holding no runs)
+    typo = tmp_path / "nodir" / "mlruns.db"
+    assert main(["--benchmark", "atari100k", "--tracking-uri", f"sqlite:///{typo}", "--out", str(tmp_path / "r")]) == 2
+    assert f"no MLflow store at {typo} (the file does not exist)" in _error_line(capsys)
+    assert not typo.parent.exists()
 
 
 def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):

@@ -199,6 +199,12 @@ def build_report(options: ReportOptions) -> Report:
 
     if options.reps < 1:
         raise ReportError(f"--reps = {options.reps} must be at least 1")
+    from mlr_registry.tracking.mlflow_run import missing_sqlite_store
+
+    missing = missing_sqlite_store(options.filter.tracking_uri)
+    if missing is not None:
+        raise ReportError(f"no MLflow store at {missing} (the file does not exist): pass the store your runs "
+                          "used with --tracking-uri (by default mlruns.db in the folder you trained from)")
     client = MlflowClient(tracking_uri=options.filter.tracking_uri)
     report = analyse(client, options.filter, reps=options.reps, seed=options.seed)
     out = Path(options.out_dir)

@@ -131,12 +131,6 @@ def trial_runs(client, experiments: set[str], trial_ids: set[str]) -> dict[str, 
     return found
 
 
-def _sqlite_store_missing(tracking_uri: str) -> bool:
-    """True for a ``sqlite:///PATH`` store whose file does not exist (yet)."""
-    prefix = "sqlite:///"
-    return tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).exists()
-
-
 def _finished(runs: dict[str, list]) -> dict[str, object]:
     """trial id -> its latest FINISHED run, for the trials that have one."""
     done = {tid: [r for r in rs if r.info.status == "FINISHED"] for tid, rs in runs.items()}
@@ -324,7 +318,7 @@ def sweep(args: argparse.Namespace) -> int:
     from mlr_registry import registry
     from mlr_registry.sweep import grid
     from mlr_registry.sweep.trial import TrialSpec
-    from mlr_registry.tracking.mlflow_run import resolve_tracking_uri
+    from mlr_registry.tracking.mlflow_run import missing_sqlite_store, resolve_tracking_uri
 
     for failure in registry.load_all():
         print(f"warning: {failure}", file=sys.stderr)
@@ -338,7 +332,7 @@ def sweep(args: argparse.Namespace) -> int:
     from mlflow.tracking import MlflowClient
 
     experiments = {t.experiment for t in trials}
-    if args.dry_run and _sqlite_store_missing(tracking_uri):
+    if args.dry_run and missing_sqlite_store(tracking_uri) is not None:
         earlier = {}  # nothing ran before, and opening the store would create its file
     else:
         earlier = trial_runs(MlflowClient(tracking_uri=tracking_uri), experiments, {t.trial_id for t in trials})

@@ -35,6 +35,16 @@ def resolve_tracking_uri(flag: str | None = None) -> str:
     return flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def missing_sqlite_store(tracking_uri: str) -> Path | None:
+    """The file of a ``sqlite:///PATH`` store that does not exist (yet), else None. Opening one
+    creates it (and its folder), so readers check first: a mistyped path is an error, not an
+    empty store."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).exists():
+        return Path(tracking_uri[len(prefix):])
+    return None
+
+
 def git_commit(path: Path | None = None) -> str:
     """The commit of the source tree the package runs from ('unknown' outside a checkout)."""
     where = path or Path(__file__).resolve().parent
