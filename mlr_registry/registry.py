@@ -187,7 +187,7 @@ def load_all() -> list[PluginFailure]:
             with _origin(dist):
                 try:
                     ep.load()
-                except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the others
+                except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not stop the others
                     _plugin_failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
                     continue
             _loaded_plugins[ep.name] = dist

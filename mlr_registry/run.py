@@ -68,6 +68,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--tag {bad[0]!r}: expected KEY=VALUE, e.g. --tag sweep=alien-seeds")
     if args.resume and args.gin:
         p.error("--resume continues a run with the config it logged; it takes no --gin")
+    if args.resume and args.dry_run:
+        p.error("--dry-run checks --gin files, not a run to resume; drop one of --dry-run and --resume")
     if not args.list and not args.gin and not args.resume:
         p.error("give at least one --gin FILE (or --list, or --resume RUN_ID); e.g. --gin gin/smoke/atari_mlr.gin")
     return args
@@ -225,6 +227,10 @@ def _load_latest_checkpoint(run, run_id: str, trainer, params) -> tuple[int, Pat
     root = run.download_checkpoints(run_id)
     latest = latest_checkpoint(root) if root is not None else None
     if latest is None:
+        steps = sorted(p.name for p in root.glob("step_*")) if root is not None and root.is_dir() else []
+        if steps:
+            raise CheckpointError(f"run {run_id} has checkpoint folders ({', '.join(steps)}) but no {root}/latest "
+                                  "pointer: write the newest complete folder's name into it to resume from there")
         raise CheckpointError(f"run {run_id} has no checkpoint (no {root}/latest): it ran with "
                               "checkpoint_every = 0 or stopped before its first checkpoint")
     state, meta = load_checkpoint(latest, params)

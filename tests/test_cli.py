@@ -164,6 +164,20 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path, toy_site):
     assert "toy  [toy-plugin]" in proc.stdout and "cube  [built-in]" in proc.stdout
 
 
+def test_a_plugin_that_exits_at_import_is_named_and_the_rest_load(tmp_path, toy_site):
+    make_distribution(toy_site, "exiting-plugin", {"exiting_plugin": "import sys\nsys.exit('plugin exits')\n"},
+                      {"exiting": "exiting_plugin"})
+    proc = run_cli(["--list"], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 0, proc.stderr
+    assert "plugin 'exiting' (exiting-plugin) failed to load: SystemExit: plugin exits" in proc.stderr
+    assert "toy  [toy-plugin]" in proc.stdout
+
+
+def test_dry_run_with_resume_is_a_usage_error(tmp_path):
+    proc = run_cli(["--resume", "0123", "--dry-run"], cwd=tmp_path)
+    assert proc.returncode == 2 and "--dry-run checks --gin files, not a run to resume" in proc.stderr
+
+
 def test_plugin_registering_an_existing_name_never_replaces_it(tmp_path, toy_site):
     source = """
         from mlr_registry import register

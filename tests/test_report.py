@@ -196,6 +196,10 @@ def test_no_matching_runs_is_a_one_line_error_naming_the_filters(store, capsys, 
     assert main(["--benchmark", "atari100k", "--tracking-uri", f"sqlite:///{typo}", "--out", str(tmp_path / "r")]) == 2
     assert f"no MLflow store at {typo} (the file does not exist)" in _error_line(capsys)
     assert not typo.parent.exists()
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("not a folder")
+    assert main(["--benchmark", "atari100k", "--tracking-uri", uri, "--experiment", "seeds", "--out", str(a_file)]) == 2
+    assert f"--out {a_file} is a file" in _error_line(capsys)
 
 
 def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):

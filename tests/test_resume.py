@@ -191,6 +191,20 @@ def test_corrupt_checkpoint_is_exit_2_naming_the_file_and_leaves_the_run(termina
         (ckpt / TENSORS).write_bytes(data)
 
 
+def test_checkpoint_folders_without_a_latest_pointer_are_named(terminated, capsys):
+    """A checkpoint interrupted between writing its folder and its pointer: the error names the
+    folders and the fix, rather than blaming checkpoint_every = 0."""
+    cwd, _ = terminated
+    pointer = _latest_pointer(cwd)
+    text = pointer.read_text()
+    pointer.unlink()
+    try:
+        code, error = _main(["--resume", _only_run(cwd)[1].info.run_id], cwd, capsys)
+        assert code == 2 and f"checkpoint folders ({text.strip()}) but no" in error and "latest" in error
+    finally:
+        pointer.write_text(text)
+
+
 def test_mismatched_config_is_a_clear_error(terminated, capsys):
     cwd, _ = terminated
     before = _snapshot(cwd)

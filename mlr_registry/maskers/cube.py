@@ -61,7 +61,7 @@ class CubeMasker:
             raise ConfigError(f"patch_size = {patch_size!r} must be a positive integer (pixels)")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
             raise ConfigError(f"block_size = {block_size!r} must be a positive integer (timesteps)")
-        check_range("mask_ratio", mask_ratio, 0.0, 1.0)
+        check_range("maskers.cube.mask_ratio", mask_ratio, 0.0, 1.0)
         self.patch_size = patch_size
         self.mask_ratio = float(mask_ratio)
         self.block_size = block_size

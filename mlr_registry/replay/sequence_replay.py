@@ -80,9 +80,9 @@ class SequenceReplay:
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"observation_shape = {tuple(observation_shape)!r} is invalid; expected "
                               "(frame_stack, height, width) with every entry >= 1")
-        check_range("sequence_length", sequence_length, 1)
-        check_range("n_step", n_step, 1)
-        check_range("discount", discount, 0, 1)
+        check_range(f"replays.{self.gin_name}.sequence_length", sequence_length, 1)
+        check_range(f"replays.{self.gin_name}.n_step", n_step, 1)
+        check_range(f"replays.{self.gin_name}.discount", discount, 0, 1)
         self.observation_shape: tuple[int, int, int] = shape  # type: ignore[assignment]
         self.frame_stack, self.height, self.width = shape
         self.sequence_length = int(sequence_length)
@@ -93,7 +93,8 @@ class SequenceReplay:
         # rlpyt: off_backward = 1 + n_step + batch_T; off_forward = max(1, n_frames - 1)
         self.off_backward = 1 + self.n_step + self.sequence_length
         self.off_forward = max(1, self._fm1)
-        check_range("capacity", capacity, self.off_backward + self.off_forward + 1, integer=True)
+        check_range(f"replays.{self.gin_name}.capacity", capacity, self.off_backward + self.off_forward + 1,
+                    integer=True)
         self.capacity = int(capacity)
         self.device = _check_device(device)
         self.seed = int(seed)
@@ -362,12 +363,12 @@ class PrioritizedSequenceReplay(SequenceReplay):
                 The same batches and priorities; falls back to eager with a warning.
         """
         super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile)
-        check_range("alpha", alpha, 0, 1)
-        check_range("beta_start", beta_start, 0, 1)
-        check_range("beta_end", beta_end, 0, 1)
-        check_range("beta_anneal_start", beta_anneal_start, 0)
-        check_range("beta_anneal_end", beta_anneal_end, beta_anneal_start)
-        check_range("default_priority", default_priority, 0, low_open=True)
+        check_range("replays.prioritized_sequence.alpha", alpha, 0, 1)
+        check_range("replays.prioritized_sequence.beta_start", beta_start, 0, 1)
+        check_range("replays.prioritized_sequence.beta_end", beta_end, 0, 1)
+        check_range("replays.prioritized_sequence.beta_anneal_start", beta_anneal_start, 0)
+        check_range("replays.prioritized_sequence.beta_anneal_end", beta_anneal_end, beta_anneal_start)
+        check_range("replays.prioritized_sequence.default_priority", default_priority, 0, low_open=True)
         self.alpha = float(alpha)
         self.beta_start, self.beta_end = float(beta_start), float(beta_end)
         self.beta_anneal_start, self.beta_anneal_end = int(beta_anneal_start), int(beta_anneal_end)

@@ -208,6 +208,8 @@ def build_report(options: ReportOptions) -> Report:
     client = MlflowClient(tracking_uri=options.filter.tracking_uri)
     report = analyse(client, options.filter, reps=options.reps, seed=options.seed)
     out = Path(options.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file; give a folder (made if missing) for the report's files")
     out.mkdir(parents=True, exist_ok=True)
     report.out_dir = out
     pngs = _plots(client, report, out, options.reps, options.seed) if options.plots else []
