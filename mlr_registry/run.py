@@ -116,6 +116,28 @@ def _extra_tags(args: argparse.Namespace) -> dict[str, str]:
     return {k.strip(): v for k, v in (t.split("=", 1) for t in args.tag)}
 
 
+@contextlib.contextmanager
+def _store_errors(tracking_uri: str):
+    """MLflow's errors for a store it cannot use (an unknown scheme, a folder instead of a
+    database) as one line naming the store (exit 2), not a traceback. A server's errors stay
+    failures (exit 1): one that does not answer may answer later, and a sweep retries those."""
+    from mlr_registry.errors import ConfigError, MLRError
+    from mlr_registry.tracking.mlflow_run import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    try:
+        yield
+    except MLRError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, sqlalchemy's errors
+        if uri.startswith(("http://", "https://")):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ConfigError(f"cannot use the MLflow tracking store {uri!r}: "
+                          f"{type(exc).__name__}: "
+                          f"{first[:300]} (the default is sqlite:///mlruns.db; a server is http://HOST:PORT)") from exc
+
+
 def _process_tags() -> dict[str, str]:
     """Which process writes the run: ``--resume`` refuses a RUNNING run whose process is alive."""
     import socket
@@ -171,8 +193,9 @@ def train(args: argparse.Namespace) -> int:
             "mlr_registry_version": __version__, "git_commit": git_commit(),
             "gin_files": ",".join(args.gin), "bindings": "; ".join(args.bind), **_process_tags(),
             **_extra_tags(args)}
-    run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
-    run.start(tags, params)
+    with _store_errors(args.tracking_uri):
+        run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
+        run.start(tags, params)
     print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)
     try:  # a checkpoint folder that cannot be made (permissions, full disk) must not leave it RUNNING
         checkpointer = _checkpointer(run, params) if _accepts_checkpointer(trainer) else None
@@ -194,8 +217,9 @@ def resume(args: argparse.Namespace) -> int:
     from mlr_registry.errors import CheckpointError
     from mlr_registry.tracking.mlflow_run import RESUMABLE_STATUSES, TrackedRun
 
-    run = TrackedRun(args.tracking_uri)
-    info = run.get_run(args.resume).info
+    with _store_errors(args.tracking_uri):
+        run = TrackedRun(args.tracking_uri)
+        info = run.get_run(args.resume).info
     if info.status not in RESUMABLE_STATUSES:
         raise CheckpointError(f"run {args.resume} is {info.status}; only {', '.join(RESUMABLE_STATUSES)} runs resume")
     if info.status == "RUNNING":

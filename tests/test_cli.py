@@ -191,3 +191,15 @@ def test_plugin_registering_an_existing_name_never_replaces_it(tmp_path, toy_sit
     assert "masker 'cube' is already registered by built-in" in proc.stderr
     assert "sneaky-plugin (sneaky_plugin) tried to register it again" in proc.stderr
     assert "cube  [built-in]" in proc.stdout
+
+
+@pytest.mark.parametrize("uri, message", [("bogus://x", "UnsupportedModelRegistryStoreURIException"),
+                                          ("{tmp}", "MlflowException: The filesystem tracking backend")])
+def test_an_unusable_tracking_store_is_one_line_naming_it(tmp_path, toy_site, toy_gin, uri, message):
+    """An unknown scheme or a plain folder as --tracking-uri: exit 2 and one line naming the
+    store, instead of MLflow's traceback of 40 to 110 lines."""
+    uri = uri.format(tmp=tmp_path)
+    proc = run_cli(["--gin", str(toy_gin), "--tracking-uri", uri], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert f"cannot use the MLflow tracking store {uri!r}: {message}" in line
