@@ -66,7 +66,24 @@ def tiny_bindings(gin_files: Sequence[str], bindings: Sequence[str]) -> list[str
     if name not in TINY:
         raise ConfigError(f"--dry-run knows the sizes of trainers {', '.join(sorted(TINY))}, not "
                           f"trainers.{name}; run it with a small budget bound instead")
+    _check_device(name)
     return [*bindings, *TINY[name]]
+
+
+def _check_device(trainer: str) -> None:
+    """The dry run trains on the CPU, so the config's own device is checked here: a 'cuda'
+    on a machine without one would otherwise pass the dry run and fail the real run."""
+    from mlr_registry.training.common import resolve_device
+
+    try:
+        device = gin.query_parameter(f"trainers.{trainer}.device")
+    except ValueError:
+        return  # not bound: the trainer's default, 'auto'
+    try:
+        resolve_device(device)
+    except ConfigError as exc:
+        raise ConfigError(f"trainers.{trainer}.{exc} (the dry run itself trains on the CPU; the real run would "
+                          "stop here)") from None
 
 
 class _MemoryTracker:

@@ -47,3 +47,16 @@ def test_miswired_bindings_are_one_line_errors(gin_file, binding, message, capsy
     assert run.main(["--gin", str(REPO / gin_file), "--bind", binding, "--dry-run"]) == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
     assert message in line
+
+
+def test_dry_run_checks_the_device_it_overrides(capsys):
+    """The dry run trains on the CPU; a device the real run cannot use still fails it."""
+    import torch
+
+    from mlr_registry import run
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    args = ["--gin", str(REPO / "gin/smoke/atari_mlr.gin"), "--bind", "trainers.atari100k.device = 'cuda'", "--dry-run"]
+    assert run.main(args) == 2
+    assert "trainers.atari100k.device = 'cuda' but CUDA is not available" in capsys.readouterr().err
