@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.errors import check_range
 from mlr_registry.registry import register
 
 
@@ -32,9 +32,7 @@ class NoDecoder(nn.Module):
         """
         super().__init__()
         for name, value in (("dim", dim), ("num_actions", num_actions)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"decoders.none: {name} = {value!r} must be an integer")
-            check_range(f"decoders.none.{name}", value, 1)
+            check_range(f"decoders.none.{name}", value, 1, integer=True)
         self.dim = dim
         self.num_actions = num_actions
         self.discrete_actions = bool(discrete_actions)

@@ -65,9 +65,7 @@ class MLPDecoder(nn.Module):
         """
         super().__init__()
         for name, value in (("dim", dim), ("num_actions", num_actions), ("depth", depth)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"decoders.mlp: {name} = {value!r} must be an integer")
-            check_range(f"decoders.mlp.{name}", value, 1)
+            check_range(f"decoders.mlp.{name}", value, 1, integer=True)
         check_range("decoders.mlp.mlp_ratio", mlp_ratio, 0.0, low_open=True)
         hidden = int(dim * mlp_ratio)
         if hidden < 1:

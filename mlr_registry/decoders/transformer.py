@@ -147,9 +147,7 @@ class TransformerDecoder(nn.Module):
         for name, value, low in (("dim", dim, 1), ("num_actions", num_actions, 1), ("depth", depth, 1),
                                  ("num_heads", num_heads, 1), ("max_len", max_len, 1),
                                  ("width", dim if width is None else width, 1)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"decoders.transformer: {name} = {value!r} must be an integer")
-            check_range(f"decoders.transformer.{name}", value, low)
+            check_range(f"decoders.transformer.{name}", value, low, integer=True)
         check_range("decoders.transformer.mlp_ratio", mlp_ratio, 0.0, low_open=True)
         tokens = dim if width is None else width  # the blocks' width
         if tokens % num_heads:

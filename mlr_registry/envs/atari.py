@@ -170,9 +170,7 @@ class AtariEnv(gymnasium.Env):
         for name, value, low in (("frame_skip", frame_skip, 1), ("frame_stack", frame_stack, 1),
                                  ("image_size", image_size, 1), ("noop_max", noop_max, 0),
                                  ("max_episode_steps", max_episode_steps, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ConfigError(f"{name} = {value!r} must be an integer")
-            check_range(name, value, low)
+            check_range(name, value, low, integer=True)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ConfigError(f"seed = {seed!r} must be a non-negative integer")
         self.game = game

@@ -52,9 +52,7 @@ class CatchEnv(gymnasium.Env):
         super().__init__()
         for name, value, low in (("grid", grid, 2), ("image_size", image_size, 1),
                                  ("frame_stack", frame_stack, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ConfigError(f"{name} = {value!r} must be an integer")
-            check_range(name, value, low)
+            check_range(name, value, low, integer=True)
         if image_size % grid:
             raise ConfigError(f"image_size = {image_size} must be a multiple of grid = {grid} "
                               f"(e.g. {grid * max(1, round(image_size / grid))})")

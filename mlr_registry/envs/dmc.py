@@ -88,9 +88,7 @@ def split_task(task: str) -> tuple[str, str]:
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} = {value!r} must be an integer")
-    check_range(name, value, low)
+    check_range(name, value, low, integer=True)
     return int(value)
 
 

@@ -68,9 +68,7 @@ def mean_squared_error(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 def check_sequence_length(name: str, value: int) -> None:
     """``value`` must be an integer >= 1 (``name`` is the gin parameter, for the message)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} = {value!r} must be an integer")
-    check_range(name, value, 1)
+    check_range(name, value, 1, integer=True)
 
 
 def check_decoder_factory(name: str, decoder: object) -> None:

@@ -132,9 +132,7 @@ class PixelMLRLoss(AuxiliaryLoss):
         check_range("losses.pixel_mlr.weight", weight, 0.0)
         check_sequence_length("losses.pixel_mlr.sequence_length", sequence_length)
         for name, value in (("decoder_channels", decoder_channels), ("start_size", start_size)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"losses.pixel_mlr.{name} = {value!r} must be an integer")
-            check_range(f"losses.pixel_mlr.{name}", value, 1)
+            check_range(f"losses.pixel_mlr.{name}", value, 1, integer=True)
         check_decoder_factory("losses.pixel_mlr.decoder", decoder)
         self.masker = masker if masker is not None else CubeMasker()
         self.decoder_factory = decoder

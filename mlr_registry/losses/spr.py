@@ -147,9 +147,7 @@ class SPRLoss(AuxiliaryLoss):
         super().__init__()
         check_range("losses.spr.weight", weight, 0.0)
         for name, value, low in (("jumps", jumps, 1), ("transition_blocks", transition_blocks, 0)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"losses.spr.{name} = {value!r} must be an integer")
-            check_range(f"losses.spr.{name}", value, low)
+            check_range(f"losses.spr.{name}", value, low, integer=True)
         if transition_hidden is not None:
             if isinstance(transition_hidden, bool) or not isinstance(transition_hidden, int):
                 raise ConfigError(f"losses.spr.transition_hidden = {transition_hidden!r} must be an integer or None")

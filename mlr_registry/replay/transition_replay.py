@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any
 
 import numpy as np
@@ -95,9 +94,7 @@ class Transitions:
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ConfigError(f"{name} = {value!r} must be an integer")
-    check_range(name, value, low)
+    check_range(name, value, low, integer=True)
     return int(value)
 
 
