@@ -303,6 +303,12 @@ def test_runs_that_differ_only_in_their_bind_options_are_different_configuration
     with pytest.raises(ReportError) as err:
         find_runs(client, RunFilter("atari100k", uri))
     assert "bind losses.mlr.masker = @maskers.checkerboard()" in str(err.value) and "--tag bindings" in str(err.value)
+    # a DMC task file, relative or absolute (a sweep started outside the repo), only picks the cell
+    from mlr_registry.report.runs import config_of
+
+    absolute = config_of("dmc", {"gin_files": "gin/dmc_mlr.gin,/repo/gin/dmc/walker_walk.gin"})
+    relative = config_of("dmc", {"gin_files": "gin/dmc_mlr.gin,gin/dmc/cheetah_run.gin"})
+    assert absolute == relative == "experiment 'dmc', gin gin/dmc_mlr.gin"
 
 
 def test_dmc100k_scores_also_come_from_500k_runs_at_their_100k_evaluation(tmp_path):

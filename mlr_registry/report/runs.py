@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -151,7 +152,7 @@ def config_of(experiment: str, tags: dict[str, str]) -> str:
     tag without DMC's per-task overlays (``gin/dmc/<task>.gin``, which a sweep adds per task and
     the ``env`` tag already separates) and its ``bindings`` tag (the ``--bind`` options) without
     those that set the seed, game or task (a sweep's per-trial ones)."""
-    files = [f for f in tags.get("gin_files", "").split(",") if f and not f.startswith("gin/dmc/")]
+    files = [f for f in tags.get("gin_files", "").split(",") if f and Path(f).parent.parts[-2:] != ("gin", "dmc")]
     bindings = [b.strip() for b in tags.get("bindings", "").split("; ") if b.strip()]
     own = [b for b in bindings if b.split("=", 1)[0].strip().rsplit(".", 1)[-1] not in _CELL_PARAMETERS]
     text = f"experiment {experiment!r}, gin {','.join(files) or '(not tagged)'}"
