@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -324,4 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A crash in native code (a driver, a renderer) prints every thread's Python stack before the
+    # process dies, instead of ending it silently with its MLflow run left RUNNING.
+    faulthandler.enable()
     sys.exit(main())

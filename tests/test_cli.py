@@ -89,9 +89,8 @@ def test_crash_ends_failed_with_logged_metrics(tmp_path, toy_site, toy_gin):
     assert runs[0].data.tags["pid"].isdigit() and runs[0].data.tags["host"]
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
-def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
-    db = tmp_path / "store.db"
+def _started_toy_run(tmp_path, toy_site, toy_gin, db) -> subprocess.Popen:
+    """The CLI training the toy trainer slowly, returned once its MLflow run exists and has metrics."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(toy_site)]))
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen([sys.executable, "-m", "mlr_registry.run", "--gin", str(toy_gin),
@@ -109,12 +108,29 @@ def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
             break
     assert any(line.startswith("MLflow run ") for line in seen), "".join(seen)
     time.sleep(1.0)  # a few toy steps: metrics are in the store
+    return proc
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
+def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
+    db = tmp_path / "store.db"
+    proc = _started_toy_run(tmp_path, toy_site, toy_gin, db)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     client, runs = mlflow_runs(db, "toy")
     assert runs[0].info.status == status
     assert client.get_metric_history(runs[0].info.run_id, "train/loss")
+
+
+def test_a_native_crash_prints_the_python_stacks(tmp_path, toy_site, toy_gin):
+    # a crash in a driver or renderer cannot end the MLflow run, but it must not be silent
+    proc = _started_toy_run(tmp_path, toy_site, toy_gin, tmp_path / "store.db")
+    proc.send_signal(signal.SIGSEGV)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGSEGV, stderr
+    assert "Fatal Python error: Segmentation fault" in stderr
+    assert "Current thread" in stderr and "toy" in stderr  # the stack reaches the toy trainer's loop
 
 
 def test_missing_gin_file(tmp_path, toy_site):

@@ -46,3 +46,23 @@ def test_an_interrupted_overlapped_run_frees_rendering_on_the_env_thread():
             trainer.train(RecordingTracker())
     assert len(freed_on) == 1 and freed_on[0].startswith("env-step")
     assert trainer._env_executor is None
+
+
+def test_interrupts_reach_the_main_thread_not_the_env_thread():
+    """The env thread blocks SIGINT and SIGTERM (the kernel then delivers them to the main thread,
+    which runs the handlers) so that Ctrl-C never interrupts a render inside the GL driver."""
+    import signal
+    import threading
+
+    with tiny_trainer("gin/dmc_mlr.gin", bindings=("trainers.dmc.overlap_env_step = True",)) as trainer:
+        masks, step = {}, trainer.env.step
+
+        def recording_step(action):
+            masks[threading.current_thread().name] = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            return step(action)
+
+        trainer.env.step = recording_step
+        trainer.train(RecordingTracker())
+    (name, blocked), = masks.items()
+    assert name.startswith("env-step") and {signal.SIGINT, signal.SIGTERM} <= blocked
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # this thread's are untouched

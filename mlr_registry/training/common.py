@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -207,6 +208,20 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
+def block_interrupts() -> None:
+    """Block SIGINT and SIGTERM on the calling (helper) thread, so that the kernel delivers them to
+    the main thread, where Python runs its handlers anyway: a signal may otherwise land on any
+    thread that does not block it and interrupt the native call running there. The suspected
+    cause of DMC runs on an H100 that, stopped by ``timeout -s INT`` while updating, ended within
+    a second with no handler run, no checkpoint and their MLflow run left RUNNING (in two
+    sessions; README, "Measured on a GPU"): their env thread renders through EGL on the GPU's
+    driver. Not confirmed on a GPU yet; the run CLI's ``faulthandler`` shows a crash's stacks."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+
+
 def beside(executor: ThreadPoolExecutor, background: Callable[[], T], foreground: Callable[[], U]) -> tuple[U, T]:
     """``(foreground(), background())``, the background call on ``executor``'s thread while the
     foreground one runs on this thread (the trainers' ``overlap_env_step``: the env steps while
@@ -265,7 +280,8 @@ class LoopTrainer:
         run, started on first use (DMC's EGL context stays current on the thread that first
         rendered); None without it."""
         if self.overlap_env_step and self._env_executor is None:
-            self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="env-step")
+            self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="env-step",
+                                                    initializer=block_interrupts)
         return self._env_executor
 
     def _evaluation(self, final: bool = False, **kwargs: Any) -> dict[str, float]:
