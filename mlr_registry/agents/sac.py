@@ -32,6 +32,7 @@ from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import AuxiliaryLoss
 from mlr_registry.registry import register
+from mlr_registry.target_network import ema_update
 
 LOG_PROB_EPS = 1e-6  # the reference's squash correction eps
 
@@ -499,8 +500,7 @@ class SAC(nn.Module):
                  (self.critic.q2, self.critic_target.q2, self.critic_tau),
                  (self.critic.encoder, self.critic_target.encoder, self.encoder_tau))
         for online, target, tau in pairs:
-            for po, pt in zip(online.parameters(), target.parameters(), strict=True):
-                pt.lerp_(po, tau)
+            ema_update(online, target, tau)
 
     # --- checkpoints -----------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:

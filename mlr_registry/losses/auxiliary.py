@@ -23,7 +23,14 @@ Metrics = dict[str, "float | torch.Tensor"]  # name -> float or 0-d tensor (conv
 
 @runtime_checkable
 class AuxHost(Protocol):
-    """What an agent exposes to auxiliary losses."""
+    """What an agent exposes to auxiliary losses.
+
+    Two more attributes are optional, asked for by the losses that need them (with a ConfigError
+    naming the agent where absent): ``observation_shape``, the (c h w) of one observation
+    (``losses.pixel_mlr`` sizes its pixel decoder from it; both built-in agents have it), and
+    ``crop(obs)``, the agent's random crop of (n c h w) uint8 observations
+    (``losses.curl.augmentation = 'crop'``; SAC has it, Rainbow does not).
+    """
 
     encoder: nn.Module  # (n c h w) float -> (n d); the online encoder the losses shape
     projector: nn.Module | None  # (n d) -> (n p) online projector an aux loss may share, or None

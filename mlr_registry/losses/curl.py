@@ -29,6 +29,7 @@ from mlr_registry.batch import Batch
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.registry import register
+from mlr_registry.target_network import ema_update
 
 AUGMENTATIONS = ("crop", "augment")
 
@@ -118,5 +119,4 @@ class CURLLoss(AuxiliaryLoss):
         """key ← tau·online + (1−tau)·key over parameters (CURL's ``soft_update_params``)."""
         if self._online is None:
             raise RuntimeError("CURLLoss.setup(agent) must be called before update_targets()")
-        for po, pk in zip(self._online[0].parameters(), self.key_encoder.parameters(), strict=True):
-            pk.lerp_(po, self.target_tau)
+        ema_update(self._online[0], self.key_encoder, self.target_tau)

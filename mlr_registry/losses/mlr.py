@@ -42,6 +42,7 @@ from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.maskers.cube import CubeMasker
 from mlr_registry.registry import register
+from mlr_registry.target_network import ema_update, hard_update
 
 PROJECTORS = ("agent", "mlp", "none")
 PREDICTORS = ("linear", "mlp", "none")
@@ -335,10 +336,6 @@ class MLRLoss(AuxiliaryLoss):
         encoder, projector = self._online
         for online, target in ((encoder, self.target_encoder), (projector, self.target_projector)):
             if self.target_tau == 1.0:
-                for po, pt in zip(online.parameters(), target.parameters(), strict=True):
-                    pt.copy_(po)
-                for bo, bt in zip(online.buffers(), target.buffers(), strict=True):
-                    bt.copy_(bo)
+                hard_update(online, target)
             else:
-                for po, pt in zip(online.parameters(), target.parameters(), strict=True):
-                    pt.lerp_(po, self.target_tau)
+                ema_update(online, target, self.target_tau)

@@ -36,6 +36,7 @@ from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.losses.mlr import normalized_squared_distance
 from mlr_registry.registry import register
+from mlr_registry.target_network import ema_update, hard_update
 
 NORMS = ("bn", "ln", "in", "none")
 PREDICTORS = ("linear", "none")
@@ -277,9 +278,6 @@ class SPRLoss(AuxiliaryLoss):
         encoder, projector = self._online
         for online, target in ((encoder, self.target_encoder), (projector, self.target_projector)):
             if self.target_tau == 1.0:
-                for so, st in zip([*online.parameters(), *online.buffers()],
-                                  [*target.parameters(), *target.buffers()], strict=True):
-                    st.copy_(so)
+                hard_update(online, target)
             else:
-                for po, pt in zip(online.parameters(), target.parameters(), strict=True):
-                    pt.lerp_(po, self.target_tau)
+                ema_update(online, target, self.target_tau)
