@@ -9,7 +9,7 @@
 #      DMC_SECONDS > 0, a DMC game (DMC_TASK, default cheetah_run) on gin/fast/dmc_mlr_fast.gin;
 #      with DMC_GRAPHS_SECONDS > 0, the same with CUDA graphs (agents.sac.compile_mode
 #      'reduce-overhead', which the DMC fast config does not use yet); with DMC_VARIANT_SECONDS
-#      > 0, the same with the binding DMC_VARIANT (default: convolutions in channels-last memory);
+#      > 0, the same with the binding DMC_VARIANT (default: cuDNN's autotuning);
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
 #   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
@@ -38,7 +38,7 @@ PARITY_K=${PARITY_K:-gpu}  # pytest -k for the parity stage (e.g. a rerun of the
 PROFILE_SECONDS=${PROFILE_SECONDS:-0}  # opt in (e.g. 150: about a minute of compilation per variant)
 PROFILE_VARIANTS=${PROFILE_VARIANTS:-cudagraphs,fast}  # gin/fast's Atari update, and without CUDA graphs
 DMC_GAME_TASK=${DMC_TASK:-cheetah_run}  # the DMC stages' task (game() switches to DMC when DMC_TASK is set)
-PROFILE_DMC_VARIANTS=${PROFILE_DMC_VARIANTS:-fast,channels_last,cudnn_benchmark,reference_draw,cudagraphs}  # DMC: gin/fast, NHWC, cuDNN autotuning, the reference's MLR draw, graphs
+PROFILE_DMC_VARIANTS=${PROFILE_DMC_VARIANTS:-fast,nchw,cudnn_benchmark,reference_draw,cudagraphs}  # DMC: gin/fast (NHWC), NCHW, cuDNN autotuning, the reference's MLR draw, graphs
 LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the trainer's default: 1000)
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
 PY=${PY:-python3}
@@ -112,7 +112,7 @@ fi
 # convolutions: see scripts/gpu_profile_dmc.py), when DMC_VARIANT_SECONDS > 0.
 if [ "${DMC_VARIANT_SECONDS:-0}" -gt 0 ]; then
   DMC_TASK=$DMC_GAME_TASK game game_dmc_variant "$DMC_VARIANT_SECONDS" \
-    "${DMC_VARIANT:-agents.sac.channels_last = True}"
+    "${DMC_VARIANT:-agents.sac.cudnn_benchmark = True}"
 fi
 
 bench() {
