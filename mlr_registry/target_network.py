@@ -21,7 +21,8 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
     if len(online_params) != len(target_params):
         raise ValueError(f"ema_update: the online module has {len(online_params)} parameters, the target "
                          f"{len(target_params)}; a target must be a copy of its online module")
-    torch._foreach_lerp_(target_params, online_params, tau)
+    if online_params:  # an identity projector has none; the foreach ops refuse empty lists
+        torch._foreach_lerp_(target_params, online_params, tau)
 
 
 @torch.no_grad()
@@ -33,4 +34,5 @@ def hard_update(online: nn.Module, target: nn.Module) -> None:
     if len(source) != len(dest):
         raise ValueError(f"hard_update: the online module has {len(source)} parameters and buffers, the "
                          f"target {len(dest)}; a target must be a copy of its online module")
-    torch._foreach_copy_(dest, source)
+    if source:
+        torch._foreach_copy_(dest, source)

@@ -51,3 +51,11 @@ def test_a_target_that_is_not_a_copy_is_refused(name):
     args = (online, target, 0.1) if name == "ema_update" else (online, target)
     with pytest.raises(ValueError, match=f"{name}: the online module has 2 .*a target must be a copy"):
         getattr(tn, name)(*args)
+
+
+def test_modules_without_tensors_are_a_no_op():
+    # an ablation's projector can be nn.Identity(): nothing to update, no error
+    from mlr_registry.target_network import ema_update, hard_update
+
+    ema_update(nn.Identity(), nn.Identity(), 0.01)
+    hard_update(nn.Identity(), nn.Identity())
