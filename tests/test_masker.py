@@ -118,7 +118,7 @@ def test_seeded_masker_stream_is_checkpointed_and_restored(make):
     generator states with the checkpoint and load them into the rebuilt maskers."""
     from types import SimpleNamespace
 
-    from mlr_registry.training.common import seeded_generator_states, set_seeded_generator_states
+    from mlr_registry.training.rng import seeded_generator_states, set_seeded_generator_states
 
     obs = torch.zeros(2, 4, 1, 8, 8)
     running = SimpleNamespace(aux_losses=[SimpleNamespace(masker=make())])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlr_registry.agents.metrics import LazyMetrics, to_floats
-from mlr_registry.training.common import MetricWindow
+from mlr_registry.training.metric_window import MetricWindow
 
 
 def test_to_floats_merges_tensors_and_numbers_in_order():

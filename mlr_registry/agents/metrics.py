@@ -4,7 +4,7 @@
 like a dict, whose values are still 0-d tensors (and a few Python numbers, such as SAC's aux
 lr). Reading any value converts all of them with one device→host transfer (:func:`to_floats`),
 so a caller that indexes it (tests, a plugin trainer) sees plain floats. The built-in trainers
-never read it per update: :class:`mlr_registry.training.common.MetricWindow` sums the pending
+never read it per update: :class:`mlr_registry.training.metric_window.MetricWindow` sums the pending
 tensors on the device and converts once per log interval. On a GPU an update then ends without
 waiting for the GPU, and the host prepares the next batch while the GPU still computes.
 """

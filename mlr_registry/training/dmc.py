@@ -29,24 +29,20 @@ from mlr_registry.registry import register
 from mlr_registry.replay.transition_replay import TransitionReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
-from mlr_registry.training.common import (
-    LoopTrainer,
-    MetricWindow,
-    beside,
-    checkpointing,
-    fast_path_tags,
+from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device
+from mlr_registry.training.env_thread import beside
+from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
+from mlr_registry.training.loop_trainer import LoopTrainer, checkpointing
+from mlr_registry.training.metric_window import MetricWindow
+from mlr_registry.training.rng import (
     generator_state,
     global_rng_state,
-    objective_of,
-    registered_name,
-    resolve_device,
     seed_everything,
     seeded_generator_states,
     set_generator_state,
     set_global_rng_state,
     set_seeded_generator_states,
 )
-from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.trainer import Tracker
 from mlr_registry.transfer import to_device
 
