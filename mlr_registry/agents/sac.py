@@ -232,6 +232,21 @@ class SAC(nn.Module):
         self.crop_offsets_exclusive = bool(crop_offsets_exclusive)
         self.aux_max_grad_norm = float(aux_max_grad_norm)
 
+        self._build_networks(encoder, c, int(hidden_dim), float(init_temperature),
+                             float(actor_log_std_min), float(actor_log_std_max))
+        self.aux_losses = nn.ModuleList(aux_losses)
+        for loss in self.aux_losses:
+            loss.setup(self)
+        self.to(self.device)
+
+        self._build_optimizers(actor_lr, critic_lr, actor_beta, critic_beta, alpha_lr, alpha_beta,
+                               aux_lr_scale * aux_lr, aux_warmup, aux_encoder_extra_adam)
+        self._build_fast_path(precision, compile, compile_mode, compile_scope, channels_last, cudnn_benchmark)
+
+    def _build_networks(self, encoder: Callable[..., nn.Module], c: int, hidden_dim: int, init_temperature: float,
+                        actor_log_std_min: float, actor_log_std_max: float) -> None:
+        """Critic, actor, target critic and log α, on the device (in this order: it fixes the
+        initial weights' random draws)."""
         # Networks (§3): the critic owns THE encoder; the actor's convs are tied to it.
         critic_encoder = encoder(in_channels=c, image_size=self.image_size)
         actor_encoder = encoder(in_channels=c, image_size=self.image_size)
@@ -242,18 +257,18 @@ class SAC(nn.Module):
         actor_encoder.copy_conv_weights_from(critic_encoder)
         self.critic = Critic(critic_encoder, latent_dim, self.num_actions, hidden_dim)
         self.actor = Actor(actor_encoder, latent_dim, self.num_actions, hidden_dim,
-                           float(actor_log_std_min), float(actor_log_std_max))
+                           actor_log_std_min, actor_log_std_max)
         # A full copy, made before aux setup: MLR's re-init of the critic fc does not reach it (§7.10).
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.target_entropy = -float(self.num_actions)
         self.to(self.device)
 
-        self.aux_losses = nn.ModuleList(aux_losses)
-        for loss in self.aux_losses:
-            loss.setup(self)
-        self.to(self.device)
-
+    def _build_optimizers(self, actor_lr: float, critic_lr: float, actor_beta: float, critic_beta: float,
+                          alpha_lr: float, alpha_beta: float, aux_lr: float, aux_warmup: int,
+                          aux_encoder_extra_adam: bool) -> None:
+        """The actor's, critic's and α's Adams; with aux losses the aux Adam (``aux_lr`` already
+        scaled by ``aux_lr_scale``) and its warm-up schedule."""
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, betas=(actor_beta, 0.999))
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr,
                                                  betas=(critic_beta, 0.999))
@@ -270,14 +285,17 @@ class SAC(nn.Module):
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
                     self.aux_parameters.append(p)
-            self.aux_optimizer = torch.optim.Adam(self.aux_parameters, lr=aux_lr_scale * aux_lr,
+            self.aux_optimizer = torch.optim.Adam(self.aux_parameters, lr=aux_lr,
                                                   betas=(0.9, 0.999))
             schedule = (functools.partial(inverse_sqrt_warmup, warmup=aux_warmup) if aux_warmup > 0
                         else _constant_lr)
             self.aux_scheduler = torch.optim.lr_scheduler.LambdaLR(self.aux_optimizer, schedule)
             if aux_encoder_extra_adam:
                 self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
-                                                              lr=aux_lr_scale * aux_lr, betas=(0.9, 0.999))
+                                                              lr=aux_lr, betas=(0.9, 0.999))
+
+    def _build_fast_path(self, precision: str, compile: bool | str, compile_mode: str,  # noqa: A002 - gin name
+                         compile_scope: str, channels_last: bool | str, cudnn_benchmark: bool | str) -> None:
         # GPU fast path (off by default): bf16 autocast; compiled networks (no RNG inside them,
         # so the actor's Gaussian sample stays eager) or compiled update phases.
         self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode,
