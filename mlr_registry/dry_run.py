@@ -14,6 +14,7 @@ gin file.
 
 from __future__ import annotations
 
+import ast
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -86,6 +87,28 @@ def _check_device(trainer: str) -> None:
                           "stop here)") from None
 
 
+# Overrides that control how the dry run runs, not what a config builds (device is checked apart).
+_RUN_CONTROL = ("device", "progress", "video")
+
+
+def replaced_values(overrides: Sequence[str]) -> list[str]:
+    """``"selector = value"`` for each of ``overrides`` whose parameter the parsed config binds to
+    another value: what the dry run does not exercise at the config's own size (a batch size of
+    0, say, passes it and fails the real run)."""
+    replaced = []
+    for override in overrides:
+        selector, literal = (part.strip() for part in override.split("=", 1))
+        if selector.rsplit(".", 1)[-1] in _RUN_CONTROL:
+            continue
+        try:
+            own = gin.query_parameter(selector)
+        except ValueError:
+            continue  # not bound: the component's default
+        if own != ast.literal_eval(literal):
+            replaced.append(f"{selector} = {own!r}")
+    return replaced
+
+
 class _MemoryTracker:
     """Keeps the last value of each metric; the dry run tracks nothing anywhere else."""
 
@@ -105,12 +128,16 @@ class _MemoryTracker:
         pass
 
 
-def dry_run(gin_files: Sequence[str], bindings: Sequence[str], out: TextIO = sys.stderr) -> dict[str, float]:
-    """Build and train the config at tiny size; returns the final metrics."""
+def dry_run(gin_files: Sequence[str], bindings: Sequence[str], out: TextIO | None = None) -> dict[str, float]:
+    """Build and train the config at tiny size; returns the final metrics. Reports to ``out``
+    (default: the current ``sys.stderr``, looked up at the call)."""
+    out = sys.stderr if out is None else out
     from mlr_registry import config
     from mlr_registry.training.experiment import experiment
 
-    config.parse(gin_files, tiny_bindings(gin_files, bindings))
+    overrides = tiny_bindings(gin_files, bindings)  # leaves the config's own parse behind
+    replaced = replaced_values(overrides[len(bindings):])
+    config.parse(gin_files, overrides)
     try:
         trainer = experiment().trainer()
     except (ValueError, TypeError) as exc:
@@ -123,6 +150,9 @@ def dry_run(gin_files: Sequence[str], bindings: Sequence[str], out: TextIO = sys
     tags = " ".join(f"{k}={v}" for k, v in trainer.run_tags().items())
     updates = getattr(trainer, "update_count", "?")
     losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(tracker.last.items()) if k.endswith("_loss"))
+    if replaced:
+        print(f"not run at the config's own values (the dry run's tiny ones replaced them; the real run "
+              f"checks them): {', '.join(replaced)}", file=out)
     print(f"dry run OK ({tags}): {updates} updates, {losses or 'no losses logged'}; nothing was tracked",
           file=out)
     return final

@@ -60,3 +60,19 @@ def test_dry_run_checks_the_device_it_overrides(capsys):
     args = ["--gin", str(REPO / "gin/smoke/atari_mlr.gin"), "--bind", "trainers.atari100k.device = 'cuda'", "--dry-run"]
     assert run.main(args) == 2
     assert "trainers.atari100k.device = 'cuda' but CUDA is not available" in capsys.readouterr().err
+
+
+def test_dry_run_names_the_values_it_did_not_run(capsys):
+    """Sizes the dry run replaces are not exercised: a batch size of 0 passes it and fails the
+    real run, so it says which of the config's own values it replaced."""
+    from mlr_registry import run
+
+    args = ["--gin", str(REPO / "gin/smoke/atari_mlr.gin"), "--bind", "trainers.atari100k.batch_size = 0",
+            "--bind", "trainers.atari100k.learning_starts = 40", "--dry-run"]
+    assert run.main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    (line,) = [x for x in err if x.startswith("not run at the config's own values")]
+    assert "trainers.atari100k.batch_size = 0" in line
+    assert "learning_starts" not in line  # the same value as the dry run's
+    assert "device" not in line and "progress" not in line  # how it runs, not what it builds
+    assert err[-1].startswith("dry run OK")
