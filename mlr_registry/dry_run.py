@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import gin
 
@@ -101,12 +101,20 @@ def replaced_values(overrides: Sequence[str]) -> list[str]:
         if selector.rsplit(".", 1)[-1] in _RUN_CONTROL:
             continue
         try:
-            own = gin.query_parameter(selector)
+            own = _resolved(gin.query_parameter(selector))
         except ValueError:
             continue  # not bound: the component's default
         if own != ast.literal_eval(literal):
             replaced.append(f"{selector} = {own!r}")
     return replaced
+
+
+def _resolved(value: Any) -> Any:
+    """A macro's value (``%BATCH`` -> 2), and lists as tuples (gin reads either for a tuple)."""
+    reference = getattr(value, "configurable", None)
+    if reference is not None and reference.name == "macro":
+        value = gin.query_parameter("%" + value.scoped_selector.split("/", 1)[0])
+    return tuple(value) if isinstance(value, list) else value
 
 
 class _MemoryTracker:

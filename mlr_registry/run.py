@@ -45,6 +45,18 @@ def _signals_ignored():
             signal.signal(sig, handler)
 
 
+def _enable_faulthandler() -> None:
+    """A crash in native code (a driver, a renderer) prints every thread's Python stack before
+    the process dies, instead of ending it silently with its MLflow run left RUNNING. Left as it
+    is where something (pytest, the user) enabled it already, or where stderr is no real file."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError and a ValueError
+        pass
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mlr_registry.run", description=__doc__.splitlines()[0])
     p.add_argument("--gin", action="append", default=[], metavar="FILE",
@@ -297,6 +309,7 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _enable_faulthandler()
     args = parse_args(argv)
     from mlr_registry import registry
     from mlr_registry.errors import MLRError
@@ -325,7 +338,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # A crash in native code (a driver, a renderer) prints every thread's Python stack before the
-    # process dies, instead of ending it silently with its MLflow run left RUNNING.
-    faulthandler.enable()
     sys.exit(main())

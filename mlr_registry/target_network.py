@@ -18,9 +18,7 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
     reference implementations' ``soft_update_params``. The two modules must have the same
     parameters in the same order."""
     online_params, target_params = list(online.parameters()), list(target.parameters())
-    if len(online_params) != len(target_params):
-        raise ValueError(f"ema_update: the online module has {len(online_params)} parameters, the target "
-                         f"{len(target_params)}; a target must be a copy of its online module")
+    _check_copy("ema_update", "parameters", online_params, target_params)
     if online_params:  # an identity projector has none; the foreach ops refuse empty lists
         torch._foreach_lerp_(target_params, online_params, tau)
 
@@ -29,10 +27,21 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
 def hard_update(online: nn.Module, target: nn.Module) -> None:
     """``target ← online`` exactly, parameters and buffers (``load_state_dict(state_dict())``
     without its per-tensor copies): Atari's tau = 1 target."""
-    source = [*online.parameters(), *online.buffers()]
-    dest = [*target.parameters(), *target.buffers()]
-    if len(source) != len(dest):
-        raise ValueError(f"hard_update: the online module has {len(source)} parameters and buffers, the "
-                         f"target {len(dest)}; a target must be a copy of its online module")
+    online_params, target_params = list(online.parameters()), list(target.parameters())
+    online_buffers, target_buffers = list(online.buffers()), list(target.buffers())
+    _check_copy("hard_update", "parameters", online_params, target_params)
+    _check_copy("hard_update", "buffers", online_buffers, target_buffers)
+    source, dest = [*online_params, *online_buffers], [*target_params, *target_buffers]
     if source:
         torch._foreach_copy_(dest, source)
+
+
+def _check_copy(caller: str, what: str, online: list[torch.Tensor], target: list[torch.Tensor]) -> None:
+    """The same number of tensors with the same shapes (the foreach ops would broadcast a mismatch)."""
+    if len(online) != len(target):
+        raise ValueError(f"{caller}: the online module has {len(online)} {what}, the target {len(target)}; "
+                         "a target must be a copy of its online module")
+    for i, (a, b) in enumerate(zip(online, target, strict=True)):
+        if a.shape != b.shape:
+            raise ValueError(f"{caller}: {what} {i} is {tuple(a.shape)} online but {tuple(b.shape)} in the "
+                             "target; a target must be a copy of its online module")

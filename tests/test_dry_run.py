@@ -68,11 +68,13 @@ def test_dry_run_names_the_values_it_did_not_run(capsys):
     from mlr_registry import run
 
     args = ["--gin", str(REPO / "gin/smoke/atari_mlr.gin"), "--bind", "trainers.atari100k.batch_size = 0",
-            "--bind", "trainers.atari100k.learning_starts = 40", "--dry-run"]
+            "--bind", "STARTS = 40", "--bind", "trainers.atari100k.learning_starts = %STARTS",
+            "--bind", "encoders.nature_cnn.channels = [2, 4, 4]", "--dry-run"]
     assert run.main(args) == 0
     err = capsys.readouterr().err.splitlines()
     (line,) = [x for x in err if x.startswith("not run at the config's own values")]
     assert "trainers.atari100k.batch_size = 0" in line
-    assert "learning_starts" not in line  # the same value as the dry run's
+    # the dry run's own values, through a macro and as a list: not replaced
+    assert "learning_starts" not in line and "channels" not in line
     assert "device" not in line and "progress" not in line  # how it runs, not what it builds
     assert err[-1].startswith("dry run OK")

@@ -59,3 +59,13 @@ def test_modules_without_tensors_are_a_no_op():
 
     ema_update(nn.Identity(), nn.Identity(), 0.01)
     hard_update(nn.Identity(), nn.Identity())
+
+
+@pytest.mark.parametrize("name", ["ema_update", "hard_update"])
+def test_a_target_of_other_shapes_is_refused_not_broadcast(name):
+    import mlr_registry.target_network as tn
+
+    online, target = nn.Linear(1, 5), nn.Linear(3, 5)
+    args = (online, target, 0.5) if name == "ema_update" else (online, target)
+    with pytest.raises(ValueError, match=rf"{name}: parameters 0 is \(5, 1\) online but \(5, 3\) in the target"):
+        getattr(tn, name)(*args)
