@@ -82,7 +82,10 @@ game() {
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 1 > "$OUT/${name}_util.csv" 2>/dev/null &
   local smi=$! start
   start=$(date +%s)
-  timeout -s INT -k 45 "$seconds" $PY -m mlr_registry.run --gin "$gin" "${task[@]}" \
+  # --preserve-status: the trainer's own exit status (130 after a handled interrupt, with its
+  # "interrupted" line; 128+N when signal N killed it: 139 a segfault, 134 an abort, 130 with no
+  # line an unhandled SIGINT) instead of timeout's 124, which cannot tell them apart
+  timeout --preserve-status -s INT -k 45 "$seconds" $PY -m mlr_registry.run --gin "$gin" "${task[@]}" \
     --bind "trainers.$trainer.video = False" \
     --bind "trainers.$trainer.progress = False" --bind "trainers.$trainer.checkpoint_every = 0" \
     --bind "trainers.$trainer.log_every = $LOG_EVERY" ${extra:+--bind "$extra"} --tracking-uri "sqlite:///$OUT/mlruns.db" --tag "gpu_check=$name" > "$OUT/$name.log" 2>&1
