@@ -186,6 +186,10 @@ def translate_call_error(exc: BaseException) -> ConfigError | None:
         return ConfigError(f"gin called {called.group(1)} itself and it failed: {text.splitlines()[0]} "
                            "(is it bound where another kind of component is expected, or should the "
                            "reference be written without '()'?)")
+    if isinstance(exc, TypeError) and called and "unexpected keyword argument" in text:
+        # e.g. a plugin encoder whose constructor does not take the in_channels its agent passes
+        return ConfigError(f"{called.group(1)} does not take what its owner passes it: {text.splitlines()[0]} "
+                           "(see the README's table of what each kind of component is called with)")
     return None
 
 

@@ -1,6 +1,6 @@
 """The component registry: kinds, ``register``, ``build``, listing and plugin loading.
 
-Public contract (plugins depend on it, see DESIGN.md):
+Public contract (plugins depend on it, see the README's "Plugins" section):
 
 - ``@register("masker", "cube")`` registers a class or factory under a kind and a name and
   makes it gin-configurable as ``maskers.cube`` (the kind's plural is the gin module).
@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import traceback
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any, TypeVar
@@ -98,6 +99,7 @@ class PluginFailure:
     entry_point: str
     distribution: str
     error: str
+    traceback: str = ""  # the import's traceback (the CLI prints it under --debug)
 
     def __str__(self) -> str:
         return f"plugin {self.entry_point!r} ({self.distribution}) failed to load: {self.error}"
@@ -184,17 +186,31 @@ def load_all() -> list[PluginFailure]:
             importlib.import_module(module)
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else ep.value
+            before = {kind: set(names) for kind, names in _components.items()}
             with _origin(dist):
                 try:
                     ep.load()
                 except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must not stop the others
-                    _plugin_failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}"))
+                    _unregister_since(before)
+                    _plugin_failures.append(PluginFailure(ep.name, dist, f"{type(exc).__name__}: {exc}",
+                                                          traceback.format_exc()))
                     continue
             _loaded_plugins[ep.name] = dist
         _loaded = True
     finally:
         _loading = False
     return list(_plugin_failures)
+
+
+def _unregister_since(before: dict[str, set[str]]) -> None:
+    """Forget what a plugin registered before it failed to import, here and in gin: a config that
+    names one of its components then fails as an unknown component instead of running half a
+    broken plugin under a run tag that does not name it."""
+    for kind, names in _components.items():
+        for name in set(names) - before[kind]:
+            component = names.pop(name)
+            for selector in list(gin.config._REGISTRY.matching_selectors(component.selector)):
+                gin.config._REGISTRY.pop(selector)
 
 
 def plugin_failures() -> list[PluginFailure]:

@@ -318,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for failure in registry.load_all():
             print(f"warning: {failure}", file=sys.stderr)
+            if args.debug and failure.traceback:
+                print(failure.traceback, file=sys.stderr, end="")
         if args.list:
             print_components()
             return 0

@@ -180,6 +180,30 @@ def test_broken_plugin_is_reported_and_the_rest_load(tmp_path, toy_site):
     assert "toy  [toy-plugin]" in proc.stdout and "cube  [built-in]" in proc.stdout
 
 
+def test_a_plugin_that_fails_half_way_leaves_nothing_registered(tmp_path, toy_site, toy_gin):
+    """What a plugin registered before its import failed is forgotten: a config naming it fails as
+    an unknown component instead of running half a broken plugin."""
+    source = """
+        from mlr_registry import register
+        @register("masker", "half_done")
+        class HalfDone:
+            def __call__(self, obs):
+                raise AssertionError("never called")
+        raise RuntimeError("boom after registering")
+    """
+    make_distribution(toy_site, "half-plugin", {"half_plugin": source}, {"half": "half_plugin"})
+    listed = run_cli(["--list", "--debug"], cwd=tmp_path, site=toy_site)
+    assert listed.returncode == 0, listed.stderr
+    assert "plugin 'half' (half-plugin) failed to load: RuntimeError: boom after registering" in listed.stderr
+    assert 'half_plugin.py", line 7' in listed.stderr  # --debug: the import's traceback
+    assert "half_done" not in listed.stdout and "toy  [toy-plugin]" in listed.stdout
+    bad = tmp_path / "half.gin"
+    bad.write_text("trainers.toy.steps = 2\nmaskers.half_done.seed = 1\n")
+    proc = run_cli(["--gin", str(toy_gin), "--gin", str(bad)], cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 2 and "half_done" in proc.stderr, proc.stderr
+    assert not (tmp_path / "mlruns.db").exists()
+
+
 def test_a_plugin_that_exits_at_import_is_named_and_the_rest_load(tmp_path, toy_site):
     make_distribution(toy_site, "exiting-plugin", {"exiting_plugin": "import sys\nsys.exit('plugin exits')\n"},
                       {"exiting": "exiting_plugin"})

@@ -25,7 +25,7 @@ from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.fast_path import FastPath, compile_targets
-from mlr_registry.losses.auxiliary import AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, checked_output
 from mlr_registry.registry import register
 
 PRIORITY_EPS = 1e-6  # rlpyt's EPS: the KL priority's clamps
@@ -339,7 +339,7 @@ class Rainbow(nn.Module):
         aux_metrics: dict[str, Any] = {}
         for loss in self.aux_losses:
             with self.fast_path.autocast():
-                aux_loss, metrics = loss(batch, self)
+                aux_loss, metrics = checked_output(loss, loss(batch, self))
             loss.update_targets()
             total_loss = total_loss + aux_loss
             aux_metrics.update(metrics)

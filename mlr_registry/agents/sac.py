@@ -30,7 +30,7 @@ from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.fast_path import FastPath, compile_targets
-from mlr_registry.losses.auxiliary import AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, checked_output
 from mlr_registry.registry import register
 from mlr_registry.target_network import ema_update
 
@@ -483,7 +483,7 @@ class SAC(nn.Module):
         aux_metrics: dict[str, Any] = {}
         for loss in self.aux_losses:
             with self.fast_path.autocast():
-                value, metrics = loss(sequences, self)
+                value, metrics = checked_output(loss, loss(sequences, self))
             aux_total = aux_total + value
             aux_metrics.update(metrics)
         aux_total.backward()

@@ -11,12 +11,14 @@ A loss never imports an agent: it sees the agent only through :class:`AuxHost`.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mlr_registry.batch import Batch
+from mlr_registry.errors import ConfigError
 
 Metrics = dict[str, "float | torch.Tensor"]  # name -> float or 0-d tensor (converted by the agent)
 
@@ -79,3 +81,15 @@ class AuxiliaryLoss(nn.Module):
     @torch.no_grad()
     def update_targets(self) -> None:
         """Move EMA targets towards the online networks; the agent decides when to call it."""
+
+
+def checked_output(loss: nn.Module, output: Any) -> tuple[torch.Tensor, Metrics]:
+    """``output`` of ``loss(batch, agent)``, checked against :meth:`AuxiliaryLoss.forward`'s
+    contract: a plugin's loss returning something else is named here, not in the agent's sums."""
+    if (isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], torch.Tensor)
+            and output[0].dim() == 0 and isinstance(output[1], Mapping)):
+        return output
+    got = (f"a {output.dim()}-d tensor" if isinstance(output, torch.Tensor)
+           else f"a tuple of {len(output)}" if isinstance(output, tuple) else type(output).__name__)
+    raise ConfigError(f"auxiliary loss {type(loss).__name__} returned {got}; an auxiliary loss returns "
+                      "(a 0-d loss tensor, a mapping of metrics), see AuxiliaryLoss.forward")

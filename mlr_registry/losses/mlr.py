@@ -99,6 +99,11 @@ def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor
     pixels are zeroed on the raw pixels, before any augmentation (MLR_SPEC §3); ``masked`` is
     in [0, 255] when ``unnormalized`` (the Atari quirk), else in [0, 1]."""
     mask = masker(obs)  # True = zeroed
+    expected = (*obs.shape[:2], 1, *obs.shape[3:])
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != expected:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ConfigError(f"masker {type(masker).__name__} returned {got} for observations {tuple(obs.shape)}; "
+                          f"a masker returns a bool mask (b t 1 h w) = {expected}, True where pixels are zeroed")
     masked = obs.masked_fill(mask, 0).float()
     if not unnormalized:
         masked = masked / 255.0
