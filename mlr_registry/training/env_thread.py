@@ -15,13 +15,13 @@ INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
 def block_interrupts() -> None:
-    """Block SIGINT and SIGTERM on the calling (helper) thread, so that the kernel delivers them to
-    the main thread, where Python runs its handlers anyway: a signal may otherwise land on any
-    thread that does not block it and interrupt the native call running there. The suspected
-    cause of DMC runs on an H100 that, stopped by ``timeout -s INT`` while updating, ended within
-    a second with no handler run, no checkpoint and their MLflow run left RUNNING (in two
-    sessions; README, "Measured on a GPU"): their env thread renders through EGL on the GPU's
-    driver. Not confirmed on a GPU yet; the run CLI's ``faulthandler`` shows a crash's stacks."""
+    """Block SIGINT and SIGTERM on the calling (helper) thread, so that they reach the main thread,
+    where Python runs its handlers anyway: Linux may hand a process-wide signal to any thread that
+    does not block it, and one landing on the env thread would interrupt the native call running
+    there. A suspect (not established) for the DMC runs on an H100 that, stopped by ``timeout -s
+    INT`` while updating, ended within a second with no handler run, no checkpoint and their
+    MLflow run left RUNNING (docs/gpu_measurements.md): their env thread renders through EGL in
+    the GPU's driver. The run CLI's ``faulthandler`` shows a crash's stacks if it happens again."""
     signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
 
 
