@@ -36,6 +36,16 @@ def hard_update(online: nn.Module, target: nn.Module) -> None:
         torch._foreach_copy_(dest, source)
 
 
+def target_update(online: nn.Module, target: nn.Module, tau: float) -> None:
+    """The aux losses' target step: tau = 1 an exact copy of parameters and buffers
+    (:func:`hard_update`, Atari's ``load_state_dict``), tau < 1 an average of parameters
+    (:func:`ema_update`, DMC's ``soft_update_params``)."""
+    if tau == 1.0:
+        hard_update(online, target)
+    else:
+        ema_update(online, target, tau)
+
+
 def _check_copy(caller: str, what: str, online: list[torch.Tensor], target: list[torch.Tensor]) -> None:
     """The same number of tensors with the same shapes (the foreach ops would broadcast a mismatch)."""
     if len(online) != len(target):

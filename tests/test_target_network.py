@@ -69,3 +69,18 @@ def test_a_target_of_other_shapes_is_refused_not_broadcast(name):
     args = (online, target, 0.5) if name == "ema_update" else (online, target)
     with pytest.raises(ValueError, match=rf"{name}: parameters 0 is \(5, 1\) online but \(5, 3\) in the target"):
         getattr(tn, name)(*args)
+
+
+def test_target_update_copies_at_tau_one_and_averages_below():
+    from mlr_registry.target_network import target_update
+
+    online, target = _pair()
+    averaged = [pt.detach().clone().lerp_(po, 0.25)
+                for po, pt in zip(online.parameters(), target.parameters(), strict=True)]
+    buffers = [b.clone() for b in target.buffers()]
+    target_update(online, target, 0.25)  # parameters averaged, buffers kept
+    assert all(torch.equal(p, e) for p, e in zip(target.parameters(), averaged, strict=True))
+    assert all(torch.equal(b, e) for b, e in zip(target.buffers(), buffers, strict=True))
+    target_update(online, target, 1.0)  # parameters and buffers copied
+    for key, value in online.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key

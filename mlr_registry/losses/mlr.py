@@ -42,7 +42,7 @@ from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
 from mlr_registry.maskers.cube import CubeMasker
 from mlr_registry.registry import register
-from mlr_registry.target_network import ema_update, hard_update
+from mlr_registry.target_network import target_update
 
 PROJECTORS = ("agent", "mlp", "none")
 PREDICTORS = ("linear", "mlp", "none")
@@ -340,7 +340,4 @@ class MLRLoss(AuxiliaryLoss):
             raise RuntimeError("MLRLoss.setup(agent) must be called before update_targets()")
         encoder, projector = self._online
         for online, target in ((encoder, self.target_encoder), (projector, self.target_projector)):
-            if self.target_tau == 1.0:
-                hard_update(online, target)
-            else:
-                ema_update(online, target, self.target_tau)
+            target_update(online, target, self.target_tau)
