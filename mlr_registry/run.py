@@ -53,7 +53,7 @@ def _enable_faulthandler() -> None:
         return
     try:
         faulthandler.enable()
-    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError and a ValueError
+    except (AttributeError, ValueError, OSError, RuntimeError):  # UnsupportedOperation; RuntimeError: stderr None
         pass
 
 

@@ -243,3 +243,14 @@ def test_an_unusable_tracking_store_is_one_line_naming_it(tmp_path, toy_site, to
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
     assert f"cannot use the MLflow tracking store {uri!r}: {message}" in line
+
+
+def test_faulthandler_is_skipped_where_stderr_is_no_file(monkeypatch):
+    # pythonw-style processes have sys.stderr = None; faulthandler then refuses, and main must not
+    import faulthandler
+
+    from mlr_registry import run
+
+    monkeypatch.setattr(faulthandler, "is_enabled", lambda: False)
+    monkeypatch.setattr(sys, "stderr", None)
+    run._enable_faulthandler()  # no RuntimeError: "sys.stderr is None"
