@@ -192,9 +192,9 @@ def test_mse_without_decoder_projector_predictor_equals_hand_computation():
     per = ((pred - target) ** 2).mean(-1).view(B, T)
     expected = (per * torch.tensor([0.5, 2.0])[:, None]).mean()
     assert out.item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
-    assert metrics["mlr_loss"] == pytest.approx(per.mean().item(), rel=1e-5)
+    assert float(metrics["mlr_loss"]) == pytest.approx(per.mean().item(), rel=1e-5)
     cos = F.cosine_similarity(pred, target, dim=-1).mean().item()
-    assert metrics["mlr_cosine"] == pytest.approx(cos, rel=1e-4)
+    assert float(metrics["mlr_cosine"]) == pytest.approx(cos, rel=1e-4)
     out.backward()
     assert _grads_nonzero(agent.encoder)
     assert agent.projector.weight.grad is None  # the agent's projector is not used
@@ -310,7 +310,7 @@ def test_pixel_loss_counts_only_masked_pixels_and_trains_the_encoder(fc, crop):
     out.backward()
     assert _grads_nonzero(agent.encoder) and _grads_nonzero(loss.pixel_decoder)
     assert _grads_nonzero(loss.decoder.blocks)
-    loss_value = metrics["pixel_mlr_loss"]
+    loss_value = float(metrics["pixel_mlr_loss"])
     assert loss_value > 0 and out.item() != pytest.approx(loss_value, rel=1e-3)  # PER weights
 
 
@@ -328,7 +328,7 @@ def test_pixel_loss_equals_hand_computation_and_ignores_unmasked_reconstruction(
     m = mask.expand(B, T, C, H, H)
     err = (recon - batch.obs.float() / 255) ** 2
     per = torch.stack([err[i][m[i]].mean() for i in range(B)])
-    assert metrics["pixel_mlr_loss"] == pytest.approx(per.mean().item(), rel=1e-5)
+    assert float(metrics["pixel_mlr_loss"]) == pytest.approx(per.mean().item(), rel=1e-5)
     assert out.item() == pytest.approx(2.0 * (per * torch.tensor([0.5, 2.0])).mean().item(), rel=1e-5)
 
     # Any change of the reconstruction at unmasked pixels leaves the loss unchanged.

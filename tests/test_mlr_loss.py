@@ -115,8 +115,8 @@ def test_loss_equals_hand_computation():
 
     assert out.shape == ()
     assert out.item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
-    assert metrics["mlr_loss"] == pytest.approx(per.mean().item(), rel=1e-5)
-    assert metrics["mlr_cosine"] == pytest.approx(1 - per.mean().item() / 2, rel=1e-5)
+    assert float(metrics["mlr_loss"]) == pytest.approx(per.mean().item(), rel=1e-5)
+    assert float(metrics["mlr_cosine"]) == pytest.approx(1 - per.mean().item() / 2, rel=1e-5)
     assert set(metrics) == {"mlr_loss", "mlr_cosine"}
 
 
@@ -125,7 +125,7 @@ def test_importance_weights_switch_and_absent_weights():
     loss, agent = _loss(masker=FixedMasker(mask))
     weighted, metrics = loss(_batch(weights=True), agent)
     unweighted, _ = loss(_batch(weights=False), agent)
-    assert unweighted.item() == pytest.approx(metrics["mlr_loss"], rel=1e-6)
+    assert unweighted.item() == pytest.approx(float(metrics["mlr_loss"]), rel=1e-6)
     assert weighted.item() != pytest.approx(unweighted.item(), rel=1e-3)
     off, _ = _loss(masker=FixedMasker(mask), use_importance_weights=False)
     assert off(_batch(weights=True), agent)[0].item() == pytest.approx(unweighted.item(), rel=1e-6)

@@ -304,7 +304,7 @@ def test_update_with_aux_loss_clips_groups_and_moves_targets_before_the_step():
     assert all(not torch.equal(b, p) for b, p in zip(before, aux.parameters(), strict=True))
     assert {"rl_loss", "total_loss", "mean_q", "stub_loss", "priority_mean"} <= set(metrics)
     assert all(isinstance(v, float) for v in metrics.values())
-    assert metrics["total_loss"] == pytest.approx(metrics["rl_loss"] + metrics["stub_loss"], rel=1e-5)
+    assert float(metrics["total_loss"]) == pytest.approx(float(metrics["rl_loss"] + metrics["stub_loss"]), rel=1e-5)
     assert agent.update_count == 1
 
 
@@ -357,7 +357,7 @@ def test_rl_loss_and_priorities_match_a_hand_computed_c51_target(double_dqn):
         clamped = target.clamp(1e-6, 1)
         kl = (clamped * (clamped.log() - log_p)).sum(-1).clamp(1e-6, 1e6)
     metrics = agent.update(batch)
-    assert metrics["rl_loss"] == pytest.approx((batch.weights * ce).mean().item(), rel=1e-5)
+    assert float(metrics["rl_loss"]) == pytest.approx((batch.weights * ce).mean().item(), rel=1e-5)
     torch.testing.assert_close(agent.last_priorities, kl)
     assert agent.last_priorities.shape == (8,) and not agent.last_priorities.requires_grad
 

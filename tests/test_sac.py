@@ -350,7 +350,7 @@ def test_with_the_mlr_loss_reinitialized_encoder_fc_and_one_update():
     for cc, ct in zip(agent.critic.encoder.convs, agent.critic_target.encoder.convs, strict=True):
         assert torch.equal(cc.weight, ct.weight)
     metrics = agent.update(make_transitions(), make_sequences(), step=0)
-    assert metrics["aux_lr"] == pytest.approx(0.5e-3 * 5e-4, rel=1e-6)
+    assert float(metrics["aux_lr"]) == pytest.approx(0.5e-3 * 5e-4, rel=1e-6)
     assert math.isfinite(metrics["mlr_loss"]) and math.isfinite(metrics["critic_loss"])
 
 

@@ -122,10 +122,10 @@ def test_loss_value_is_masked_sum_over_steps_weighted_by_importance():
     mask[1, 2:] = 0
     expected = 2.0 * ((d * mask).sum(1) * batch.weights).mean()
     torch.testing.assert_close(value.detach(), expected, rtol=1e-5, atol=1e-6)
-    assert metrics["spr_loss"] == pytest.approx((d * mask).sum(1).mean().item(), rel=1e-5)
-    assert metrics["spr_kept_fraction"] == pytest.approx(17 / 20)
+    assert float(metrics["spr_loss"]) == pytest.approx((d * mask).sum(1).mean().item(), rel=1e-5)
+    assert float(metrics["spr_kept_fraction"]) == pytest.approx(17 / 20)
     cos = 1 - 0.5 * (d * mask).sum() / 17
-    assert metrics["spr_cosine"] == pytest.approx(cos.item(), rel=1e-5)
+    assert float(metrics["spr_cosine"]) == pytest.approx(cos.item(), rel=1e-5)
     # importance weights off: plain mean over the batch
     loss.use_importance_weights = False
     value, _ = loss(batch, agent)
@@ -141,7 +141,7 @@ def test_loss_is_zero_when_the_dynamics_reproduce_the_target():
     batch = make_batch(b=3)
     batch.obs[:] = batch.obs[:, :1]  # the same frame at every step
     value, metrics = loss(batch, agent)
-    assert value.item() == pytest.approx(0.0, abs=1e-6) and metrics["spr_cosine"] == pytest.approx(1.0)
+    assert value.item() == pytest.approx(0.0, abs=1e-6) and float(metrics["spr_cosine"]) == pytest.approx(1.0)
     batch = make_batch(b=3)  # real future frames differ: positive loss, at most 4 per step
     value, _ = loss(batch, agent)
     assert 0.0 < value.item() <= 4.0 * 5
@@ -240,7 +240,7 @@ def test_rainbow_update_with_spr_trains_the_transition_model():
     metrics = agent.update(batch)
     assert {"spr_loss", "spr_cosine", "rl_loss", "grad_norm_aux0_0"} <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values())
-    assert metrics["spr_kept_fraction"] == pytest.approx(16 / 20)  # terms k = 2..5 of sample 0 dropped
+    assert float(metrics["spr_kept_fraction"]) == pytest.approx(16 / 20)  # terms k = 2..5 of sample 0 dropped
     assert all((p - b0).abs().max() > 0 for p, b0 in zip(loss.transition_model.parameters(), before, strict=True))
     assert any(p is loss.transition_model.network[0].weight for g in agent.optimizer.param_groups
                for p in g["params"])
@@ -255,5 +255,5 @@ def test_rainbow_update_with_mlr_and_spr_together():
     agent = tiny_agent([mlr, spr])
     metrics = agent.update(make_batch(b=2, t=11))
     assert {"mlr_loss", "spr_loss", "grad_norm_aux0_0", "grad_norm_aux1_0"} <= set(metrics)
-    assert metrics["total_loss"] == pytest.approx(metrics["rl_loss"] + metrics["mlr_loss"] + metrics["spr_loss"],
-                                                  rel=1e-4)
+    parts = float(metrics["rl_loss"]) + float(metrics["mlr_loss"]) + float(metrics["spr_loss"])
+    assert float(metrics["total_loss"]) == pytest.approx(parts, rel=1e-4)
