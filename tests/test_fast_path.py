@@ -235,12 +235,15 @@ def test_bad_values_are_config_errors(kwargs, match):
             **kwargs)
 
 
-def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly(monkeypatch):
+def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly():
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler++",))
-    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found .*no-such-compiler"):
+    # torch's own patch, not monkeypatch: pytest 9.2's undo deletes the attribute from inductor's
+    # config proxy, and every later compile in that worker failed ("cpp.cxx does not exist").
+    with inductor_config.patch({"cpp.cxx": ("no-such-compiler++",)}), \
+            pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found .*no-such-compiler"):
         agent = rainbow_mlr(compile=True)
+    assert inductor_config.cpp.cxx != ("no-such-compiler++",)
     assert not agent.fast_path.compile_enabled and agent.encoder._compiled_call_impl is None
     assert "no C++ compiler" in agent.fast_path.describe()["compile_note"]
 
@@ -432,15 +435,19 @@ def test_rainbow_mlr_whole_update_compiled_matches_eager(monkeypatch):
 
 def test_whole_update_capture_keeps_bf16_autocast(monkeypatch):
     """The autocast regions inside a captured update stay bf16 (the fast configs' combination):
-    the same metrics as the eager bf16 update (bf16 rounding of fused ops: rel 1e-4)."""
+    the same metrics as the eager bf16 update. The first update starts from equal weights: equal
+    within rel 1e-4. After it the weights differ in their last fp32 bits (the captured graph
+    rounds its fused ops in another order), and a last-bit difference may move a value across a
+    bf16 rounding boundary: the second update is compared within one bf16 unit, rel 2**-8 (it
+    measured 6e-4 on mlr_cosine, 1.1e-4 on grad_norm_aux0_0)."""
     monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     ref = rainbow_mlr(precision="bf16")
     fast = rainbow_mlr(precision="bf16", compile=True, compile_scope="update")
     batch = rainbow_batch()
-    for seed in (7, 8):
+    for seed, rel in ((7, 1e-4), (8, 2**-8)):
         m_ref, m_fast = run_rainbow(ref, batch, seed), run_rainbow(fast, batch, seed)
         for key, value in m_ref.items():
-            assert m_fast[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+            assert m_fast[key] == pytest.approx(value, rel=rel, abs=1e-4), key
     fp32 = run_rainbow(rainbow_mlr(), batch, 7)["rl_loss"]
     assert run_rainbow(rainbow_mlr(precision="bf16", compile=True, compile_scope="update"), batch, 7)["rl_loss"] != fp32
     assert fast.fast_path.describe() == {"precision": "bf16", "compile": "aot_eager/default/update"}
