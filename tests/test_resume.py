@@ -323,12 +323,15 @@ def test_bad_latest_pointer(tmp_path):
 
 
 def test_deferred_interrupt_checkpoints_at_the_step_boundary(tmp_path):
+    # raise_signal delivers to this thread and runs the Python handler before it returns. os.kill
+    # targets the process: with other threads alive the kernel may hand the signal to one of them,
+    # and on a busy machine the loop had finished before the handler ran ("DID NOT RAISE").
     saved = []
     ckpt = Checkpointer(tmp_path, CONFIG, before_save=lambda: saved.append("flushed"), log=lambda msg: None)
     with ckpt.interrupts_deferred(), pytest.raises(KeyboardInterrupt):
         for step in range(1, 100):
             if step == 3:
-                os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: deferred
+                signal.raise_signal(signal.SIGINT)  # arrives mid-step: deferred
                 saved.append(f"step {step} finished")
             ckpt.step_end(step, lambda: STATE, "atari100k", due=step % 50 == 0)
     assert saved == ["step 3 finished", "flushed"]
@@ -344,15 +347,15 @@ def test_an_interrupt_delivered_twice_at_once_still_checkpoints(tmp_path, monkey
     with ckpt.interrupts_deferred(), pytest.raises(KeyboardInterrupt):
         for step in range(1, 100):
             if step == 3:
-                os.kill(os.getpid(), signal.SIGINT)
-                os.kill(os.getpid(), signal.SIGINT)  # the copy: deferred with the first
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)  # the copy: deferred with the first
             ckpt.step_end(step, lambda: STATE, "atari100k", due=False)
     assert json.loads((latest_checkpoint(tmp_path) / META).read_text())["step"] == 3
     monkeypatch.setattr(checkpoint_module, "DUPLICATE_SIGNAL_S", 0.0)
     later = Checkpointer(tmp_path / "later", CONFIG, log=lambda msg: None)
     with later.interrupts_deferred(), pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        os.kill(os.getpid(), signal.SIGINT)  # a person's second Ctrl-C: stop now
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # a person's second Ctrl-C: stop now
         pytest.fail("the second signal should have stopped the loop")
     assert later.last_saved_step is None
 
