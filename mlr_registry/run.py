@@ -31,8 +31,22 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run ends KILLED with what it had logged."""
 
 
-def _on_sigterm(signum, frame):  # noqa: ARG001
-    raise Terminated()
+# Interrupts whose exception has not yet reached _run_to_end. Python discards an exception raised
+# inside a finalizer (``__del__``, a weakref callback such as SQLAlchemy's connection pool's): its
+# signal handler runs wherever the main thread is, so one Ctrl-C could be printed as "Exception
+# ignored" and lost, and the run trained on. The run's next metric log raises it again.
+_unraised: list[int] = []
+
+
+def _on_interrupt(signum, frame):  # noqa: ARG001
+    """SIGINT raises KeyboardInterrupt, SIGTERM Terminated; either stays pending until it ends the run."""
+    _unraised.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _raise_lost_interrupt() -> None:
+    if _unraised:
+        _on_interrupt(_unraised[-1], None)
 
 
 @contextlib.contextmanager
@@ -285,6 +299,7 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
     from mlr_registry import config
 
     status = "FAILED"
+    run.interrupt_check = _raise_lost_interrupt
     try:
         if preamble is not None:
             preamble()
@@ -292,6 +307,7 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
         run.log_text(config.operative_config_str(), "config/operative_config.gin")
         status = "FINISHED"
     except KeyboardInterrupt:
+        _unraised.clear()
         status = "KILLED"
         print(f"interrupted: MLflow run {run.run_id} ends KILLED with what it had logged", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -314,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlr_registry import registry
     from mlr_registry.errors import MLRError
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {sig: signal.signal(sig, _on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _unraised.clear()
     try:
         for failure in registry.load_all():
             print(f"warning: {failure}", file=sys.stderr)
@@ -336,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

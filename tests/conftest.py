@@ -22,16 +22,24 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 TOY_PLUGIN = '''
+import signal
 import time
 from mlr_registry import register
 from mlr_registry.errors import check_range
 
+class InterruptedFinalizer:
+    """Ctrl-C while Python runs a finalizer: the handler's KeyboardInterrupt is 'ignored' there."""
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
 @register("trainer", "toy")
 class ToyTrainer:
     """A test-only trainer: logs a decreasing loss; can crash or run slowly."""
-    def __init__(self, steps: int = 3, lr: float = 0.1, crash: bool = False, sleep_s: float = 0.0):
+    def __init__(self, steps: int = 3, lr: float = 0.1, crash: bool = False, sleep_s: float = 0.0,
+                 interrupt_in_finalizer: int = -1):
         check_range("toy.lr", lr, 0, 1, low_open=True)
         self.steps, self.crash, self.sleep_s = steps, crash, sleep_s
+        self.interrupt_in_finalizer = interrupt_in_finalizer
     def run_tags(self):
         return {"benchmark": "toy", "env": "toy-env", "agent": "none", "objective": "baseline", "seed": "0"}
     def train(self, tracker):
@@ -40,6 +48,8 @@ class ToyTrainer:
             if hasattr(tracker, "flush"):
                 tracker.flush()
             time.sleep(self.sleep_s)
+            if i == self.interrupt_in_finalizer:
+                InterruptedFinalizer()  # dropped at once: its __del__ runs here
             if self.crash:
                 raise RuntimeError("toy trainer crashed on purpose")
         return {"final_return": float(self.steps)}

@@ -123,6 +123,20 @@ def test_interrupt_ends_killed(tmp_path, toy_site, toy_gin, sig, status):
     assert client.get_metric_history(runs[0].info.run_id, "train/loss")
 
 
+def test_an_interrupt_lost_in_a_finalizer_still_ends_the_run_killed(tmp_path, toy_site, toy_gin):
+    """A Ctrl-C whose KeyboardInterrupt Python discards (raised inside a __del__) is raised again
+    at the run's next metric log: the run stops there instead of training on to FINISHED."""
+    db = tmp_path / "store.db"
+    proc = run_cli(["--gin", str(toy_gin), "--bind", "trainers.toy.steps = 50",
+                    "--bind", "trainers.toy.interrupt_in_finalizer = 2", "--tracking-uri", f"sqlite:///{db}"],
+                   cwd=tmp_path, site=toy_site)
+    assert proc.returncode == 130, proc.stderr
+    assert "Exception ignored" in proc.stderr  # the first KeyboardInterrupt was really lost
+    client, runs = mlflow_runs(db, "toy")
+    assert runs[0].info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")] == [0, 1, 2]
+
+
 def test_a_native_crash_prints_the_python_stacks(tmp_path, toy_site, toy_gin):
     # a crash in a driver or renderer cannot end the MLflow run, but it must not be silent
     proc = _started_toy_run(tmp_path, toy_site, toy_gin, tmp_path / "store.db")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -83,6 +83,8 @@ class TrackedRun:
         self._scratch: list[Path] = []  # local staging / download folders for a remote store
         self._unsent: Path | None = None  # a staged checkpoint whose upload did not complete
         self._delete_warned = False
+        # Called before each metric log: the run CLI raises there an interrupt that Python lost.
+        self.interrupt_check: Callable[[], None] = lambda: None
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment)
@@ -240,6 +242,7 @@ class TrackedRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        self.interrupt_check()
         now = int(time.time() * 1000)
         self._pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items()
                              if (k, int(step)) not in self._already_logged)
