@@ -89,7 +89,8 @@ class AtariEnv(gymnasium.Env):
 
     Episodes (gymnasium semantics for the official "done without reset" of ``episodic_lives``):
 
-    - game over, or ``max_episode_steps`` agent steps since the last hard reset: the game ends,
+    - game over, or the horizon (``max_episode_steps`` agent steps since the last hard reset,
+      plus one with ``horizon_extra_step``, see below): the game ends,
       ``info["game_over"] = True`` (``terminated`` for a real game over, ``truncated`` for the
       horizon; the trainer stores both as done). The next ``reset()`` is a hard reset.
     - a life lost while the game goes on: ``info["life_loss"] = True``. With
@@ -108,11 +109,11 @@ class AtariEnv(gymnasium.Env):
     frame (rlpyt's ``_life_reset``) whose reward is discarded, and with
     ``terminal_on_life_loss`` the newest frame after a life loss is that screen alone (the raw
     frames are zeroed before the max); a life is "lost" only when ``0 < lives < lives at the
-    last reset or loss`` (a bonus life is not recorded, as in rlpyt).
-    Deviations (both reachable only in corner cases): the horizon ends the episode on exactly
-    the ``max_episode_steps``-th step (rlpyt's counter check lets one more step through), and a
-    life lost during the reset noops restarts the reset cleanly (rlpyt recursed and then ran
-    the rest of the outer noop loop).
+    last reset or loss`` (a bonus life is not recorded, as in rlpyt); the horizon check runs
+    before the step counter moves, so an episode is cut after ``max_episode_steps + 1`` agent
+    steps (27,001; ``horizon_extra_step = False`` cuts at exactly ``max_episode_steps``).
+    Deviation (reachable only in a corner case): a life lost during the reset noops restarts the
+    reset cleanly (rlpyt recursed and then ran the rest of the outer noop loop).
 
     Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and the
     ALE's ``random_seed`` (the ROM is reloaded on ``reset(seed=...)``). The official run uses
@@ -132,6 +133,7 @@ class AtariEnv(gymnasium.Env):
         noop_max: int = 30,
         terminal_on_life_loss: bool = True,
         max_episode_steps: int = 27_000,
+        horizon_extra_step: bool = True,
         clip_rewards: bool = True,
         seed: int = 0,
     ) -> None:
@@ -145,7 +147,12 @@ class AtariEnv(gymnasium.Env):
             noop_max: a hard reset runs 1..noop_max single-frame noops (30); 0 disables them.
             terminal_on_life_loss: a lost life ends the (training) episode without resetting
                 the game (True for training, False for evaluation: §2 ``episodic_lives``).
-            max_episode_steps: agent steps per game before it is cut (27,000 = 108k frames).
+            max_episode_steps: the horizon: agent steps per game before it is cut (27,000 =
+                108k frames).
+            horizon_extra_step: the official env compares its step counter with the horizon
+                before incrementing it, so one more step runs: a game is cut after
+                ``max_episode_steps + 1`` steps (True, faithful); False cuts it after exactly
+                ``max_episode_steps``.
             clip_rewards: reward = sign(raw reward) (True for training; scores use the raw sum).
             seed: seeds the noop draws and the ALE.
         """
@@ -164,6 +171,7 @@ class AtariEnv(gymnasium.Env):
         self.noop_max = int(noop_max)
         self.terminal_on_life_loss = bool(terminal_on_life_loss)
         self.max_episode_steps = int(max_episode_steps)
+        self.horizon_extra_step = bool(horizon_extra_step)
         self.clip_rewards = bool(clip_rewards)
 
         self._ale = ALEInterface()
@@ -218,10 +226,12 @@ class AtariEnv(gymnasium.Env):
         if life_loss and self.terminal_on_life_loss:
             self._zero_frames()
         self._push_frame()
+        # rlpyt checks ``counter >= horizon`` and then increments: the counter before this step
+        counted = self._steps if self.horizon_extra_step else self._steps + 1
         self._steps += 1
 
         ale_over = ale.game_over()
-        truncated = not ale_over and self._steps >= self.max_episode_steps
+        truncated = not ale_over and counted >= self.max_episode_steps
         self._game_over = ale_over or truncated
         terminated = ale_over or (life_loss and self.terminal_on_life_loss)
         self._soft_reset_pending = terminated and not self._game_over
