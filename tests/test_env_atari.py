@@ -231,6 +231,17 @@ def test_invalid_action_and_step_before_reset() -> None:
         env.step(6)
 
 
+def test_ale_seed_decouples_the_emulator_seed_from_the_noop_seed() -> None:
+    run, evaluation = AtariEnv("pong", seed=3), AtariEnv("pong", seed=301, ale_seed=3)
+    assert evaluation._ale.getInt("random_seed") == run._ale.getInt("random_seed")
+    assert AtariEnv("pong", seed=301)._ale.getInt("random_seed") != run._ale.getInt("random_seed")
+    evaluation.reset(seed=302)  # a seeded reset keeps the emulator's seed, reseeds the noops
+    assert evaluation._ale.getInt("random_seed") == run._ale.getInt("random_seed")
+    assert evaluation.np_random_seed == 302
+    with pytest.raises(ConfigError, match="ale_seed"):
+        AtariEnv("pong", ale_seed=-1)
+
+
 def test_same_seed_same_trajectory_and_seeded_reset() -> None:
     def rollout(env: AtariEnv, **reset_kwargs) -> list[np.ndarray]:
         obs, info = env.reset(**reset_kwargs)

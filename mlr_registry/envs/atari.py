@@ -115,11 +115,11 @@ class AtariEnv(gymnasium.Env):
     Deviation (reachable only in a corner case): a life lost during the reset noops restarts the
     reset cleanly (rlpyt recursed and then ran the rest of the outer noop loop).
 
-    Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and the
-    ALE's ``random_seed`` (the ROM is reloaded on ``reset(seed=...)``). The official run uses
-    the run seed for the training env and evaluation env 0, and ``seed * 100 + i`` for
-    evaluation env i > 0 (§1 Seeds);
-    that choice belongs to the trainer.
+    Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and,
+    unless ``ale_seed`` is given, the ALE's ``random_seed`` (the ROM is reloaded on
+    ``reset(seed=...)``). The official env derives the ALE seed of every env from the run seed,
+    and ``seed * 100 + i`` seeds only evaluation env i's noop RNG (env 0 and the training env:
+    the run seed); the trainer reproduces this by passing ``ale_seed`` = the run seed.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -136,6 +136,7 @@ class AtariEnv(gymnasium.Env):
         horizon_extra_step: bool = True,
         clip_rewards: bool = True,
         seed: int = 0,
+        ale_seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -154,15 +155,19 @@ class AtariEnv(gymnasium.Env):
                 ``max_episode_steps + 1`` steps (True, faithful); False cuts it after exactly
                 ``max_episode_steps``.
             clip_rewards: reward = sign(raw reward) (True for training; scores use the raw sum).
-            seed: seeds the noop draws and the ALE.
+            seed: seeds the noop draws, and the ALE when ``ale_seed`` is None.
+            ale_seed: the seed the ALE's stream derives from, kept across ``reset(seed=...)``;
+                None: ``seed``. (The official evaluation envs share the run seed's ALE stream.)
         """
         super().__init__()
         for name, value, low in (("frame_skip", frame_skip, 1), ("frame_stack", frame_stack, 1),
                                  ("image_size", image_size, 1), ("noop_max", noop_max, 0),
                                  ("max_episode_steps", max_episode_steps, 1)):
             check_range(name, value, low, integer=True)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed = {seed!r} must be a non-negative integer")
+        for name, value in (("seed", seed), ("ale_seed", 0 if ale_seed is None else ale_seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"{name} = {value!r} must be a non-negative integer")
+        self.ale_seed = None if ale_seed is None else int(ale_seed)
         self.game = game
         self._rom = rom_path(game)
         self.frame_skip = int(frame_skip)
@@ -270,7 +275,8 @@ class AtariEnv(gymnasium.Env):
     def _seed(self, seed: int) -> None:
         self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(seed)
         # An independent stream for the ALE, below 2**31 as the ALE's int setting needs.
-        ale_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0] % 2**31)
+        root = seed if self.ale_seed is None else self.ale_seed
+        ale_seed = int(np.random.SeedSequence([root, 1]).generate_state(1)[0] % 2**31)
         self._ale.setInt("random_seed", ale_seed)  # must precede loadROM to take effect
         self._ale.setFloat("repeat_action_probability", 0.0)  # no sticky actions (§2)
         self._ale.loadROM(self._rom)
