@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import gin
+import numpy as np
 import pytest
 from conftest import RecordingTracker
 
@@ -84,6 +85,29 @@ def test_evaluation_envs_are_seeded_as_the_reference():
     assert trainer.eval_seeds() == [3, 301, 302, 303]
     trainer.eval_episodes = 0  # no evaluation asked for: no episode played
     assert trainer.eval_seeds() == [] and trainer.evaluate().size == 0
+
+
+def test_every_evaluation_env_seeds_its_emulator_from_the_run_seed(monkeypatch):
+    """As the reference's env: seed·100 + i seeds only eval env i's noop RNG; the ALE seed of
+    every env (training env included) derives from the run seed."""
+    from conftest import tiny_trainer
+
+    from mlr_registry.training import atari100k
+
+    built = []
+
+    def record(make_env, seeds, policy, **kwargs):
+        built.extend(make_env(seed=s) for s in seeds)
+        return np.zeros(len(seeds))
+
+    monkeypatch.setattr(atari100k, "play_episodes", record)
+    with tiny_trainer("gin/atari_baseline.gin", bindings=("trainers.atari100k.seed = 3",
+                                                          "trainers.atari100k.eval_episodes = 3")) as trainer:
+        trainer.evaluate()
+        train_ale_seed = trainer.env._ale.getInt("random_seed")
+    assert [env.np_random_seed for env in built] == [3, 301, 302]
+    assert [env._ale.getInt("random_seed") for env in built] == [train_ale_seed] * 3
+    assert all(env.ale_seed == 3 and not env.terminal_on_life_loss for env in built)
 
 
 @pytest.mark.parametrize("binding, message", [

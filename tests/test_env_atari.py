@@ -192,12 +192,18 @@ def test_game_over_then_hard_reset() -> None:
     assert not info["soft_reset"] and info["lives"] == 5 and info["episode_steps"] == 0
 
 
-def test_horizon_truncates_and_ends_the_game() -> None:
-    env = AtariEnv("pong", max_episode_steps=10, terminal_on_life_loss=False)
+@pytest.mark.parametrize("horizon_extra_step", [True, False])
+def test_horizon_truncates_and_ends_the_game(horizon_extra_step: bool) -> None:
+    # faithful (default): the official check runs before its counter moves, so the 11th step
+    # of a 10-step horizon still runs and is the one cut; the clean switch cuts the 10th
+    kwargs = {} if horizon_extra_step else {"horizon_extra_step": False}
+    env = AtariEnv("pong", max_episode_steps=10, terminal_on_life_loss=False, **kwargs)
+    assert env.horizon_extra_step == horizon_extra_step
+    last = 11 if horizon_extra_step else 10
     env.reset()
-    for t in range(1, 11):
+    for t in range(1, last + 1):
         _, _, terminated, truncated, info = env.step(0)
-        assert truncated == (t == 10) == info["game_over"] and not terminated
+        assert truncated == (t == last) == info["game_over"] and not terminated
     _, info = env.reset()
     assert not info["soft_reset"] and info["episode_steps"] == 0
 
@@ -223,6 +229,17 @@ def test_invalid_action_and_step_before_reset() -> None:
     env.reset()
     with pytest.raises(ValueError, match="out of range"):
         env.step(6)
+
+
+def test_ale_seed_decouples_the_emulator_seed_from_the_noop_seed() -> None:
+    run, evaluation = AtariEnv("pong", seed=3), AtariEnv("pong", seed=301, ale_seed=3)
+    assert evaluation._ale.getInt("random_seed") == run._ale.getInt("random_seed")
+    assert AtariEnv("pong", seed=301)._ale.getInt("random_seed") != run._ale.getInt("random_seed")
+    evaluation.reset(seed=302)  # a seeded reset keeps the emulator's seed, reseeds the noops
+    assert evaluation._ale.getInt("random_seed") == run._ale.getInt("random_seed")
+    assert evaluation.np_random_seed == 302
+    with pytest.raises(ConfigError, match="ale_seed"):
+        AtariEnv("pong", ale_seed=-1)
 
 
 def test_same_seed_same_trajectory_and_seeded_reset() -> None:

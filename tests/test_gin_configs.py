@@ -111,6 +111,7 @@ def _query(files: list[str], selector: str):
     ("maskers.cube.block_size", 8), ("maskers.cube.mask_ratio", 0.5), ("decoders.transformer.depth", 2),
     ("decoders.transformer.num_heads", 1), ("decoders.transformer.mlp_ratio", 2.0),
     ("encoders.nature_cnn.channels", (32, 64, 64)), ("envs.atari.max_episode_steps", 27_000),
+    ("envs.atari.horizon_extra_step", True), ("replays.prioritized_sequence.one_step_done_n", True),
 ])
 def test_atari_mlr_reads_as_the_paper_table(selector, value):
     assert _query(["gin/atari_mlr.gin"], selector) == value

@@ -71,11 +71,27 @@ def test_sum_tree_totals_and_every_parent_is_the_sum_of_its_children():
     assert tree.total.item() == pytest.approx(6.5)
     inner = torch.arange(tree.num_leaves - 1)
     assert torch.allclose(tree.tree[inner], tree.tree[2 * inner + 1] + tree.tree[2 * inner + 2])
-    # duplicates with different values: one wins, and the tree stays consistent
+    # duplicates with different values: the first copy wins (rlpyt's np.unique(return_index)),
+    # and the tree stays consistent
     tree.update(torch.tensor([2, 2]), torch.tensor([7.0, 8.0]))
-    assert tree.get(torch.tensor([2])).item() in (7.0, 8.0)
-    assert tree.total.item() == pytest.approx(6.5 + tree.get(torch.tensor([2])).item())
+    assert tree.get(torch.tensor([2])).item() == 7.0
+    assert tree.total.item() == pytest.approx(6.5 + 7.0)
     assert torch.allclose(tree.tree[inner], tree.tree[2 * inner + 1] + tree.tree[2 * inner + 2])
+
+
+def test_sum_tree_keeps_the_first_copy_of_each_duplicated_leaf():
+    tree = SumTree(8)
+    idx = torch.tensor([5, 1, 5, 3, 1, 5, 0])
+    tree.update(idx, torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]))
+    assert tree.leaves.tolist() == [7.0, 2.0, 0.0, 4.0, 0.0, 1.0, 0.0, 0.0]
+    assert tree.total.item() == 14.0
+
+
+def test_update_priorities_keeps_the_first_copy_of_a_start_drawn_twice():
+    obs, actions, rewards, dones = rollout(50, set())
+    replay = fill(small(), obs, actions, rewards, dones)
+    replay.update_priorities(torch.tensor([7, 9, 7, 7]), torch.tensor([4.0, 9.0, 16.0, 25.0]))
+    assert replay.priorities[[7, 9]].tolist() == [2.0, 3.0]  # KL^0.5 of the first copy
 
 
 def test_sum_tree_set_leaves_rebuild_equals_incremental_updates():
@@ -154,20 +170,50 @@ def _ramp_replay(done_at: set[int], steps: int = 12, **kw):
     return fill(replay, obs, actions, [float(t + 1) for t in range(steps)], dones), obs, actions
 
 
-def test_n_step_returns_and_done_n_vs_hand_computation_across_a_done():
-    replay, _, _ = _ramp_replay({3})
+@pytest.mark.parametrize("one_step_done_n", [True, False])
+def test_n_step_returns_and_done_n_vs_hand_computation_across_a_done(one_step_done_n):
+    replay, _, _ = _ramp_replay({3}, one_step_done_n=one_step_done_n)
     batch = replay.gather(torch.tensor([0]), sanitize=False)
-    # return_t = sum_{k<3} 0.5^k r_{t+k}, cut after the done at t=3 (its reward counts)
+    # return_t = sum_{k<3} 0.5^k r_{t+k}, cut after the done at t=3 (its reward counts), both modes
     assert batch.returns[0].tolist() == pytest.approx([1 + 1 + 0.75, 2 + 1.5 + 1, 3 + 2, 4, 5 + 3 + 1.75])
-    assert batch.done_n[0].tolist() == [False, True, True, True, False]
+    if one_step_done_n:  # faithful: the pinned rlpyt stores the 1-step done as done_n
+        assert batch.done_n[0].tolist() == [False, False, False, True, False]
+    else:  # clean: any done in t .. t+n-1
+        assert batch.done_n[0].tolist() == [False, True, True, True, False]
     assert batch.reward[0].tolist() == [float(t + 1) for t in range(8)]
     assert batch.done[0].tolist() == [False, False, False, True, False, False, False, False]
 
 
 # ----------------------------------------------------------------------------------- sanitize
 
-def test_sanitize_repeats_the_done_obs_zeroes_rewards_and_keeps_actions():
-    replay, obs, actions = _ramp_replay({3, 9})
+def test_one_step_done_n_is_the_default_and_gin_switch():
+    assert small().one_step_done_n and small(UniformSequenceReplay).one_step_done_n
+    with gin.unlock_config():
+        gin.parse_config("replays.prioritized_sequence.one_step_done_n = False")
+    try:
+        assert not small().one_step_done_n
+    finally:
+        gin.clear_config()
+
+
+def test_faithful_done_n_bootstraps_from_the_last_obs_before_the_first_done():
+    # The pinned rlpyt's RL target: a start whose first done is k = 1..n-1 steps ahead keeps
+    # done_n[0] = False, its return is cut at the done, and sanitizing made obs[n] (the
+    # bootstrap observation) the obs of step k: gamma^n * Z(s_{t+k}) is added.
+    replay, obs, _ = _ramp_replay({3, 9})
+    batch = replay.gather(torch.tensor([1, 2, 3, 4]))  # first done at k = 2, 1, 0, 5 (none in 0..2)
+    assert batch.done_n[:, 0].tolist() == [False, False, True, False]
+    assert batch.returns[:, 0].tolist() == pytest.approx([2 + 1.5 + 1, 3 + 2, 4, 5 + 3 + 1.75])
+    for i, k in ((0, 2), (1, 1)):
+        assert torch.equal(batch.obs[i, 3], obs[1 + i + k])  # obs[n_step = 3] = s_{t+k}
+    clean = _ramp_replay({3, 9}, one_step_done_n=False)[0].gather(torch.tensor([1, 2, 3, 4]))
+    assert clean.done_n[:, 0].tolist() == [True, True, True, False]
+    assert torch.equal(clean.obs, batch.obs) and torch.equal(clean.returns, batch.returns)
+
+
+@pytest.mark.parametrize("one_step_done_n", [True, False])
+def test_sanitize_repeats_the_done_obs_zeroes_rewards_and_keeps_actions(one_step_done_n):
+    replay, obs, actions = _ramp_replay({3, 9}, one_step_done_n=one_step_done_n)
     raw = replay.gather(torch.tensor([1, 4, 6]), sanitize=False)
     batch = replay.gather(torch.tensor([1, 4, 6]))
     # sample 0 (start 1): first done at index 2 -> steps 3..7 repeat obs 2
@@ -175,7 +221,10 @@ def test_sanitize_repeats_the_done_obs_zeroes_rewards_and_keeps_actions():
     assert all(torch.equal(batch.obs[0, k], obs[3]) for k in range(3, 8))
     assert batch.reward[0].tolist() == [2.0, 3.0, 4.0, 0, 0, 0, 0, 0]
     assert batch.returns[0].tolist() == pytest.approx([2 + 1.5 + 1, 3 + 2, 4, 0, 0])
-    assert batch.done_n[0].tolist() == [True, True, True, True, True]
+    # done_n is True after the first done in both modes (MLR's sanitize_batch); before it, the
+    # faithful flag is the 1-step done, the clean one any done in the n steps
+    expected = [False, False, True, True, True] if one_step_done_n else [True, True, True, True, True]
+    assert batch.done_n[0].tolist() == expected
     # actions and dones are not sanitized
     assert torch.equal(batch.action, raw.action)
     assert batch.action[0].tolist() == actions[1:9]

@@ -89,7 +89,8 @@ class AtariEnv(gymnasium.Env):
 
     Episodes (gymnasium semantics for the official "done without reset" of ``episodic_lives``):
 
-    - game over, or ``max_episode_steps`` agent steps since the last hard reset: the game ends,
+    - game over, or the horizon (``max_episode_steps`` agent steps since the last hard reset,
+      plus one with ``horizon_extra_step``, see below): the game ends,
       ``info["game_over"] = True`` (``terminated`` for a real game over, ``truncated`` for the
       horizon; the trainer stores both as done). The next ``reset()`` is a hard reset.
     - a life lost while the game goes on: ``info["life_loss"] = True``. With
@@ -108,17 +109,17 @@ class AtariEnv(gymnasium.Env):
     frame (rlpyt's ``_life_reset``) whose reward is discarded, and with
     ``terminal_on_life_loss`` the newest frame after a life loss is that screen alone (the raw
     frames are zeroed before the max); a life is "lost" only when ``0 < lives < lives at the
-    last reset or loss`` (a bonus life is not recorded, as in rlpyt).
-    Deviations (both reachable only in corner cases): the horizon ends the episode on exactly
-    the ``max_episode_steps``-th step (rlpyt's counter check lets one more step through), and a
-    life lost during the reset noops restarts the reset cleanly (rlpyt recursed and then ran
-    the rest of the outer noop loop).
+    last reset or loss`` (a bonus life is not recorded, as in rlpyt); the horizon check runs
+    before the step counter moves, so an episode is cut after ``max_episode_steps + 1`` agent
+    steps (27,001; ``horizon_extra_step = False`` cuts at exactly ``max_episode_steps``).
+    Deviation (reachable only in a corner case): a life lost during the reset noops restarts the
+    reset cleanly (rlpyt recursed and then ran the rest of the outer noop loop).
 
-    Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and the
-    ALE's ``random_seed`` (the ROM is reloaded on ``reset(seed=...)``). The official run uses
-    the run seed for the training env and evaluation env 0, and ``seed * 100 + i`` for
-    evaluation env i > 0 (§1 Seeds);
-    that choice belongs to the trainer.
+    Seeding: ``seed`` (or ``reset(seed=...)``) seeds ``self.np_random`` (noop counts) and,
+    unless ``ale_seed`` is given, the ALE's ``random_seed`` (the ROM is reloaded on
+    ``reset(seed=...)``). The official env derives the ALE seed of every env from the run seed,
+    and ``seed * 100 + i`` seeds only evaluation env i's noop RNG (env 0 and the training env:
+    the run seed); the trainer reproduces this by passing ``ale_seed`` = the run seed.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -132,8 +133,10 @@ class AtariEnv(gymnasium.Env):
         noop_max: int = 30,
         terminal_on_life_loss: bool = True,
         max_episode_steps: int = 27_000,
+        horizon_extra_step: bool = True,
         clip_rewards: bool = True,
         seed: int = 0,
+        ale_seed: int | None = None,
     ) -> None:
         """
         Args:
@@ -145,17 +148,26 @@ class AtariEnv(gymnasium.Env):
             noop_max: a hard reset runs 1..noop_max single-frame noops (30); 0 disables them.
             terminal_on_life_loss: a lost life ends the (training) episode without resetting
                 the game (True for training, False for evaluation: §2 ``episodic_lives``).
-            max_episode_steps: agent steps per game before it is cut (27,000 = 108k frames).
+            max_episode_steps: the horizon: agent steps per game before it is cut (27,000 =
+                108k frames).
+            horizon_extra_step: the official env compares its step counter with the horizon
+                before incrementing it, so one more step runs: a game is cut after
+                ``max_episode_steps + 1`` steps (True, faithful); False cuts it after exactly
+                ``max_episode_steps``.
             clip_rewards: reward = sign(raw reward) (True for training; scores use the raw sum).
-            seed: seeds the noop draws and the ALE.
+            seed: seeds the noop draws, and the ALE when ``ale_seed`` is None.
+            ale_seed: the seed the ALE's stream derives from, kept across ``reset(seed=...)``;
+                None: ``seed``. (The official evaluation envs share the run seed's ALE stream.)
         """
         super().__init__()
         for name, value, low in (("frame_skip", frame_skip, 1), ("frame_stack", frame_stack, 1),
                                  ("image_size", image_size, 1), ("noop_max", noop_max, 0),
                                  ("max_episode_steps", max_episode_steps, 1)):
             check_range(name, value, low, integer=True)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed = {seed!r} must be a non-negative integer")
+        for name, value in (("seed", seed), ("ale_seed", 0 if ale_seed is None else ale_seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ConfigError(f"{name} = {value!r} must be a non-negative integer")
+        self.ale_seed = None if ale_seed is None else int(ale_seed)
         self.game = game
         self._rom = rom_path(game)
         self.frame_skip = int(frame_skip)
@@ -164,6 +176,7 @@ class AtariEnv(gymnasium.Env):
         self.noop_max = int(noop_max)
         self.terminal_on_life_loss = bool(terminal_on_life_loss)
         self.max_episode_steps = int(max_episode_steps)
+        self.horizon_extra_step = bool(horizon_extra_step)
         self.clip_rewards = bool(clip_rewards)
 
         self._ale = ALEInterface()
@@ -218,10 +231,12 @@ class AtariEnv(gymnasium.Env):
         if life_loss and self.terminal_on_life_loss:
             self._zero_frames()
         self._push_frame()
+        # rlpyt checks ``counter >= horizon`` and then increments: the counter before this step
+        counted = self._steps if self.horizon_extra_step else self._steps + 1
         self._steps += 1
 
         ale_over = ale.game_over()
-        truncated = not ale_over and self._steps >= self.max_episode_steps
+        truncated = not ale_over and counted >= self.max_episode_steps
         self._game_over = ale_over or truncated
         terminated = ale_over or (life_loss and self.terminal_on_life_loss)
         self._soft_reset_pending = terminated and not self._game_over
@@ -260,7 +275,8 @@ class AtariEnv(gymnasium.Env):
     def _seed(self, seed: int) -> None:
         self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(seed)
         # An independent stream for the ALE, below 2**31 as the ALE's int setting needs.
-        ale_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0] % 2**31)
+        root = seed if self.ale_seed is None else self.ale_seed
+        ale_seed = int(np.random.SeedSequence([root, 1]).generate_state(1)[0] % 2**31)
         self._ale.setInt("random_seed", ale_seed)  # must precede loadROM to take effect
         self._ale.setFloat("repeat_action_probability", 0.0)  # no sticky actions (§2)
         self._ale.loadROM(self._rom)

@@ -28,6 +28,15 @@ received after it. ``returns`` and ``done_n`` (b, sequence_length) are the n-ste
 of steps ``0 .. sequence_length−1``, computed at sample time from the stored rewards and dones
 (rlpyt precomputes the same numbers at insertion).
 
+done_n quirk (``one_step_done_n``, on by default): the rlpyt commit the official code pins
+stores the 1-step ``done`` as ``done_n`` (its 10-step flag goes to a local variable that is
+never written back; rlpyt fixed this later). So the stored ``done_n[t] == done[t]``, while the
+return is still cut at the first done. A sequence whose first done lies at step k = 1..n−1
+then bootstraps with ``γ^n · Z(obs[:, n])``, and sanitizing has made ``obs[:, n]`` the repeated
+observation of step k, the last one before the done. ``one_step_done_n = False`` gives the
+correct flag: any done in ``t .. t+n−1``. Sanitizing then sets ``done_n`` after the first done
+in both modes, as MLR's ``sanitize_batch`` does.
+
 GPU fast path (``compile``, off by default): ``gather`` (stack rebuilding, n-step returns,
 sanitizing) and the sum tree's descent and priority write-back (a Python loop over the tree's
 17 levels, ~300 small ops per batch eagerly) are each compiled into one graph with
@@ -75,7 +84,7 @@ class SequenceReplay:
 
     def __init__(self, observation_shape: tuple[int, int, int], capacity: int, sequence_length: int,
                  n_step: int, discount: float, device: str, seed: int,
-                 compile: bool | str = False) -> None:  # noqa: A002 - gin name
+                 compile: bool | str = False, one_step_done_n: bool = True) -> None:  # noqa: A002 - gin name
         shape = tuple(int(v) for v in observation_shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"observation_shape = {tuple(observation_shape)!r} is invalid; expected "
@@ -88,6 +97,7 @@ class SequenceReplay:
         self.sequence_length = int(sequence_length)
         self.n_step = int(n_step)
         self.discount = float(discount)
+        self.one_step_done_n = bool(one_step_done_n)
         self.seq_steps = self.sequence_length + self.n_step  # T, steps per sampled sequence
         self._fm1 = self.frame_stack - 1
         # rlpyt: off_backward = 1 + n_step + batch_T; off_forward = max(1, n_frames - 1)
@@ -268,7 +278,8 @@ class SequenceReplay:
         """reward, done (b T) -> return (b t) float32 and done_n (b t) bool, t = sequence_length.
 
         return_t = Σ_{k<n} γ^k r_{t+k}, truncated after the first done (its reward counts);
-        done_n_t = any done in t .. t+n-1 (rlpyt's discount_return_n_step).
+        done_n_t = any done in t .. t+n-1 (rlpyt's discount_return_n_step), or with
+        ``one_step_done_n`` (the pinned rlpyt's stored flag, see the module docstring) done_t.
         """
         t = self.sequence_length
         r = reward.unfold(1, self.n_step, 1)[:, :t]  # (b t n): r[t + k]
@@ -276,7 +287,7 @@ class SequenceReplay:
         alive = torch.cumprod(1.0 - d.to(torch.float32), -1)  # no done in t .. t+k
         alive = torch.cat([torch.ones_like(alive[..., :1]), alive[..., :-1]], -1)  # .. t+k-1
         returns = (r * alive * self._discounts).sum(-1)
-        return returns, d.any(-1)
+        return returns, d[..., 0] if self.one_step_done_n else d.any(-1)
 
     # ------------------------------------------------------------------ checkpointing
 
@@ -336,6 +347,7 @@ class PrioritizedSequenceReplay(SequenceReplay):
         beta_anneal_end: int = 100_000,
         default_priority: float = 1.0,
         stratified: bool = False,
+        one_step_done_n: bool = True,
         device: str = "cpu",
         seed: int = 0,
         compile: bool | str = False,  # noqa: A002 - gin name
@@ -354,6 +366,9 @@ class PrioritizedSequenceReplay(SequenceReplay):
             beta_anneal_start, beta_anneal_end: ... between these env steps (``min_itr_learn``
                 = 2000 and ``pri_beta_steps`` = 100,000), clipped outside.
             default_priority: priority of new entries before ``^alpha`` (1: delta_clip).
+            one_step_done_n: the bootstrap flag ``done_n`` is the 1-step done, as the pinned
+                rlpyt stores it (True, faithful; see the module docstring); False: any done in
+                the n steps (the correct n-step flag).
             stratified: draw one start per equal segment of the total priority instead of
                 i.i.d. draws. Off by default: rlpyt's SumTree draws ``np.random.rand(n)``.
             device: where storage, tree and batches live (the training device).
@@ -362,7 +377,8 @@ class PrioritizedSequenceReplay(SequenceReplay):
                 and the sum tree's descent and write-back (False; True; "auto" = on CUDA only).
                 The same batches and priorities; falls back to eager with a warning.
         """
-        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile)
+        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile,
+                         one_step_done_n)
         check_range("replays.prioritized_sequence.alpha", alpha, 0, 1)
         check_range("replays.prioritized_sequence.beta_start", beta_start, 0, 1)
         check_range("replays.prioritized_sequence.beta_end", beta_end, 0, 1)
@@ -466,6 +482,7 @@ class UniformSequenceReplay(SequenceReplay):
         sequence_length: int = 16,
         n_step: int = 10,
         discount: float = 0.99,
+        one_step_done_n: bool = True,
         device: str = "cpu",
         seed: int = 0,
         compile: bool | str = False,  # noqa: A002 - gin name
@@ -478,11 +495,14 @@ class UniformSequenceReplay(SequenceReplay):
             sequence_length: K+1 consecutive steps used by MLR (16).
             n_step: n of the n-step return (10).
             discount: gamma of the n-step return (0.99).
+            one_step_done_n: ``done_n`` is the 1-step done, as the pinned rlpyt stores it
+                (True, faithful); False: any done in the n steps.
             device: where storage and batches live.
             seed: seed of this replay's own torch generator.
             compile: ``torch.compile`` the batch assembly (False; True; "auto" = on CUDA only).
         """
-        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile)
+        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile,
+                         one_step_done_n)
 
     def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self._valid_range()

@@ -23,6 +23,23 @@ import torch
 from mlr_registry.errors import check_range
 
 
+def _first_copy(keys: torch.Tensor) -> torch.Tensor:
+    """For each position of ``keys`` (n,), the position of the first entry with the same key.
+
+    A stable sort groups equal keys in their original order; each group's first sorted slot is
+    its first copy. O(n log n), no Python loop, fixed shapes (compiles).
+    """
+    order = torch.sort(keys, stable=True).indices  # (n)
+    ranked = keys[order]
+    starts = torch.ones_like(ranked, dtype=torch.bool)
+    starts[1:] = ranked[1:] != ranked[:-1]
+    slots = torch.arange(keys.numel(), device=keys.device)
+    group_start = torch.where(starts, slots, 0).cummax(0).values  # (n) sorted slot of the group's head
+    first = torch.empty_like(order)
+    first[order] = order[group_start]
+    return first
+
+
 class SumTree:
     """Priorities of ``capacity`` entries with batched update and batched prefix-sum search."""
 
@@ -57,12 +74,14 @@ class SumTree:
     def update(self, indices: torch.Tensor, values: torch.Tensor) -> None:
         """Set leaves ``indices`` (n,) to ``values`` (n,), then recompute their ancestors.
 
-        Parents are recomputed as the sum of their children (not incremented by differences),
-        so duplicated indices leave the tree consistent: the leaf keeps one of its values and
-        every ancestor is the exact sum below it.
+        A leaf listed more than once keeps the value of its first copy, as rlpyt's priority
+        write-back (``np.unique(..., return_index=True)``). Parents are recomputed as the sum
+        of their children (not incremented by differences), so every ancestor is the exact sum
+        below it.
         """
         nodes = indices.reshape(-1).to(self.device, torch.int64) + (self.num_leaves - 1)
-        self.tree[nodes] = values.reshape(-1).to(self.device, torch.float64)
+        values = values.reshape(-1).to(self.device, torch.float64)
+        self.tree[nodes] = values[_first_copy(nodes)]  # every copy writes the same value
         for _ in range(self.depth):  # one level up per iteration, the whole batch at once
             nodes = (nodes - 1) // 2
             self.tree[nodes] = self.tree[2 * nodes + 1] + self.tree[2 * nodes + 2]

@@ -4,9 +4,9 @@ Per env step t (``itr`` in the reference, t = 0 .. num_env_steps-1):
   act with ε(t) (1 while t <= learning_starts, then 0: noisy nets explore) -> env.step ->
   replay.add -> if t >= learning_starts: ``updates_per_step`` gradient updates, each followed by
   a priority update. With the defaults that is 98,000 × 2 = 196,000 updates.
-After training: ``eval_episodes`` episodes, one per eval env (env 0 seeded with the run seed,
-env i > 0 with seed·100 + i), with ε = 0.001, noise off, no augmentation, life loss not
-terminal, raw game score averaged.
+After training: ``eval_episodes`` episodes, one per eval env (every env's emulator seeded from
+the run seed; the noop RNG of env 0 with the run seed, of env i > 0 with seed·100 + i), with
+ε = 0.001, noise off, no augmentation, life loss not terminal, raw game score averaged.
 
 The trainer owns the progress bar and all metric logging; components never see MLflow.
 """
@@ -14,6 +14,7 @@ The trainer owns the progress bar and all metric logging; components never see M
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -360,20 +361,32 @@ class Atari100kTrainer(LoopTrainer):
         def policy(obs: np.ndarray) -> np.ndarray:
             return self.agent.act(torch.as_tensor(obs, device=self.device), epsilon=eps, greedy=True).cpu().numpy()
 
-        make_env = functools.partial(self.env_factory, terminal_on_life_loss=False)
+        make_env = functools.partial(self.env_factory, terminal_on_life_loss=False, **self._eval_env_kwargs())
         return play_episodes(make_env, self.eval_seeds(), policy, workers=self._eval_pool,
                              max_steps=self.eval_max_steps)
 
     def eval_seeds(self) -> list[int]:
-        """The evaluation envs' seeds as the reference's sampler gives them (MLR_SPEC §1 Seeds):
-        env 0 gets the run seed, env i > 0 gets seed·100 + i."""
+        """The evaluation envs' seeds as the reference's sampler gives them: env 0 gets the run
+        seed, env i > 0 gets seed·100 + i. With an env that takes ``ale_seed`` (Atari) these
+        seed only the noop RNG; the emulator of every env is seeded from the run seed
+        (:meth:`_eval_env_kwargs`), as in the reference."""
         return [self.seed if i == 0 else self.seed * 100 + i for i in range(self.eval_episodes)]
+
+    def _eval_env_kwargs(self) -> dict[str, int]:
+        """``ale_seed`` = the run seed, for an env factory that takes it (Catch and plugins
+        need not)."""
+        try:
+            parameters = inspect.signature(self.env_factory).parameters
+        except (TypeError, ValueError):  # a callable without a signature: pass nothing extra
+            return {}
+        return {"ale_seed": self.seed} if "ale_seed" in parameters else {}
 
     video_fps = 15  # agent steps per second of video (each is 4 frames of the game)
 
     def record_episode(self) -> list[np.ndarray]:
         """Newest frames (84x84 gray) of one greedy evaluation episode, for the run's video."""
-        env = self.env_factory(seed=self.seed * 100 + self.eval_episodes, terminal_on_life_loss=False)
+        env = self.env_factory(seed=self.seed * 100 + self.eval_episodes, terminal_on_life_loss=False,
+                               **self._eval_env_kwargs())
         obs, _ = env.reset(seed=self.seed * 100 + self.eval_episodes)
         frames = [obs[-1]]
         for _ in range(self.video_max_steps):
