@@ -229,7 +229,7 @@ def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):
     runs = client.search_runs([exp.experiment_id], "tags.report = 'true' and tags.benchmark = 'atari100k'")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == "report" and run.info.status == "FINISHED"
+    assert run.info.run_name == "report · atari100k · mlr vs baseline" and run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"table.md", "aggregates.csv", *pngs}
     assert "mlr/iqm" in run.data.metrics
     # a later report over all experiments does not count the report run as a training run

@@ -167,9 +167,12 @@ def log_report_run(report: Report) -> str:
     """A run named ``report`` in experiment ``reports``: tags, filters as params, the
     aggregates as metrics (``<objective>/<metric>``), and the output folder as artifacts."""
     from mlr_registry.tracking.mlflow_run import TrackedRun
+    from mlr_registry.tracking.naming import SEPARATOR
 
     uri = report.filter.tracking_uri
-    run = TrackedRun(uri, experiment=REPORT_EXPERIMENT, run_name=REPORT_RUN_NAME)
+    # e.g. "report · atari100k · mlr vs baseline": reports of one store tell apart in the runs table
+    name = SEPARATOR.join([REPORT_RUN_NAME, report.filter.benchmark, " vs ".join(report.objectives)])
+    run = TrackedRun(uri, experiment=REPORT_EXPERIMENT, run_name=name)
     if run.client.get_experiment_by_name(REPORT_EXPERIMENT) is None:
         run.client.create_experiment(REPORT_EXPERIMENT, artifact_location=_artifact_location(uri))
     flt = report.filter

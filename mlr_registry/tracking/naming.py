@@ -1,0 +1,65 @@
+"""Run names that say what a run is: ``mlr · breakout · seed 0``, then what sets it apart from
+its benchmark's shipped config, if anything: an ablation or other gin file
+(``mlr · alien · seed 0 · mask_ratio_025``), ``--bind`` options (``· mask_ratio=0.25``), or a
+sweep's variant (its ``sweep_variant`` tag, which names the swept values).
+
+Names are built from the run's tags and command line only, never from a random source: the
+trainer seeds Python's ``random``, and MLflow's generated names come from it, so every run of
+one seed used to get the same "random" name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+SEPARATOR = " · "
+MAX_LENGTH = 200  # MLflow allows longer names; the runs table shows far less
+VARIANT_TAG = "sweep_variant"
+# Parameters the name already shows (env, seed): their bindings add nothing.
+_NAMED_PARAMS = ("seed", "game", "task")
+# Shipped config folders whose files are not variants of their own: their folder says it all.
+_FOLDER_NAMED = ("smoke", "fast", "learning")
+
+
+def gin_file_label(path: str | Path) -> str | None:
+    """What a gin file adds to a run's name: None for a benchmark's config (``gin/*.gin``) and a
+    DMC task overlay (``gin/dmc/*.gin``: the env is in the name already); the folder for the
+    shipped smoke, fast and learning configs; else the file's stem (an ablation's
+    ``mask_ratio_025``, a user's ``my_idea``)."""
+    p = Path(path)
+    parent, grandparent = p.parent.name, p.parent.parent.name
+    if parent == "gin" or (parent == "dmc" and grandparent == "gin"):
+        return None
+    if parent in _FOLDER_NAMED and grandparent == "gin":
+        return parent
+    return p.stem
+
+
+def binding_label(binding: str) -> str | None:
+    """``maskers.cube.mask_ratio = 0.25`` -> ``mask_ratio=0.25``; None for the seed, game and
+    task, which the name shows already."""
+    selector, sep, value = binding.partition("=")
+    param = selector.strip().rsplit(".", 1)[-1].rsplit("/", 1)[-1]
+    if not sep:
+        return binding.strip() or None
+    if param in _NAMED_PARAMS:
+        return None
+    return f"{param}={value.strip().strip(chr(39) + chr(34))}"
+
+
+def run_name(tags: Mapping[str, str], gin_files: Sequence[str | Path] = (),
+             bindings: Sequence[str] = ()) -> str:
+    """``<objective> · <env> · seed <seed>`` plus the labels of the gin files and, for a sweep's
+    trial, its ``sweep_variant`` (its other bindings are the sweep's own), else the bindings."""
+    parts = [tags.get("objective", "run"), tags.get("env", "?"), f"seed {tags.get('seed', '?')}"]
+    labels = [label for label in map(gin_file_label, gin_files) if label]
+    variant = tags.get(VARIANT_TAG)
+    if variant is not None:
+        labels += [variant] if variant != "default" else []
+    else:
+        labels += [label for label in map(binding_label, bindings) if label]
+    if labels:
+        parts.append(" ".join(dict.fromkeys(labels)))
+    name = SEPARATOR.join(parts)
+    return name if len(name) <= MAX_LENGTH else name[:MAX_LENGTH - 1] + "…"
