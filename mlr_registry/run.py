@@ -251,6 +251,7 @@ def train(args: argparse.Namespace) -> int:
         run.start(tags, params)
     print(f"MLflow run {run.run_id} ({name}) in experiment {settings.name!r} at {run.tracking_uri}",
           file=sys.stderr)
+    print(f"view it: {run.ui_hint()}", file=sys.stderr)
     try:  # a checkpoint folder that cannot be made (permissions, full disk) must not leave it RUNNING
         checkpointer = _checkpointer(run, params) if _accepts_checkpointer(trainer) else None
     except BaseException:

@@ -18,10 +18,13 @@ from mlr_registry.tracking.mlflow_run import EXPERIMENT_KIND, EXPERIMENT_KIND_TA
 from mlr_registry.tracking.reproduce import NOTE_TAG
 
 
-def _toy_run(cwd, site, *args: str, db: str = "store.db"):
-    """The toy trainer's run through the CLI in ``cwd`` (which holds toy.gin): (client, run)."""
+def _toy_run(cwd, site, *args: str, db: str = "store.db", printed: list[str] | None = None):
+    """The toy trainer's run through the CLI in ``cwd`` (which holds toy.gin): (client, run);
+    what it printed goes to ``printed``."""
     proc = run_cli(["--gin", "toy.gin", *args, "--tracking-uri", f"sqlite:///{db}"], cwd=cwd, site=site)
     assert proc.returncode == 0, proc.stderr
+    if printed is not None:
+        printed.append(proc.stderr)
     client, runs = mlflow_runs(cwd / db, "toy")
     return client, runs[0]  # newest first
 
@@ -40,10 +43,12 @@ def toy_cwd(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bound_run(toy_cwd):
-    """One run with a --bind and a --tag, in a SQLite store in a subfolder: (cwd, client, run)."""
+    """One run with a --bind and a --tag, in a SQLite store in a subfolder: (cwd, client, run,
+    what the CLI printed)."""
     cwd, site = toy_cwd
-    client, run = _toy_run(cwd, site, "--bind", BINDING, "--tag", "sweep=s1", db="stores/x.db")
-    return cwd, client, run
+    printed: list[str] = []
+    client, run = _toy_run(cwd, site, "--bind", BINDING, "--tag", "sweep=s1", db="stores/x.db", printed=printed)
+    return cwd, client, run, printed[0]
 
 
 def _artifact_text(client, run, path: str, into) -> str:
@@ -99,7 +104,7 @@ def test_an_unnamed_run_is_named_without_touching_pythons_random(tmp_path):
 
 
 def test_the_description_is_the_command_that_reproduces_the_run(bound_run):
-    _, _, run = bound_run
+    _, _, run, _ = bound_run
     note = run.data.tags[NOTE_TAG]
     commit = run.data.tags["git_commit"]
     assert f"git commit `{commit}`" in note
@@ -111,7 +116,7 @@ def test_the_description_is_the_command_that_reproduces_the_run(bound_run):
 
 
 def test_experiments_open_in_the_model_training_view(tmp_path, bound_run):
-    _, client, _ = bound_run
+    _, client, _, _ = bound_run
     assert client.get_experiment_by_name("toy").tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == \
         "custom_model_development"
     uri = f"sqlite:///{tmp_path / 'store.db'}"
@@ -126,8 +131,20 @@ def test_experiments_open_in_the_model_training_view(tmp_path, bound_run):
     assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"  # a user's choice stays
 
 
+def test_the_cli_prints_where_the_ui_shows_the_run_as_model_training(bound_run):
+    """MLflow 3.17's UI opens in its GenAI view unless the address asks for the other one."""
+    _, _, run, printed = bound_run
+    route = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    assert f"view it: mlflow ui --backend-store-uri sqlite:///stores/x.db, then http://127.0.0.1:5000/{route}" \
+        in printed
+    server = TrackedRun("http://tracking.example:5000/")
+    server.experiment_id, server.run_id = "3", "abc"
+    assert server.ui_hint() == \
+        "http://tracking.example:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
 def test_config_artifacts_have_previewable_txt_copies(tmp_path, bound_run):
-    _, client, run = bound_run
+    _, client, run, _ = bound_run
     paths = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert paths == {"config/config.gin", "config/config.gin.txt",
                      "config/operative_config.gin", "config/operative_config.gin.txt"}
@@ -138,7 +155,7 @@ def test_config_artifacts_have_previewable_txt_copies(tmp_path, bound_run):
 
 
 def test_a_sqlite_store_keeps_artifacts_in_mlartifacts_beside_it(bound_run):
-    cwd, _, run = bound_run
+    cwd, _, run, _ = bound_run
     folder = cwd / "stores" / "mlartifacts" / run.info.run_id / "artifacts"
     assert run.info.artifact_uri == folder.as_uri()
     assert (folder / "config" / "config.gin").is_file()
@@ -146,7 +163,7 @@ def test_a_sqlite_store_keeps_artifacts_in_mlartifacts_beside_it(bound_run):
 
 
 def test_the_environment_is_recorded(tmp_path, bound_run):
-    _, client, run = bound_run
+    _, client, run, _ = bound_run
     tags = run.data.tags
     assert tags["python_version"] == platform.python_version()
     assert tags["torch_version"] == torch.__version__

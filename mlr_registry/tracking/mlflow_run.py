@@ -92,6 +92,7 @@ class TrackedRun:
         self.experiment = experiment
         self.run_name = run_name
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._flush_every_s = flush_every_s
@@ -122,7 +123,8 @@ class TrackedRun:
         # MLflow names an unnamed run from Python's `random`, which the trainer seeds: every run
         # of one seed would get the same "random" name. Unnamed here means named by the clock.
         name = self.run_name or f"{self.experiment} · {time.strftime('%Y-%m-%d %H:%M:%S')}"
-        run = self.client.create_run(self._experiment_id(), run_name=name,
+        self.experiment_id = self._experiment_id()
+        run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={k: str(v) for k, v in tags.items()})
         self.run_id = run.info.run_id
         items = [Param(k[:250], str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
@@ -150,6 +152,7 @@ class TrackedRun:
         each (metric, step) keeps one value."""
         run = self.get_run(run_id)
         self.run_id = run_id
+        self.experiment_id = run.info.experiment_id
         self.experiment = self.client.get_experiment(run.info.experiment_id).name
         self.run_name = run.info.run_name
         for key in run.data.metrics:
@@ -158,6 +161,16 @@ class TrackedRun:
                     self._already_logged.add((key, int(m.step)))
         self.client.update_run(run_id, status="RUNNING")
         self._ended = False
+
+    def ui_hint(self) -> str:
+        """Where to see this run in the MLflow UI, in its model-training view (MLflow 3.17's UI
+        opens in its GenAI view unless the address asks for ``workflowType=machine_learning``):
+        the server's address for an http(s) store, else the ``mlflow ui`` command and the
+        address it serves (its default port)."""
+        route = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{route}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}, then http://127.0.0.1:5000/{route}"
 
     def artifact_dir(self) -> Path | None:
         """The run's artifact folder when the artifact store is a local file system, else None."""
