@@ -66,16 +66,16 @@ def test_gin_file_labels(path, label):
 def test_run_names_tell_ablations_and_sweep_variants_from_their_baseline():
     tags = {"objective": "mlr", "env": "breakout", "seed": "0"}
     assert naming.run_name(tags, ["gin/atari_mlr.gin"]) == "mlr · breakout · seed 0"
-    assert naming.run_name(tags, ["gin/ablations/mask_ratio_025.gin"]) == "mlr · breakout · seed 0 · mask_ratio_025"
+    assert naming.run_name(tags, ["gin/ablations/mask_ratio_025.gin"]) == "mlr · mask_ratio_025 · breakout · seed 0"
     # the seed, game and task are in the name already; other bindings say what changed
     assert naming.run_name(tags, ["gin/atari_mlr.gin"], ["trainers.atari100k.seed = 3", "atari.game = 'pong'",
                                                          "losses.mlr.distance = 'mse'"]) \
-        == "mlr · breakout · seed 0 · distance=mse"
+        == "mlr · distance=mse · breakout · seed 0"
     # a sweep's trial: its variant (the swept values), not the bindings that carry them
     swept = {**tags, "sweep_variant": "mask_ratio=0.25"}
     assert naming.run_name(swept, ["gin/dmc_mlr.gin", "gin/dmc/walker_walk.gin"],
                            ["maskers.cube.mask_ratio = 0.25", "trainers.dmc.seed = 0"]) \
-        == "mlr · breakout · seed 0 · mask_ratio=0.25"
+        == "mlr · mask_ratio=0.25 · breakout · seed 0"
     assert naming.run_name({**tags, "sweep_variant": "default"}, ["gin/atari_mlr.gin"], ["x.y = 1"]) \
         == "mlr · breakout · seed 0"
     assert len(naming.run_name(tags, [], [f"a.b{i} = {'x' * 50}" for i in range(10)])) == naming.MAX_LENGTH
@@ -85,9 +85,9 @@ def test_cli_runs_are_named_after_what_they_run(toy_cwd, bound_run):
     cwd, site = toy_cwd
     _, plain = _toy_run(cwd, site)
     _, swept = _toy_run(cwd, site, "--bind", "trainers.toy.lr = 0.5", "--tag", "sweep_variant=lr=0.5")
-    assert plain.info.run_name == "baseline · toy-env · seed 0 · toy"  # toy.gin: a user's own config
-    assert bound_run[2].info.run_name == "baseline · toy-env · seed 0 · toy steps=4"
-    assert swept.info.run_name == "baseline · toy-env · seed 0 · toy lr=0.5"
+    assert plain.info.run_name == "baseline · toy · toy-env · seed 0"  # toy.gin: a user's own config
+    assert bound_run[2].info.run_name == "baseline · toy steps=4 · toy-env · seed 0"
+    assert swept.info.run_name == "baseline · toy lr=0.5 · toy-env · seed 0"
     assert plain.data.tags["mlflow.runName"] == plain.info.run_name
 
 

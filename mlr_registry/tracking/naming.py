@@ -1,7 +1,9 @@
-"""Run names that say what a run is: ``mlr · breakout · seed 0``, then what sets it apart from
-its benchmark's shipped config, if anything: an ablation or other gin file
-(``mlr · alien · seed 0 · mask_ratio_025``), ``--bind`` options (``· mask_ratio=0.25``), or a
-sweep's variant (its ``sweep_variant`` tag, which names the swept values).
+"""Run names that say what a run is: ``mlr · breakout · seed 0``, with what sets its config apart
+from its benchmark's shipped one, if anything, after the objective: an ablation or other gin
+file (``mlr · mask_ratio_025 · alien · seed 0``), ``--bind`` options (``mlr · distance=mse ·
+...``), or a sweep's variant (its ``sweep_variant`` tag, which names the swept values). The
+configuration comes before the env and seed (its replicates) because MLflow's runs table cuts
+names at about 25 characters.
 
 Names are built from the run's tags and command line only, never from a random source: the
 trainer seeds Python's ``random``, and MLflow's generated names come from it, so every run of
@@ -50,16 +52,16 @@ def binding_label(binding: str) -> str | None:
 
 def run_name(tags: Mapping[str, str], gin_files: Sequence[str | Path] = (),
              bindings: Sequence[str] = ()) -> str:
-    """``<objective> · <env> · seed <seed>`` plus the labels of the gin files and, for a sweep's
-    trial, its ``sweep_variant`` (its other bindings are the sweep's own), else the bindings."""
-    parts = [tags.get("objective", "run"), tags.get("env", "?"), f"seed {tags.get('seed', '?')}"]
+    """``<objective> · [<variant> · ]<env> · seed <seed>``, the variant being the labels of the
+    gin files and, for a sweep's trial, its ``sweep_variant`` (its other bindings are the
+    sweep's own), else the bindings."""
     labels = [label for label in map(gin_file_label, gin_files) if label]
     variant = tags.get(VARIANT_TAG)
     if variant is not None:
         labels += [variant] if variant != "default" else []
     else:
         labels += [label for label in map(binding_label, bindings) if label]
-    if labels:
-        parts.append(" ".join(dict.fromkeys(labels)))
+    parts = [tags.get("objective", "run"), *([" ".join(dict.fromkeys(labels))] if labels else []),
+             tags.get("env", "?"), f"seed {tags.get('seed', '?')}"]
     name = SEPARATOR.join(parts)
     return name if len(name) <= MAX_LENGTH else name[:MAX_LENGTH - 1] + "…"
