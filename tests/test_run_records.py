@@ -69,6 +69,7 @@ def test_run_names_tell_ablations_and_sweep_variants_from_their_baseline():
     assert naming.run_name(tags, ["gin/ablations/mask_ratio_025.gin"]) == "mlr · mask_ratio_025 · breakout · seed 0"
     # the seed, game and task are in the name already; other bindings say what changed
     assert naming.run_name(tags, ["gin/atari_mlr.gin"], ["trainers.atari100k.seed = 3", "atari.game = 'pong'",
+                                                         "trainers.atari100k.progress = False",
                                                          "losses.mlr.distance = 'mse'"]) \
         == "mlr · distance=mse · breakout · seed 0"
     # a sweep's trial: its variant (the swept values), not the bindings that carry them

@@ -16,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SEPARATOR = " · "
-MAX_LENGTH = 200  # MLflow allows longer names; the runs table shows far less
+MAX_LENGTH = 120  # MLflow allows longer names; the runs table shows far less
 VARIANT_TAG = "sweep_variant"
-# Parameters the name already shows (env, seed): their bindings add nothing.
-_NAMED_PARAMS = ("seed", "game", "task")
+# Bindings that add nothing to a name: what it shows already (env, seed), and run control that
+# does not change results (the checkpoint's RUN_CONTROL_PARAMS, display, logging, the device).
+_UNNAMED_PARAMS = ("seed", "game", "task", "progress", "checkpoint_every", "log_every", "device", "video",
+                   "video_max_steps")
 # Shipped config folders whose files are not variants of their own: their folder says it all.
 _FOLDER_NAMED = ("smoke", "fast", "learning")
 
@@ -40,12 +42,12 @@ def gin_file_label(path: str | Path) -> str | None:
 
 def binding_label(binding: str) -> str | None:
     """``maskers.cube.mask_ratio = 0.25`` -> ``mask_ratio=0.25``; None for the seed, game and
-    task, which the name shows already."""
+    task, which the name shows already, and for run control (progress, checkpoints, ...)."""
     selector, sep, value = binding.partition("=")
     param = selector.strip().rsplit(".", 1)[-1].rsplit("/", 1)[-1]
     if not sep:
         return binding.strip() or None
-    if param in _NAMED_PARAMS:
+    if param in _UNNAMED_PARAMS:
         return None
     return f"{param}={value.strip().strip(chr(39) + chr(34))}"
 
