@@ -209,29 +209,58 @@ def _accepts_checkpointer(trainer) -> bool:
     return "checkpointer" in inspect.signature(trainer.train).parameters
 
 
+def _environment_tags(trainer) -> dict[str, str]:
+    """Python, torch, CUDA, cuDNN and the device the trainer runs on (see tracking.environment)."""
+    from mlr_registry.tracking.environment import environment_tags
+
+    device = getattr(trainer, "device", None)
+    return environment_tags(None if device is None else str(device))
+
+
+def _log_environment(run) -> None:
+    from mlr_registry.tracking.environment import PACKAGES_ARTIFACT, installed_packages
+
+    run.log_text(installed_packages(), PACKAGES_ARTIFACT)
+
+
+def _log_config(run, text: str, artifact_file: str) -> None:
+    """``artifact_file`` (``config/config.gin``: what --resume and users download) and a copy
+    with ``.txt`` appended, which the MLflow UI previews (it shows no ``.gin`` file)."""
+    run.log_text(text, artifact_file)
+    run.log_text(text, artifact_file + ".txt")
+
+
 def train(args: argparse.Namespace) -> int:
     from mlr_registry import __version__, config, registry
     from mlr_registry.tracking.mlflow_run import TrackedRun, git_commit
+    from mlr_registry.tracking.naming import run_name
+    from mlr_registry.tracking.reproduce import NOTE_TAG, reproduce_note
 
     settings, trainer, params = _build_trainer(args.gin, args.bind)
     plugins = registry.loaded_plugins()
+    commit = git_commit()
     tags = {**trainer.run_tags(),
             "plugins": ",".join(sorted(set(plugins.values()))) or "none",
-            "mlr_registry_version": __version__, "git_commit": git_commit(),
+            "mlr_registry_version": __version__, "git_commit": commit,
             "gin_files": ",".join(args.gin), "bindings": "; ".join(args.bind), **_process_tags(),
+            **_environment_tags(trainer), NOTE_TAG: reproduce_note(args.gin, args.bind, commit, __version__),
             **_extra_tags(args)}
+    name = settings.run_name or run_name(tags, args.gin, args.bind)
     with _store_errors(args.tracking_uri):
-        run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=settings.run_name)
+        run = TrackedRun(args.tracking_uri, experiment=settings.name, run_name=name)
         run.start(tags, params)
-    print(f"MLflow run {run.run_id} in experiment {settings.name!r} at {run.tracking_uri}", file=sys.stderr)
+    print(f"MLflow run {run.run_id} ({name}) in experiment {settings.name!r} at {run.tracking_uri}",
+          file=sys.stderr)
+    print(f"view it: {run.ui_hint()}", file=sys.stderr)
     try:  # a checkpoint folder that cannot be made (permissions, full disk) must not leave it RUNNING
         checkpointer = _checkpointer(run, params) if _accepts_checkpointer(trainer) else None
     except BaseException:
         run.end("FAILED")
         raise
     return _run_to_end(run, trainer, checkpointer, preamble=lambda: (
-        run.log_text(config.config_str(), "config/config.gin"),
-        run.log_text(config.operative_config_str(), "config/operative_config.gin")))
+        _log_config(run, config.config_str(), "config/config.gin"),
+        _log_config(run, config.operative_config_str(), "config/operative_config.gin"),
+        _log_environment(run)))
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -263,11 +292,12 @@ def resume(args: argparse.Namespace) -> int:
         run.remove_scratch()
         raise
     run.resume(args.resume, from_step=step)
-    run.set_tags({"resumed_from_step": str(step), **_process_tags(), **_extra_tags(args)})
+    run.set_tags({"resumed_from_step": str(step), **_process_tags(), **_environment_tags(trainer),
+                  **_extra_tags(args)})
     print(f"resuming MLflow run {run.run_id} from step {step} ({latest})", file=sys.stderr)
     checkpointer = _checkpointer(run, params)
     checkpointer.last_saved_step = step
-    return _run_to_end(run, trainer, checkpointer)
+    return _run_to_end(run, trainer, checkpointer, preamble=lambda: _log_environment(run))
 
 
 def _load_latest_checkpoint(run, run_id: str, trainer, params) -> tuple[int, Path]:
@@ -304,7 +334,7 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
         if preamble is not None:
             preamble()
         final = trainer.train(run, checkpointer) if checkpointer is not None else trainer.train(run)
-        run.log_text(config.operative_config_str(), "config/operative_config.gin")
+        _log_config(run, config.operative_config_str(), "config/operative_config.gin")
         status = "FINISHED"
     except KeyboardInterrupt:
         _unraised.clear()

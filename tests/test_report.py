@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,7 +230,10 @@ def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):
     runs = client.search_runs([exp.experiment_id], "tags.report = 'true' and tags.benchmark = 'atari100k'")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_name == "report" and run.info.status == "FINISHED"
+    assert run.info.run_name == "report · atari100k · mlr vs baseline" and run.info.status == "FINISHED"
+    db = Path(uri[len("sqlite:///"):])  # its artifacts beside the store, as a training run's
+    assert run.info.artifact_uri == (db.parent / "mlartifacts" / run.info.run_id / "artifacts").as_uri()
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"table.md", "aggregates.csv", *pngs}
     assert "mlr/iqm" in run.data.metrics
     # a later report over all experiments does not count the report run as a training run

@@ -223,11 +223,19 @@ def test_resume_unknown_run_is_exit_2(terminated, capsys):
 
 def test_resume_after_sigterm_finishes(terminated, capsys):
     cwd, _ = terminated
-    run_id = _only_run(cwd)[1].info.run_id
+    client, before = _only_run(cwd)
+    run_id = before.info.run_id
+    # as a run started before runs recorded their environment: the resume records the machine's
+    client.delete_tag(run_id, "device_name")
+    packages = cwd / "mlartifacts" / run_id / "artifacts" / "environment" / "packages.txt"
+    packages.unlink()
     proc = _cli(["--resume", run_id], cwd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, run = _only_run(cwd)
     assert run.info.status == "FINISHED" and "final_return" in run.data.metrics
+    assert run.data.tags["device_name"] == before.data.tags["device_name"] and "torch==" in packages.read_text()
+    assert run.info.run_name == before.info.run_name  # kept, not renamed
+    assert run.info.run_name.startswith("mlr · smoke num_env_steps=48 ") and "progress" not in run.info.run_name
     steps = [m.step for m in client.get_metric_history(run_id, "train/rl_loss")]
     assert steps == sorted(set(steps)) and steps[-1] == 48  # continued at the right steps, no duplicates
     code, error = _main(["--resume", run_id], cwd, capsys)

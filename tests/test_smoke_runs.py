@@ -31,4 +31,8 @@ def test_smoke_config_runs_to_an_mlflow_run(tmp_path, gin_file, tags, extra_metr
     assert run.data.params["losses.mlr.weight"] == "1.0"
     assert "maskers.cube.patch_size" in run.data.params
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
-    assert artifacts == {"config/config.gin", "config/operative_config.gin"}
+    assert artifacts == {"config/config.gin", "config/operative_config.gin",
+                         "config/config.gin.txt", "config/operative_config.gin.txt"}  # .txt: the UI previews them
+    assert run.info.run_name == f"mlr · smoke · {tags['env']} · seed 0"
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "environment")} == {"environment/packages.txt"}
+    assert run.data.tags["device"] == "cpu" and run.data.tags["cuda_version"] == "none"

@@ -304,6 +304,10 @@ def test_smoke_sweep_on_local_ray_is_aggregated_by_the_report(tmp_path, monkeypa
         ("alien", "0"), ("alien", "1"), ("pong", "0"), ("pong", "1")]
     assert {r.data.tags["sweep"] for r in children} == {"smoke-sweep"}
     assert len({r.data.tags["sweep_trial"] for r in children}) == 4
+    # named after what they run (the sweep's own bindings are in its parent's name, not theirs)
+    assert parent.info.run_name == "sweep:smoke-sweep"
+    assert sorted(r.info.run_name for r in children) == [
+        f"mlr · smoke · {game} · seed {seed}" for game in ("alien", "pong") for seed in (0, 1)]
     assert all(client.list_artifacts(r.info.run_id, "logs") for r in children)
 
     # The report command the sweep prints aggregates exactly these runs: 2 games x 2 seeds.

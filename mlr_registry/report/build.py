@@ -155,23 +155,16 @@ def _plots(client, report: Report, out: Path, reps: int, seed: int) -> list[Path
     return files
 
 
-def _artifact_location(tracking_uri: str) -> str | None:
-    """Artifacts beside a local SQLite store (as the training CLI keeps them), else MLflow's choice."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri[len("sqlite:///"):].split("?")[0])  # sqlite:////abs.db keeps its leading /
-    return (db.resolve().parent / "mlartifacts").as_uri()
-
-
 def log_report_run(report: Report) -> str:
-    """A run named ``report`` in experiment ``reports``: tags, filters as params, the
+    """A run named ``report · <benchmark> · <objectives>`` in experiment ``reports``: tags, filters as params, the
     aggregates as metrics (``<objective>/<metric>``), and the output folder as artifacts."""
     from mlr_registry.tracking.mlflow_run import TrackedRun
+    from mlr_registry.tracking.naming import SEPARATOR
 
     uri = report.filter.tracking_uri
-    run = TrackedRun(uri, experiment=REPORT_EXPERIMENT, run_name=REPORT_RUN_NAME)
-    if run.client.get_experiment_by_name(REPORT_EXPERIMENT) is None:
-        run.client.create_experiment(REPORT_EXPERIMENT, artifact_location=_artifact_location(uri))
+    # e.g. "report · atari100k · mlr vs baseline": reports of one store tell apart in the runs table
+    name = SEPARATOR.join([REPORT_RUN_NAME, report.filter.benchmark, " vs ".join(report.objectives)])
+    run = TrackedRun(uri, experiment=REPORT_EXPERIMENT, run_name=name)  # artifacts beside a SQLite store
     flt = report.filter
     tags = {"benchmark": flt.benchmark, "report": "true", "objectives": ",".join(report.objectives)}
     params = {"experiments": ",".join(flt.experiments) or "all",

@@ -28,6 +28,10 @@ _PARAM_BATCH = 100
 _METRIC_BATCH = 1000
 CHECKPOINT_DIR = "checkpoints"
 RESUMABLE_STATUSES = ("RUNNING", "KILLED", "FAILED")
+# What MLflow 3's UI reads (in the releases before its global GenAI / machine-learning switch, and
+# what its experiment-kind selector writes) to open an experiment in its model-training view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def resolve_tracking_uri(flag: str | None = None) -> str:
@@ -43,6 +47,19 @@ def missing_sqlite_store(tracking_uri: str) -> Path | None:
     if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).exists():
         return Path(tracking_uri[len(prefix):])
     return None
+
+
+def sqlite_artifact_location(tracking_uri: str) -> str | None:
+    """``mlartifacts/`` beside the database file of a ``sqlite:///PATH`` store (as a file URI),
+    for the default store and one given with ``--tracking-uri`` alike; None (MLflow's choice, or
+    a server's) for any other store."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    db = tracking_uri[len(prefix):].split("?", 1)[0]  # sqlite:////abs.db keeps its leading /
+    if not db or db == ":memory:":
+        return None
+    return (Path(db).resolve().parent / DEFAULT_ARTIFACT_DIR).as_uri()
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -75,6 +92,7 @@ class TrackedRun:
         self.experiment = experiment
         self.run_name = run_name
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self._pending: list[Any] = []
         self._last_flush = time.monotonic()
         self._flush_every_s = flush_every_s
@@ -87,18 +105,26 @@ class TrackedRun:
         self.interrupt_check: Callable[[], None] = lambda: None
 
     def _experiment_id(self) -> str:
+        """The experiment's id, created where missing (artifacts beside a SQLite store, see
+        :func:`sqlite_artifact_location`), and marked as model training (:data:`EXPERIMENT_KIND_TAG`)
+        where it is not marked yet: a kind that a user chose in the UI stays."""
         found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        artifact_location = None
-        if self.tracking_uri.startswith("sqlite:///") and self.tracking_uri == DEFAULT_TRACKING_URI:
-            artifact_location = (Path.cwd() / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=artifact_location)
+        if found is None:
+            return self.client.create_experiment(self.experiment,
+                                                 artifact_location=sqlite_artifact_location(self.tracking_uri),
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        return found.experiment_id
 
     def start(self, tags: Mapping[str, str], params: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-        run = self.client.create_run(self._experiment_id(), run_name=self.run_name,
+        # MLflow names an unnamed run from Python's `random`, which the trainer seeds: every run
+        # of one seed would get the same "random" name. Unnamed here means named by the clock.
+        name = self.run_name or f"{self.experiment} · {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        self.experiment_id = self._experiment_id()
+        run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={k: str(v) for k, v in tags.items()})
         self.run_id = run.info.run_id
         items = [Param(k[:250], str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
@@ -126,6 +152,7 @@ class TrackedRun:
         each (metric, step) keeps one value."""
         run = self.get_run(run_id)
         self.run_id = run_id
+        self.experiment_id = run.info.experiment_id
         self.experiment = self.client.get_experiment(run.info.experiment_id).name
         self.run_name = run.info.run_name
         for key in run.data.metrics:
@@ -134,6 +161,16 @@ class TrackedRun:
                     self._already_logged.add((key, int(m.step)))
         self.client.update_run(run_id, status="RUNNING")
         self._ended = False
+
+    def ui_hint(self) -> str:
+        """Where to see this run in the MLflow UI, in its model-training view (MLflow 3.17's UI
+        opens in its GenAI view unless the address asks for ``workflowType=machine_learning``):
+        the server's address for an http(s) store, else the ``mlflow ui`` command and the
+        address it serves (its default port)."""
+        route = f"#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"{self.tracking_uri.rstrip('/')}/{route}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}, then http://127.0.0.1:5000/{route}"
 
     def artifact_dir(self) -> Path | None:
         """The run's artifact folder when the artifact store is a local file system, else None."""

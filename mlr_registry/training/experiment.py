@@ -29,5 +29,6 @@ class Experiment:
 def experiment(trainer: Callable[..., Any] = gin.REQUIRED, name: str = "mlr_registry",
                run_name: str | None = None) -> Experiment:
     """trainer: a registered trainer (``@trainers.<name>``, uncalled); name: the MLflow
-    experiment; run_name: the MLflow run name (MLflow picks one when None)."""
+    experiment; run_name: the MLflow run name (None: named after what it runs, e.g.
+    ``mlr · breakout · seed 0``; see :mod:`mlr_registry.tracking.naming`)."""
     return Experiment(trainer=trainer, name=name, run_name=run_name)
