@@ -32,3 +32,9 @@ def test_smoke_config_runs_to_an_mlflow_run(tmp_path, gin_file, tags, extra_metr
     assert "maskers.cube.patch_size" in run.data.params
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "config")}
     assert artifacts == {"config/config.gin", "config/operative_config.gin"}
+    # Output captured (no terminal): no progress bar's stream of updates; at the end, where to look.
+    assert "%|" not in proc.stderr and "\r" not in proc.stderr
+    folder = client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://")
+    assert f"  artifacts:  {folder} (config/" in proc.stderr
+    assert f"  view it:    mlflow ui --backend-store-uri sqlite:///{db}" in proc.stderr
+    assert f"  store:      sqlite:///{db} (experiment 'smoke', run {run.info.run_id})" in proc.stderr
