@@ -63,7 +63,7 @@ def test_the_bar_shows_on_a_terminal_or_when_forced(monkeypatch, tty, progress, 
     out = stream.getvalue()
     assert ("200/200" in out) is shown
     if shown:  # the ETA, and what a bar standing at 100% is waiting for
-        assert "<00:00" in out and "final evaluation: 100 episodes of up to 27,000 agent steps" in out
+        assert "<00:00" in out and "evaluating: 100 episodes (≤ 27,000 steps each)" in out
     else:
         assert out == ""
 
@@ -72,3 +72,17 @@ def test_the_bar_shows_on_a_terminal_or_when_forced(monkeypatch, tty, progress, 
 def test_a_bad_progress_value_names_the_choices(value):
     with pytest.raises(ConfigError, match=r"atari100k.progress = .*: use True \(always\), False \(never\) or 'auto'"):
         check_progress("atari100k.progress", value)
+
+
+def test_a_terminal_that_reports_no_size_still_gets_the_bar(monkeypatch):
+    """A pseudo-terminal nobody sized (script(1), some IDEs) reports 0 columns and rows; tqdm's
+    dynamic size then drew nothing at all."""
+    import tqdm.std
+
+    monkeypatch.setattr(tqdm.std, "_screen_shape_wrapper", lambda: (lambda fp: (0, -1)))
+    stream = _Terminal()
+    monkeypatch.setattr("sys.stderr", stream)
+    bar = progress_bar("auto", 50, 0, "step", "smoke")
+    bar.update(50)
+    bar.close()
+    assert "50/50" in stream.getvalue()
