@@ -234,6 +234,7 @@ def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):
     assert run.info.run_name == "report" and run.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"table.md", "aggregates.csv", *pngs}
     assert "mlr/iqm" in run.data.metrics
+    assert run.data.tags["comparable"] == "true"  # these runs record no budget: nothing held against them
     # a later report over all experiments does not count the report run as a training run
     again = analyse(client, RunFilter("atari100k", uri), reps=10)
     assert "1 FINISHED run(s) without final_return left out" in again.notes
@@ -392,6 +393,8 @@ def test_smoke_sized_runs_are_flagged_as_not_comparable_with_the_paper(tmp_path,
     assert printed.out.splitlines()[2] == f"WARNING: {headline}."
     assert f"warning: {headline}" in printed.err  # again after the long table
     assert "Paper MLR (not comparable)" in printed.out
+    for name in ("per_game.csv", "aggregates.csv"):
+        assert {r["comparable_with_paper"] for r in csv.DictReader(open(out / name))} == {"false"}, name
 
 
 def test_runs_at_the_protocol_get_no_warning(tmp_path, capsys):
@@ -401,6 +404,8 @@ def test_runs_at_the_protocol_get_no_warning(tmp_path, capsys):
     assert "WARNING" not in table and "not comparable" not in table and "| Paper MLR | Paper Baseline |" in table
     assert "WARNING" not in printed.out and "warning" not in printed.err
     assert not any("was not checked" in n for n in table.splitlines())
+    for name in ("per_game.csv", "aggregates.csv"):
+        assert {r["comparable_with_paper"] for r in csv.DictReader(open(out / name))} == {"true"}, name
 
 
 @pytest.mark.parametrize("params, bench, deviations", [

@@ -184,6 +184,7 @@ def write_per_task_csv(report: Report, path: Path) -> None:
                "normalized_mean", "in_aggregates"]
     for m in PAPER_METHODS:
         headers += [f"paper_{m}", f"paper_{m}_std"]
+    headers.append("comparable_with_paper")  # false when runs are off the benchmark's protocol
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(headers)
@@ -202,14 +203,15 @@ def write_per_task_csv(report: Report, path: Path) -> None:
                     mean = ref.paper.get(m, {}).get(task)
                     std = ref.paper_std.get(m, {}).get(task)
                     row += ["" if mean is None else mean, "" if std is None else std]
-                w.writerow(row)
+                w.writerow([*row, str(report.comparable).lower()])
 
 
 def write_aggregates_csv(report: Report, path: Path) -> None:
     ref = report.ref
     scale = 1.0 if ref.is_atari else 1000.0
     headers = ["benchmark", "objective", "metric", "on", "point", "ci_low", "ci_high", "n_tasks",
-               "seeds_per_task", *(f"paper_{m}" for m in PAPER_METHODS)]
+               "seeds_per_task", *(f"paper_{m}" for m in PAPER_METHODS), "comparable_with_paper"]
+    comparable = str(report.comparable).lower()
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(headers)
@@ -219,11 +221,11 @@ def write_aggregates_csv(report: Report, path: Path) -> None:
                 paper = [ref.paper_aggregates.get(metric, {}).get(m) for m in PAPER_METHODS]
                 w.writerow([ref.benchmark, obj, metric, ref.normalized_name, repr(iv.point), repr(iv.low),
                             repr(iv.high), len(matrix.tasks), matrix.seeds_per_task,
-                            *("" if p is None else round(p / scale, 6) for p in paper)])
+                            *("" if p is None else round(p / scale, 6) for p in paper), comparable])
             if not ref.is_atari and obj in report.summaries:
                 # Table 2's rows: mean and median over tasks of the per-task mean returns (no CI).
                 for metric, value in report.summaries[obj].items():
                     paper = [ref.paper_aggregates.get(metric, {}).get(m) for m in PAPER_METHODS]
                     n = sum(t in report.stats[obj] for t in ref.tasks)
                     w.writerow([ref.benchmark, obj, f"task_{metric}", "return", repr(value), "", "", n, "",
-                                *("" if p is None else p for p in paper)])
+                                *("" if p is None else p for p in paper), comparable])
