@@ -12,6 +12,8 @@ from mlr_registry.errors import ConfigError
 from mlr_registry.training.common import set_threads
 from mlr_registry.training.progress import check_progress, final_evaluation_note, progress_bar
 
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
 
 @pytest.fixture
 def torch_threads(monkeypatch):
@@ -25,22 +27,28 @@ def torch_threads(monkeypatch):
 
 def test_threads_default_to_one_and_an_explicit_count_wins(torch_threads):
     torch.set_num_threads(2)  # torch's own default on a 2-core machine: thrashes when it is busy
-    assert set_threads("atari100k.threads", 0) == 1 and torch.get_num_threads() == 1
-    assert set_threads("atari100k.threads", 3) == 3 and torch.get_num_threads() == 3
+    assert set_threads("atari100k.threads", 0, CPU) == 1 and torch.get_num_threads() == 1
+    assert set_threads("atari100k.threads", 3, CPU) == 3 and torch.get_num_threads() == 3
+
+
+def test_a_gpu_run_keeps_torchs_default_unless_told(torch_threads):
+    torch.set_num_threads(2)
+    assert set_threads("atari100k.threads", 0, CUDA) == 2  # the device object only; no GPU needed
+    assert set_threads("atari100k.threads", 1, CUDA) == 1
 
 
 def test_omp_num_threads_is_left_to_torch(torch_threads, monkeypatch):
     """OMP_NUM_THREADS (the user's, or a sweep's per trial) is what torch read at import."""
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(2)
-    assert set_threads("dmc.threads", 0) == 2 and torch.get_num_threads() == 2
-    assert set_threads("dmc.threads", 1) == 1  # a binding of the run itself still wins
+    assert set_threads("dmc.threads", 0, CPU) == 2 and torch.get_num_threads() == 2
+    assert set_threads("dmc.threads", 1, CPU) == 1  # a binding of the run itself still wins
 
 
 @pytest.mark.parametrize("value", [-1, True, 1.5, "2"])
 def test_a_bad_thread_count_names_the_parameter(value):
     with pytest.raises(ConfigError, match=r"^dmc.threads = .* must be an integer >= 0"):
-        set_threads("dmc.threads", value)
+        set_threads("dmc.threads", value, CPU)
 
 
 class _Terminal(io.StringIO):

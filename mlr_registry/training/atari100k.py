@@ -90,8 +90,8 @@ class Atari100kTrainer(LoopTrainer):
     replay, ~0.7 GB at full size; see ``training/checkpoint.py``).
 
     ``progress`` ('auto' = when stderr is a terminal, True, False): a bar with the rate and ETA
-    (``training/progress.py``). ``threads`` (0 = ``OMP_NUM_THREADS`` where set, else 1; N):
-    torch's CPU threads for the run (:func:`~mlr_registry.training.common.set_threads`).
+    (``training/progress.py``). ``threads`` (0 = ``OMP_NUM_THREADS`` where set, else 1 on a CPU
+    device; N): torch's CPU threads for the run (:func:`~mlr_registry.training.common.set_threads`).
     """
 
     def __init__(
@@ -137,8 +137,8 @@ class Atari100kTrainer(LoopTrainer):
         check_range("atari100k.log_every", log_every, 1, integer=True)
         check_range("atari100k.checkpoint_every", checkpoint_every, 0, integer=True)
         self.progress = check_progress("atari100k.progress", progress)
-        self.threads = set_threads("atari100k.threads", threads)
         self.device = resolve_device(device)
+        self.threads = set_threads("atari100k.threads", threads, self.device)
         seed_everything(seed)
         self.seed = seed
         self.env_factory = env

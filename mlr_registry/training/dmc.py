@@ -94,8 +94,8 @@ class DMCTrainer(LoopTrainer):
         eval_workers (0 = the reference's one eval env; -1 = one worker per core; N): play the
         evaluation episodes in lockstep in worker processes (see :meth:`evaluate`).
         progress ('auto' = when stderr is a terminal, True, False): a bar with the rate and ETA.
-        threads (0 = OMP_NUM_THREADS where set, else 1; N): torch's CPU threads for the run
-        (:func:`~mlr_registry.training.common.set_threads`)."""
+        threads (0 = OMP_NUM_THREADS where set, else 1 on a CPU device; N): torch's CPU threads
+        for the run (:func:`~mlr_registry.training.common.set_threads`)."""
         check_range("dmc.num_env_steps", num_env_steps, 1, integer=True)
         check_range("dmc.init_steps", init_steps, 0)
         check_range("dmc.batch_size", batch_size, 1, integer=True)
@@ -105,8 +105,8 @@ class DMCTrainer(LoopTrainer):
         check_range("dmc.log_every", log_every, 1, integer=True)
         check_range("dmc.checkpoint_every", checkpoint_every, 0, integer=True)
         self.progress = check_progress("dmc.progress", progress)
-        self.threads = set_threads("dmc.threads", threads)
         self.device = resolve_device(device)
+        self.threads = set_threads("dmc.threads", threads, self.device)
         seed_everything(seed)
         self.seed = seed
         self.env_factory = env
