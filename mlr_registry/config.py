@@ -35,8 +35,9 @@ def _location(message: str) -> str:
     return "--bind: "
 
 
-def _translate(message: str) -> str:
-    """One actionable line for a gin ValueError message."""
+def translate_gin_message(message: str) -> str:
+    """One actionable line for a gin error message (unknown names get the closest registered
+    ones); the sweep's ``--grid`` uses it too."""
     where = _location(message)
     unknown = _NO_CONFIGURABLE.search(message)
     if unknown:
@@ -89,7 +90,7 @@ def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None
                               "pass an existing file, e.g. --gin gin/smoke/atari_mlr.gin")
         _parse_one(lambda p=path: gin.parse_config_file(str(p)), str(path))
     for binding in bindings:
-        _parse_one(lambda b=binding: gin.parse_config(b), "--bind " + repr(binding))
+        _parse_one(lambda b=binding: gin.parse_config(b), "--bind " + repr(binding), binding)
 
 
 _LITERALS = (bool, int, float, str, type(None))
@@ -153,13 +154,39 @@ def _source_value(path: str | Path, statement) -> str:
     return value
 
 
-def _parse_one(parse_fn, source: str) -> None:
+_BARE_WORD = re.compile(r"Failed to parse token '(?P<token>[^']*)'")
+
+
+def _unquoted_hint(binding: str, token: str) -> str:
+    """``atari.game = pong`` -> ``atari.game = 'pong'``: the binding with ``token`` quoted."""
+    key, sep, value = binding.split("#", 1)[0].partition("=")
+    if not sep:
+        return repr(token)
+    quoted = re.sub(rf"(?<![\w'\"]){re.escape(token)}(?![\w'\"])", repr(token), value.strip(), count=1)
+    return f"{key.strip()} = {quoted}"
+
+
+def _syntax_message(exc: SyntaxError, where: str, binding: str | None) -> str:
+    """One line for a gin syntax error. A bare word as a value (``atari.game = pong``: gin's
+    message is Python's "malformed node or string ... <ast.Name object ...>") gets the binding
+    written with quotes."""
+    bare = _BARE_WORD.search(exc.msg or "")
+    token = bare.group("token") if bare else ""
+    if not token.isidentifier():
+        return f"{where}: gin syntax error: {(exc.msg or '').splitlines()[0]}"
+    line = binding if binding is not None else (exc.text or "").strip()
+    fixed = _unquoted_hint(line, token)
+    shown = f'--bind "{fixed}"' if binding is not None else fixed
+    return f"{where}: {token} is not a gin value; a string needs quotes: {shown}"
+
+
+def _parse_one(parse_fn, source: str, binding: str | None = None) -> None:
     try:
         with _quiet_include_search():
             parse_fn()
     except SyntaxError as exc:
         where = f"{exc.filename}:{exc.lineno}" if exc.filename and exc.filename != "<unknown>" else source
-        raise ConfigError(f"{where}: gin syntax error: {exc.msg}") from exc
+        raise ConfigError(_syntax_message(exc, where, binding)) from exc
     except tokenize.TokenError as exc:
         raise ConfigError(f"{source}: gin syntax error: {exc.args[0]} (an unclosed bracket or quote?)") from exc
     except KeyError as exc:  # gin: "Ambiguous selector 'dmc', matches ['trainers.dmc', 'envs.dmc']."
@@ -170,14 +197,14 @@ def _parse_one(parse_fn, source: str) -> None:
         text = str(exc)
         if isinstance(exc, IOError) and "Unable to open file" in text:
             raise ConfigError(f"{source}: included gin file not found: {text.splitlines()[0]}") from exc
-        raise ConfigError(_translate(text)) from exc
+        raise ConfigError(translate_gin_message(text)) from exc
 
 
 def translate_call_error(exc: BaseException) -> ConfigError | None:
     """A ConfigError for a gin error raised while calling configurables, else None."""
     text = str(exc)
     if isinstance(exc, ValueError) and (_NO_CONFIGURABLE.search(text) or _NO_PARAMETER.search(text)):
-        return ConfigError(_translate(text))
+        return ConfigError(translate_gin_message(text))
     if "Required bindings" in text or "REQUIRED" in text:
         return ConfigError(text.splitlines()[0])
     called = re.search(r"In call to configurable '([\w.]+)'", text)

@@ -351,7 +351,22 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
             run.end(status)
     summary = ", ".join(f"{k}={v:.4g}" for k, v in final.items())
     print(f"finished MLflow run {run.run_id}: {summary}", file=sys.stderr)
+    with contextlib.suppress(Exception):  # where to look is a courtesy: the run is already saved
+        print(_where_to_look(run), file=sys.stderr)
     return 0
+
+
+def _where_to_look(run) -> str:
+    """Where a finished run's results are: its store and experiment, its artifacts (a folder for
+    a local store) and how to see it in the MLflow UI."""
+    info = run.client.get_run(run.run_id).info
+    experiment = run.client.get_experiment(info.experiment_id).name
+    folder = run.artifact_dir()
+    artifacts = str(folder) if folder is not None else info.artifact_uri
+    listed = ", ".join(f.path + "/" * f.is_dir for f in run.client.list_artifacts(run.run_id))
+    return (f"  store:      {run.tracking_uri} (experiment {experiment!r}, run {run.run_id})\n"
+            f"  artifacts:  {artifacts}" + (f" ({listed})" if listed else "") + "\n"
+            f"  view it:    {run.ui_hint()}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

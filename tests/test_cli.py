@@ -159,6 +159,30 @@ def test_gin_syntax_error_names_file_and_line(tmp_path, toy_site, toy_gin):
     assert f"{bad}:2: gin syntax error" in line
 
 
+def test_an_unquoted_string_value_gets_the_binding_with_quotes(tmp_path):
+    """gin's own message was Python's "malformed node or string ... <ast.Name object ...>"."""
+    line = _single_error_line(run_cli(["--gin", "gin/smoke/atari_mlr.gin", "--bind", "atari.game = pong"],
+                                      cwd=REPO))
+    assert line == ("error: --bind 'atari.game = pong': pong is not a gin value; a string needs quotes: "
+                    "--bind \"atari.game = 'pong'\"")
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("maskers.cube.mode = spatial  # a comment", "maskers.cube.mode = 'spatial'"),
+    ("atari100k.seeds = [alien, 'pong']", "atari100k.seeds = ['alien', 'pong']"),
+])
+def test_an_unquoted_word_in_a_file_names_file_line_and_fix(tmp_path, text, hint):
+    from mlr_registry.config import parse
+    from mlr_registry.errors import ConfigError
+
+    bad = tmp_path / "bad.gin"
+    bad.write_text(f"# header\n{text}\n")
+    with pytest.raises(ConfigError) as caught:
+        parse([bad])
+    word = hint.split("'")[1]
+    assert str(caught.value) == f"{bad}:2: {word} is not a gin value; a string needs quotes: {hint}"
+
+
 def test_unknown_component_names_kind_and_closest(tmp_path, toy_site, toy_gin):
     line = _single_error_line(run_cli(["--gin", str(toy_gin), "--bind", "experiment.trainer = @trainers.toyy"],
                                       cwd=tmp_path, site=toy_site))

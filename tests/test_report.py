@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from mlr_registry.report.build import REPORT_EXPERIMENT, analyse
@@ -37,8 +37,10 @@ def _seed_score(game: str, seed: int) -> float:
     return PAPER_MLR[game] * (0.8 + 0.2 * seed)
 
 
-def _add_run(client, exp_id, tags, final=None, status="FINISHED", curve=None):
+def _add_run(client, exp_id, tags, final=None, status="FINISHED", curve=None, params=None):
     run_id = client.create_run(exp_id, tags={k: str(v) for k, v in tags.items()}).info.run_id
+    if params:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     now = int(time.time() * 1000)
     metrics = [Metric("eval/return_mean", v, now, s) for s, v in (curve or [])]
     if final is not None:
@@ -236,6 +238,7 @@ def test_cli_writes_tables_plots_and_a_report_run(store, capsys, tmp_path):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"table.md", "aggregates.csv", *pngs}
     assert "mlr/iqm" in run.data.metrics
+    assert run.data.tags["comparable"] == "true"  # these runs record no budget: nothing held against them
     # a later report over all experiments does not count the report run as a training run
     again = analyse(client, RunFilter("atari100k", uri), reps=10)
     assert "1 FINISHED run(s) without final_return left out" in again.notes
@@ -342,3 +345,144 @@ def test_dmc100k_scores_also_come_from_500k_runs_at_their_100k_evaluation(tmp_pa
         find_runs(client, RunFilter("dmc100k", uri))
     records, _ = find_runs(client, RunFilter("dmc100k", uri, tags=(("gin_files", "gin/dmc_mlr.gin"),)))
     assert [r.final_return for r in records] == [480.0]
+
+
+# ---- runs off the benchmark's protocol --------------------------------------------------------
+
+# The params a run records (its operative gin config), at the Atari-100k protocol and as
+# gin/smoke/atari_mlr.gin runs: 200 agent steps, 2 evaluation games capped at 100 steps.
+ATARI_PROTOCOL = {"trainers.atari100k.num_env_steps": "100000", "trainers.atari100k.eval_episodes": "100",
+                  "trainers.atari100k.eval_max_steps": "None", "envs.atari.max_episode_steps": "27000",
+                  "envs.atari.frame_skip": "4"}
+ATARI_SMOKE = {**ATARI_PROTOCOL, "trainers.atari100k.num_env_steps": "200",
+               "trainers.atari100k.eval_episodes": "2", "trainers.atari100k.eval_max_steps": "100"}
+
+
+def _protocol_store(tmp_path, params, curve_points=1):
+    """Two games x 2 seeds of objective mlr with ``params``; each run evaluated once at the end
+    (Atari-100k's default), or at ``curve_points`` steps."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("atari100k", artifact_location=(tmp_path / "a").as_uri())
+    steps = [100_000 * (i + 1) // curve_points for i in range(curve_points)]
+    for game in ("pong", "breakout"):
+        for seed in range(2):
+            score = _seed_score(game, seed)
+            tags = dict(benchmark="atari100k", env=game, agent="rainbow", objective="mlr", seed=seed)
+            _add_run(client, exp, tags, final=score, curve=[(s, score) for s in steps], params=params)
+    return uri, client
+
+
+def _report_files(tmp_path, uri, capsys):
+    out = tmp_path / "report"
+    assert main(["--benchmark", "atari100k", "--tracking-uri", uri, "--out", str(out), "--reps", "20",
+                 "--no-mlflow"]) == 0
+    return out, capsys.readouterr()
+
+
+def test_smoke_sized_runs_are_flagged_as_not_comparable_with_the_paper(tmp_path, capsys):
+    """A report over smoke runs used to print them beside the paper's 100k columns without a
+    word (pong's 0.53 HNS came from an evaluation capped at 100 steps)."""
+    uri, _ = _protocol_store(tmp_path, ATARI_SMOKE)
+    out, printed = _report_files(tmp_path, uri, capsys)
+    table = (out / "table.md").read_text()
+    headline = ("4 of 4 runs are not at the atari100k protocol (100,000 agent steps (400k frames), then 100 "
+                "evaluation games of up to 27,000 agent steps): their scores are NOT comparable with the "
+                "paper's columns")
+    details = ("4 run(s) (mlr on breakout, pong): trained 200 agent steps (protocol: 100,000); 2 evaluation "
+               "games (protocol: 100); evaluation games capped at 100 agent steps (protocol: 27,000)")
+    assert f"> **WARNING: {headline}.**" in table and f"> - {details}" in table
+    assert table.index("WARNING") < table.index("## Per game")  # above the tables, not in the notes
+    assert "| Paper MLR (not comparable) | Paper Baseline (not comparable) |" in table
+    assert printed.out.splitlines()[2] == f"WARNING: {headline}."
+    assert f"warning: {headline}" in printed.err  # again after the long table
+    assert "Paper MLR (not comparable)" in printed.out
+    for name in ("per_game.csv", "aggregates.csv"):
+        assert {r["comparable_with_paper"] for r in csv.DictReader(open(out / name))} == {"false"}, name
+
+
+def test_runs_at_the_protocol_get_no_warning(tmp_path, capsys):
+    uri, _ = _protocol_store(tmp_path, ATARI_PROTOCOL)
+    out, printed = _report_files(tmp_path, uri, capsys)
+    table = (out / "table.md").read_text()
+    assert "WARNING" not in table and "not comparable" not in table and "| Paper MLR | Paper Baseline |" in table
+    assert "WARNING" not in printed.out and "warning" not in printed.err
+    assert not any("was not checked" in n for n in table.splitlines())
+    for name in ("per_game.csv", "aggregates.csv"):
+        assert {r["comparable_with_paper"] for r in csv.DictReader(open(out / name))} == {"true"}, name
+
+
+@pytest.mark.parametrize("params, bench, deviations", [
+    ({**ATARI_PROTOCOL, "trainers.atari100k.eval_max_steps": "27000"}, "atari100k", ()),  # a cap no shorter than a game
+    ({**ATARI_PROTOCOL, "envs.atari.frame_skip": "2"}, "atari100k", ("frame skip 2 (protocol: 4)",)),
+    ({"trainers.dmc.num_env_steps": "100000", "trainers.dmc.eval_episodes": "1", "envs.dmc.episode_length": "1000"},
+     "dmc100k", ("1 evaluation episodes (protocol: 10)",)),
+    ({"trainers.dmc.num_env_steps": "240", "envs.dmc.episode_length": "80"}, "dmc500k",
+     ("trained 240 env steps (protocol: 500,000)", "episodes of 80 env steps (protocol: 1,000)")),
+])
+def test_protocol_verdicts(params, bench, deviations):
+    from mlr_registry.report.protocol import judge
+
+    verdict = judge(bench, params)
+    assert verdict.checked and verdict.deviations == deviations
+
+
+def test_a_500k_run_counted_at_100k_is_at_the_100k_protocol_and_params_less_runs_are_unchecked():
+    from mlr_registry.report.protocol import judge
+
+    long = {"trainers.dmc.num_env_steps": "500000", "trainers.dmc.eval_episodes": "10"}
+    assert judge("dmc100k", long, at_step=100_000).deviations == ()
+    assert judge("dmc100k", long).deviations == ("trained 500,000 env steps (protocol: 100,000)",)
+    assert not judge("atari100k", {}).checked  # a plugin trainer's run: nothing to judge it by
+
+
+def test_plots_warn_and_one_point_learning_curves_have_markers(tmp_path, monkeypatch, capsys):
+    """Atari-100k runs evaluate once, at the end: a line without markers drew nothing."""
+    from mlr_registry.report import plots
+
+    figures = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        fig.canvas.draw()  # lay it out as the saved PNG is
+        return real_save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    uri, _ = _protocol_store(tmp_path, ATARI_SMOKE)
+    _report_files(tmp_path, uri, capsys)
+    curves = figures["learning_curves.png"]
+    drawn = [line for ax in curves.axes if ax.get_visible() for line in ax.get_lines() if line.get_label() == "mlr"]
+    assert len(drawn) == 2  # pong, breakout
+    assert all(line.get_marker() == "o" and len(line.get_xdata()) == 1 for line in drawn)
+    for name, fig in figures.items():  # every plot says its runs are not comparable with the paper
+        assert any(t.get_text().startswith("NOT COMPARABLE WITH THE PAPER") for t in fig.texts), name
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+@pytest.mark.parametrize("objectives", [1, 3])
+def test_the_aggregates_x_label_stays_clear_of_the_tick_labels(tmp_path, monkeypatch, objectives):
+    from mlr_registry.report import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("atari100k", artifact_location=(tmp_path / "a").as_uri())
+    for k in range(objectives):
+        for game in ("pong", "breakout", "alien"):
+            for seed in range(2):
+                tags = dict(benchmark="atari100k", env=game, agent="rainbow", objective=f"o{k}", seed=seed)
+                _add_run(client, exp, tags, final=_seed_score(game, seed) * (1 + k), params=ATARI_PROTOCOL)
+    report = analyse(client, RunFilter("atari100k", uri), reps=20)
+    plots.plot_aggregates(report, tmp_path / "aggregates.png")
+    fig = figures["aggregates.png"]
+    renderer = fig.canvas.get_renderer()
+    (label,) = [t for t in fig.texts if t.get_text() == "Human-normalized score"]
+    box = label.get_window_extent(renderer)
+    ticks = [t.get_window_extent(renderer) for ax in fig.axes for t in ax.get_xticklabels() if t.get_text()]
+    assert ticks and not any(_overlaps(box, t) for t in ticks)
+    assert box.y1 <= min(t.y0 for t in ticks)  # below them

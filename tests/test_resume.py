@@ -267,7 +267,8 @@ def test_round_trip_and_latest_pointer(tmp_path):
     second = save_checkpoint(tmp_path, 20, STATE, CONFIG, "atari100k", keep=1)
     assert latest_checkpoint(tmp_path) == second and not first.exists()  # older ones pruned
     assert sorted(p.name for p in second.iterdir()) == sorted([TENSORS, ARRAYS, META])
-    state, meta = load_checkpoint(second, {**CONFIG, "atari100k.progress": "True"})  # run-control may differ
+    state, meta = load_checkpoint(second, {**CONFIG, "atari100k.progress": "True",  # run-control may differ
+                                           "atari100k.threads": "2"})
     assert meta["step"] == 20 and _equal(state, {**STATE, "nested": {"t": (1, "x", None),
                                                                      "l": [2.5, {"b": np.ones((2, 2))}]}})
     assert (tmp_path / LATEST).read_text().strip() == second.name

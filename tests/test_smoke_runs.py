@@ -36,3 +36,9 @@ def test_smoke_config_runs_to_an_mlflow_run(tmp_path, gin_file, tags, extra_metr
     assert run.info.run_name == f"mlr · smoke · {tags['env']} · seed 0"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "environment")} == {"environment/packages.txt"}
     assert run.data.tags["device"] == "cpu" and run.data.tags["cuda_version"] == "none"
+    # Output captured (no terminal): no progress bar's stream of updates; at the end, where to look.
+    assert "%|" not in proc.stderr and "\r" not in proc.stderr
+    folder = client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://")
+    assert f"  artifacts:  {folder} (config/" in proc.stderr
+    assert f"  view it:    mlflow ui --backend-store-uri sqlite:///{db}" in proc.stderr
+    assert f"  store:      sqlite:///{db} (experiment 'smoke', run {run.info.run_id})" in proc.stderr

@@ -61,7 +61,7 @@ def test_short_names_resolve_to_the_full_gin_parameter():
 
 @pytest.mark.parametrize("text, message", [
     ("dmc.seed=[1]", "write one of envs.dmc.seed, trainers.dmc.seed"),
-    ("atari.gamez=[pong]", "doesn't have a parameter named 'gamez'"),
+    ("atari.gamez=[pong]", "has no parameter 'gamez'"),
     ("game=[pong]", "is not a gin parameter"),
     ("atari.game", "expected PARAMETER=[V1,V2,...]"),
 ])
@@ -90,6 +90,37 @@ def test_trials_are_the_product_with_stable_identities():
     assert [t.trial_id for t in grid.expand([SMOKE], TINY, axes)] == [t.trial_id for t in trials]
     changed = grid.expand([SMOKE], [*TINY, "agents.rainbow.hidden_size = 16"], axes)
     assert not {t.trial_id for t in changed} & {t.trial_id for t in trials}
+
+
+def test_a_rerun_counts_the_trials_that_finished_before():
+    """A re-run skips the finished trials; the summary (and the parent run's trials_finished)
+    used to count only this invocation's, so re-running a finished sweep reset it 4 -> 0."""
+    from types import SimpleNamespace
+
+    from mlr_registry.sweep.cli import _summary
+    from mlr_registry.sweep.trial import TrialResult
+
+    trials = [grid.Trial((SMOKE,), (), f"seed={i}", f"id{i}", "smoke") for i in range(4)]
+    before = {t.trial_id: SimpleNamespace(info=SimpleNamespace(run_id=f"old{i}")) for i, t in enumerate(trials[:3])}
+    results = [TrialResult(trials[3], "FINISHED", "new3", 1, 0, 5.0)]
+    text, counts = _summary(results, before, trials)
+    assert counts == {"finished": 4, "finished_now": 1, "skipped": 3, "failed": 0, "killed": 0, "not_run": 0}
+    assert text.splitlines()[-1] == "4 trials: 4 finished (1 now, 3 before: skipped), 0 failed, 0 killed, 0 not run"
+    every = {t.trial_id: SimpleNamespace(info=SimpleNamespace(run_id="old")) for t in trials}
+    assert _summary([], every, trials)[1]["finished"] == 4
+    failed = [TrialResult(trials[3], "FAILED", "new3", 2, 1, 5.0)]
+    assert _summary(failed, before, trials)[1] == {"finished": 3, "finished_now": 0, "skipped": 3, "failed": 1,
+                                                  "killed": 0, "not_run": 0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("atari.gamez=[pong]", "has no parameter 'gamez'; did you mean 'game'?"),
+    ("trainers.atari100k.num_env_step=[100]", "did you mean 'num_env_steps'?"),
+    ("maskers.cubee.mask_ratio=[0.5]", "unknown masker 'cubee'; closest: cube"),
+])
+def test_a_grid_typo_gets_the_run_cli_suggestion(text, message):
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+        grid.parse_grid(text)
 
 
 def test_task_overlay_follows_the_first_file():
@@ -291,7 +322,7 @@ def test_smoke_sweep_on_local_ray_is_aggregated_by_the_report(tmp_path, monkeypa
     done = _sweep(tmp_path)
     elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 trials: 4 finished, 0 skipped" in done.stdout, done.stdout
+    assert "4 trials: 4 finished (4 now, 0 before: skipped)" in done.stdout, done.stdout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     exp = client.get_experiment_by_name("smoke")
@@ -328,8 +359,11 @@ def test_smoke_sweep_on_local_ray_is_aggregated_by_the_report(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert cli.main(_sweep_args(tmp_path)) == 0
     printed = capsys.readouterr()
-    assert "4 trials: 0 finished, 4 skipped" in printed.out and "(reopened)" in printed.err
+    assert "4 trials: 4 finished (0 now, 4 before: skipped)" in printed.out and "(reopened)" in printed.err
     assert len(client.search_runs([exp.experiment_id])) == len(runs)
+    # The reopened parent's summary still counts the 4 finished trials (it used to log 0).
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.metrics["trials_finished"] == 4 and parent.data.metrics["trials_skipped"] == 4
     print(f"smoke sweep wall time: {elapsed:.1f} s")
 
 
@@ -377,7 +411,7 @@ def test_sweep_on_a_running_ray_cluster_with_gpu_shares(tmp_path, ray_cluster):
     done = subprocess.run([sys.executable, "-m", "mlr_registry.sweep", *args], cwd=tmp_path, env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 trials: 2 finished, 0 skipped" in done.stdout, done.stdout
+    assert "2 trials: 2 finished (2 now, 0 before: skipped)" in done.stdout, done.stdout
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
     runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id])
     children = [r for r in runs if r.data.tags.get("sweep_role") != "parent"]

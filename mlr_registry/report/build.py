@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlr_registry.report import aggregate, tables
+from mlr_registry.report import aggregate, protocol, tables
 from mlr_registry.report.aggregate import DEFAULT_REPS, Curve, Interval, ScoreMatrix, TaskStats
 from mlr_registry.report.data import Reference, reference
 from mlr_registry.report.runs import (
@@ -58,6 +58,14 @@ class Report:
     files: list[Path] = field(default_factory=list)
     run_id: str | None = None
     text: str = ""
+    # Set when runs are off the benchmark's protocol (budget, evaluation): the headline first.
+    # Tables, plots and the console then say the paper's columns are not comparable.
+    protocol_warning: list[str] = field(default_factory=list)
+
+    @property
+    def comparable(self) -> bool:
+        """Whether every counted run follows the benchmark's protocol as far as its params tell."""
+        return not self.protocol_warning
 
 
 def _list(items, limit: int = 30) -> str:
@@ -131,7 +139,9 @@ def analyse(client, flt: RunFilter, reps: int = DEFAULT_REPS, seed: int = 0) -> 
     if len(agents) > 1:
         notes.append(f"runs of several agents are grouped by objective: {', '.join(agents)}")
     notes += _coverage_notes(ref, objectives, stats, matrices, extra)
-    return Report(flt, ref, objectives, records, stats, matrices, intervals, summaries, extra, notes)
+    notes += protocol.unchecked_note(flt.benchmark, records)
+    return Report(flt, ref, objectives, records, stats, matrices, intervals, summaries, extra, notes,
+                  protocol_warning=protocol.warning_lines(flt.benchmark, records))
 
 
 def _plots(client, report: Report, out: Path, reps: int, seed: int) -> list[Path]:
@@ -166,7 +176,8 @@ def log_report_run(report: Report) -> str:
     name = SEPARATOR.join([REPORT_RUN_NAME, report.filter.benchmark, " vs ".join(report.objectives)])
     run = TrackedRun(uri, experiment=REPORT_EXPERIMENT, run_name=name)  # artifacts beside a SQLite store
     flt = report.filter
-    tags = {"benchmark": flt.benchmark, "report": "true", "objectives": ",".join(report.objectives)}
+    tags = {"benchmark": flt.benchmark, "report": "true", "objectives": ",".join(report.objectives),
+            "comparable": str(report.comparable).lower()}
     params = {"experiments": ",".join(flt.experiments) or "all",
               "objectives_filter": ",".join(flt.objectives) or "all",
               "tags_filter": ";".join(f"{k}={v}" for k, v in flt.tags) or "none",

@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
     print(report.text)
+    if not report.comparable:  # the table is long: the warning at its top may have scrolled away
+        print(f"\nwarning: {report.protocol_warning[0]} (details at the top of the table and of table.md)",
+              file=sys.stderr)
     print(f"\nwrote {len(report.files)} files to {report.out_dir}", file=sys.stderr)
     if report.run_id:
         print(f"MLflow run {report.run_id} (experiment 'reports') at {flt.tracking_uri}", file=sys.stderr)

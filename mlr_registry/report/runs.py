@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mlr_registry.errors import MLRError
+from mlr_registry.report.protocol import Verdict, judge
 
 FINAL_METRIC = "final_return"
 CURVE_METRIC = "eval/return_mean"
@@ -66,6 +67,7 @@ class RunRecord:
     end_time: int
     config: str = ""  # experiment and gin files (see :func:`config_of`)
     at_step: int | None = None  # a longer run's score at this env step (ALSO_FROM), else its final
+    protocol: Verdict = Verdict(checked=False)  # its budget and evaluation against the benchmark's
 
 
 def parse_tag(text: str) -> tuple[str, str]:
@@ -222,7 +224,8 @@ def find_runs(client, flt: RunFilter) -> tuple[list[RunRecord], list[str]]:
         experiment = experiments[run.info.experiment_id]
         record = RunRecord(run.info.run_id, experiment, objective, tags["env"],
                            tags.get("seed", run.info.run_id[:8]), tags.get("agent", "unknown"),
-                           float(final), int(run.info.end_time or 0), config_of(experiment, tags), at_step)
+                           float(final), int(run.info.end_time or 0), config_of(experiment, tags), at_step,
+                           judge(flt.benchmark, run.data.params, at_step))
         cells.setdefault((record.objective, record.env, record.seed), []).append(record)
     _one_config_per_cell(cells)
     latest = {key: max(runs, key=lambda r: r.end_time) for key, runs in cells.items()}

@@ -69,6 +69,27 @@ def _paper_agg(report: Report, metric: str, method: str, scale: float = 1.0) -> 
     return f"{value / scale:.3f}{mark}"
 
 
+def paper_header(report: Report, method: str) -> str:
+    """A paper column's header; off-protocol runs make it say the column is not comparable."""
+    return f"Paper {method}" + ("" if report.comparable else " (not comparable)")
+
+
+def warning_text(report: Report) -> list[str]:
+    """The off-protocol warning as console lines (empty when every run is at the protocol)."""
+    if report.comparable:
+        return []
+    head, *details = report.protocol_warning
+    return [f"WARNING: {head}.", *(f"  - {d}" for d in details), ""]
+
+
+def warning_markdown(report: Report) -> list[str]:
+    """The off-protocol warning as a Markdown quote block (empty when every run is at the protocol)."""
+    if report.comparable:
+        return []
+    head, *details = report.protocol_warning
+    return [f"> **WARNING: {head}.**", ">", *(f"> - {d}" for d in details), ""]
+
+
 def per_task_table(report: Report) -> Table:
     """Atari: score (n seeds) and HNS per objective; DMC: mean ± std (n) per objective."""
     ref = report.ref
@@ -77,10 +98,10 @@ def per_task_table(report: Report) -> Table:
         headers = ["Game", "Random", "Human"]
         for obj in report.objectives:
             headers += [f"{obj} (n)", f"{obj} HNS"]
-        headers += [f"Paper {m}" for m in PAPER_METHODS]
+        headers += [paper_header(report, m) for m in PAPER_METHODS]
     else:
         headers = ["Task", *(f"{obj} (n)" for obj in report.objectives),
-                   *(f"Paper {m}" for m in PAPER_METHODS)]
+                   *(paper_header(report, m) for m in PAPER_METHODS)]
     rows = []
     for task in tasks:
         row = [ref.titles.get(task, task)]
@@ -114,7 +135,7 @@ def aggregate_table(report: Report) -> Table:
     ref = report.ref
     scale = 1.0 if ref.is_atari else 1000.0  # the paper's DMC mean/median are in returns
     headers = [f"Aggregate ({ref.normalized_name})", *(f"{obj} [95% CI]" for obj in report.objectives),
-               *(f"Paper {m}" for m in PAPER_METHODS)]
+               *(paper_header(report, m) for m in PAPER_METHODS)]
     rows = []
     for metric in AGGREGATES:
         row = [AGGREGATE_TITLES[metric]]
@@ -137,7 +158,7 @@ def paper_footnote(report: Report) -> str:
 
 
 def render_text(report: Report) -> str:
-    parts = [f"{report.ref.benchmark} report: {report.filter.describe()}", "",
+    parts = [f"{report.ref.benchmark} report: {report.filter.describe()}", "", *warning_text(report),
              per_task_table(report).to_text(), "", aggregate_table(report).to_text(),
              paper_footnote(report)]
     if report.notes:
@@ -146,8 +167,8 @@ def render_text(report: Report) -> str:
 
 
 def render_markdown(report: Report, plots: list[str]) -> str:
-    parts = [f"# {report.ref.benchmark} report", "", f"Runs: {report.filter.describe()}.", "",
-             "## Per " + ("game" if report.ref.is_atari else "task"), "",
+    parts = [f"# {report.ref.benchmark} report", "", *warning_markdown(report),
+             f"Runs: {report.filter.describe()}.", "", "## Per " + ("game" if report.ref.is_atari else "task"), "",
              per_task_table(report).to_markdown(), "", "## Aggregates", "",
              aggregate_table(report).to_markdown(), "", paper_footnote(report)]
     if report.notes:
@@ -163,6 +184,7 @@ def write_per_task_csv(report: Report, path: Path) -> None:
                "normalized_mean", "in_aggregates"]
     for m in PAPER_METHODS:
         headers += [f"paper_{m}", f"paper_{m}_std"]
+    headers.append("comparable_with_paper")  # false when runs are off the benchmark's protocol
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(headers)
@@ -181,14 +203,15 @@ def write_per_task_csv(report: Report, path: Path) -> None:
                     mean = ref.paper.get(m, {}).get(task)
                     std = ref.paper_std.get(m, {}).get(task)
                     row += ["" if mean is None else mean, "" if std is None else std]
-                w.writerow(row)
+                w.writerow([*row, str(report.comparable).lower()])
 
 
 def write_aggregates_csv(report: Report, path: Path) -> None:
     ref = report.ref
     scale = 1.0 if ref.is_atari else 1000.0
     headers = ["benchmark", "objective", "metric", "on", "point", "ci_low", "ci_high", "n_tasks",
-               "seeds_per_task", *(f"paper_{m}" for m in PAPER_METHODS)]
+               "seeds_per_task", *(f"paper_{m}" for m in PAPER_METHODS), "comparable_with_paper"]
+    comparable = str(report.comparable).lower()
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(headers)
@@ -198,11 +221,11 @@ def write_aggregates_csv(report: Report, path: Path) -> None:
                 paper = [ref.paper_aggregates.get(metric, {}).get(m) for m in PAPER_METHODS]
                 w.writerow([ref.benchmark, obj, metric, ref.normalized_name, repr(iv.point), repr(iv.low),
                             repr(iv.high), len(matrix.tasks), matrix.seeds_per_task,
-                            *("" if p is None else round(p / scale, 6) for p in paper)])
+                            *("" if p is None else round(p / scale, 6) for p in paper), comparable])
             if not ref.is_atari and obj in report.summaries:
                 # Table 2's rows: mean and median over tasks of the per-task mean returns (no CI).
                 for metric, value in report.summaries[obj].items():
                     paper = [ref.paper_aggregates.get(metric, {}).get(m) for m in PAPER_METHODS]
                     n = sum(t in report.stats[obj] for t in ref.tasks)
                     w.writerow([ref.benchmark, obj, f"task_{metric}", "return", repr(value), "", "", n, "",
-                                *("" if p is None else p for p in paper)])
+                                *("" if p is None else p for p in paper), comparable])

@@ -238,9 +238,14 @@ def report_commands(client, runs: Sequence, tracking_uri: str, name: str) -> lis
 
 
 def _summary(results, skipped: dict[str, object], trials: list[Trial]) -> tuple[str, dict[str, int]]:
+    """The summary table and the counts logged as the parent's ``trials_*`` metrics. A re-run of
+    a sweep skips the trials that finished before, and they still count as finished (the
+    sweep's state is every trial's, not this invocation's): ``finished`` = ``finished_now`` +
+    ``skipped``."""
     by_id = {r.trial.trial_id: r for r in results}
     lines = [f"{'trial':<32} {'status':<13} {'attempts':>8} {'seconds':>8}  run"]
-    counts = {"finished": 0, "skipped": len(skipped), "failed": 0, "killed": 0, "not_run": 0}
+    counts = {"finished": len(skipped), "finished_now": 0, "skipped": len(skipped), "failed": 0, "killed": 0,
+              "not_run": 0}
     for trial in trials:
         if trial.trial_id in skipped:
             lines.append(f"{trial.label:<32} {'SKIPPED':<13} {0:>8} {'':>8}  "
@@ -251,11 +256,13 @@ def _summary(results, skipped: dict[str, object], trials: list[Trial]) -> tuple[
             counts["not_run"] += 1
             lines.append(f"{trial.label:<32} {'NOT RUN':<13}")
             continue
-        counts[{"FINISHED": "finished", "KILLED": "killed"}.get(result.status, "failed")] += 1
+        counts[{"FINISHED": "finished_now", "KILLED": "killed"}.get(result.status, "failed")] += 1
+        counts["finished"] += result.status == "FINISHED"
         lines.append(f"{trial.label:<32} {result.status:<13} {result.attempts:>8} {result.seconds:>8.0f}  "
                      f"{result.run_id or '(no run)'}")
-    lines.append(f"{len(trials)} trials: {counts['finished']} finished, {counts['skipped']} skipped (finished "
-                 f"before), {counts['failed']} failed, {counts['killed']} killed, {counts['not_run']} not run")
+    lines.append(f"{len(trials)} trials: {counts['finished']} finished ({counts['finished_now']} now, "
+                 f"{counts['skipped']} before: skipped), {counts['failed']} failed, {counts['killed']} killed, "
+                 f"{counts['not_run']} not run")
     return "\n".join(lines), counts
 
 

@@ -131,7 +131,11 @@ def resolve_selector(key: str, source: str) -> tuple[str, str]:
     try:
         parsed = gin_config.ParsedBindingKey.parse(key)
     except (ValueError, KeyError) as exc:
-        message = str(exc.args[0] if isinstance(exc, KeyError) else exc).splitlines()[0]
+        from mlr_registry.config import translate_gin_message
+
+        # run.py's wording, did-you-mean included: "component 'atari' has no parameter 'gamez';
+        # did you mean 'game'?"
+        message = translate_gin_message(str(exc.args[0] if isinstance(exc, KeyError) else exc))
         raise ConfigError(f"{source}: {message} (`python -m mlr_registry.run --list` shows every "
                           "component's gin name and parameters)") from None
     return f"{parsed.complete_selector}.{parsed.arg_name}", parsed.arg_name

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mlr_registry.envs.atari import HUMAN_SCORES, AtariEnv, human_normalized
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
@@ -28,11 +27,12 @@ from mlr_registry.registry import register
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
-from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device
+from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device, set_threads
 from mlr_registry.training.env_thread import beside
 from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.loop_trainer import LoopTrainer, checkpointing
 from mlr_registry.training.metric_window import MetricWindow
+from mlr_registry.training.progress import check_progress, final_evaluation_note, progress_bar
 from mlr_registry.training.rng import (
     global_rng_state,
     seed_everything,
@@ -89,6 +89,10 @@ class Atari100kTrainer(LoopTrainer):
     ``checkpoint_every`` (env steps, 0 = off) sets how often :meth:`train` writes a checkpoint
     when the CLI gives it a :class:`Checkpointer` (every 10k steps: a checkpoint holds the whole
     replay, ~0.7 GB at full size; see ``training/checkpoint.py``).
+
+    ``progress`` ('auto' = when stderr is a terminal, True, False): a bar with the rate and ETA
+    (``training/progress.py``). ``threads`` (0 = ``OMP_NUM_THREADS`` where set, else 1 on a CPU
+    device; N): torch's CPU threads for the run (:func:`~mlr_registry.training.common.set_threads`).
     """
 
     def __init__(
@@ -116,10 +120,11 @@ class Atari100kTrainer(LoopTrainer):
         device: str = "auto",
         benchmark: str = "atari100k",
         objective: str | None = None,
-        progress: bool = True,
+        progress: bool | str = "auto",
         video: bool = True,
         video_max_steps: int = 2000,
         checkpoint_every: int = 10_000,
+        threads: int = 0,
     ):
         if agent is None:
             raise ConfigError("atari100k.agent is not set; bind it, e.g. atari100k.agent = @agents.rainbow")
@@ -132,7 +137,9 @@ class Atari100kTrainer(LoopTrainer):
         check_range("atari100k.eval_every", eval_every, 0, integer=True)
         check_range("atari100k.log_every", log_every, 1, integer=True)
         check_range("atari100k.checkpoint_every", checkpoint_every, 0, integer=True)
+        self.progress = check_progress("atari100k.progress", progress)
         self.device = resolve_device(device)
+        self.threads = set_threads("atari100k.threads", threads, self.device)
         seed_everything(seed)
         self.seed = seed
         self.env_factory = env
@@ -164,7 +171,6 @@ class Atari100kTrainer(LoopTrainer):
         self.log_every = log_every
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
-        self.progress = progress
         self.video = video
         self.video_max_steps = video_max_steps
         self.checkpoint_every = checkpoint_every
@@ -194,8 +200,8 @@ class Atari100kTrainer(LoopTrainer):
             self._restore_loop(self._resume)
             self._resume = None
         window = self._window
-        bar = tqdm(total=self.num_env_steps, initial=self._steps_done, disable=not self.progress, unit="step",
-                   dynamic_ncols=True, desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
+        bar = progress_bar(self.progress, self.num_env_steps, self._steps_done, "step",
+                           f"{self.benchmark}:{self.env.game}:{self.objective}")
         checkpointer, guard = checkpointing(checkpointer, self.env, self.agent, self.replay)
         with guard:
             for step in range(self._steps_done, self.num_env_steps):
@@ -219,10 +225,12 @@ class Atari100kTrainer(LoopTrainer):
                 if checkpointer is not None:
                     due = self.checkpoint_every > 0 and (step + 1) % self.checkpoint_every == 0
                     checkpointer.step_end(step + 1, self.state_dict, "atari100k", due)
-        bar.close()
         if window:
             tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
+        final_evaluation_note(bar, self.eval_episodes,
+                              self.eval_max_steps or getattr(self.env, "max_episode_steps", None))
         final = self._evaluation(final=True)
+        bar.close()
         tracker.log_metrics(final, step=self.num_env_steps)
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)

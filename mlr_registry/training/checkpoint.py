@@ -48,9 +48,10 @@ DUPLICATE_SIGNAL_S = 0.5
 LATEST = "latest"
 TENSORS, ARRAYS, META = "tensors.pt", "arrays.npz", "meta.json"
 _ARRAY_REF = "__npz__"
-# Params that change how a run is watched or saved, never what it computes: they may differ
+# Params that change how a run is watched, saved or spread over CPU threads, never what it
+# computes (a thread count can move only the last bits of parallel sums): they may differ
 # between a checkpoint and the run that resumes it.
-RUN_CONTROL_PARAMS = ("progress", "checkpoint_every")
+RUN_CONTROL_PARAMS = ("progress", "checkpoint_every", "threads")
 
 
 # --------------------------------------------------------------------------- state trees

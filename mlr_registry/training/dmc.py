@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mlr_registry.agents.sac import SAC
 from mlr_registry.envs.dmc import DMCEnv
@@ -29,11 +28,12 @@ from mlr_registry.registry import register
 from mlr_registry.replay.transition_replay import TransitionReplay
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
-from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device
+from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device, set_threads
 from mlr_registry.training.env_thread import beside
 from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
 from mlr_registry.training.loop_trainer import LoopTrainer, checkpointing
 from mlr_registry.training.metric_window import MetricWindow
+from mlr_registry.training.progress import check_progress, final_evaluation_note, progress_bar
 from mlr_registry.training.rng import (
     generator_state,
     global_rng_state,
@@ -75,12 +75,13 @@ class DMCTrainer(LoopTrainer):
         device: str = "auto",
         benchmark: str | None = None,
         objective: str | None = None,
-        progress: bool = True,
+        progress: bool | str = "auto",
         video: bool = True,
         video_max_steps: int = 2000,
         checkpoint_every: int = 50_000,
         overlap_env_step: bool = False,
         eval_workers: int = 0,
+        threads: int = 0,
     ):
         """num_env_steps, eval_every, log_every and checkpoint_every count env steps;
         init_steps counts agent steps (the reference multiplies its 1000 by the action repeat).
@@ -91,7 +92,10 @@ class DMCTrainer(LoopTrainer):
         off by default, on in ``gin/fast/dmc_mlr_fast.gin``. dm_control renders on its own
         thread anyway, so stepping from another thread is safe.
         eval_workers (0 = the reference's one eval env; -1 = one worker per core; N): play the
-        evaluation episodes in lockstep in worker processes (see :meth:`evaluate`)."""
+        evaluation episodes in lockstep in worker processes (see :meth:`evaluate`).
+        progress ('auto' = when stderr is a terminal, True, False): a bar with the rate and ETA.
+        threads (0 = OMP_NUM_THREADS where set, else 1 on a CPU device; N): torch's CPU threads
+        for the run (:func:`~mlr_registry.training.common.set_threads`)."""
         check_range("dmc.num_env_steps", num_env_steps, 1, integer=True)
         check_range("dmc.init_steps", init_steps, 0)
         check_range("dmc.batch_size", batch_size, 1, integer=True)
@@ -100,7 +104,9 @@ class DMCTrainer(LoopTrainer):
         check_range("dmc.eval_episodes", eval_episodes, 1, integer=True)
         check_range("dmc.log_every", log_every, 1, integer=True)
         check_range("dmc.checkpoint_every", checkpoint_every, 0, integer=True)
+        self.progress = check_progress("dmc.progress", progress)
         self.device = resolve_device(device)
+        self.threads = set_threads("dmc.threads", threads, self.device)
         seed_everything(seed)
         self.seed = seed
         self.env_factory = env
@@ -123,7 +129,6 @@ class DMCTrainer(LoopTrainer):
         self.log_every = log_every
         self.benchmark = benchmark or f"dmc{num_env_steps // 1000}k"
         self.objective = objective or objective_of(self.agent)
-        self.progress = progress
         self.video = video
         self.video_max_steps = video_max_steps
         self.checkpoint_every = checkpoint_every
@@ -160,9 +165,8 @@ class DMCTrainer(LoopTrainer):
             self._restore_loop(self._resume)
             self._resume = None
         window = self._window
-        bar = tqdm(total=self.num_env_steps, initial=self._agent_steps_done * self.action_repeat,
-                   disable=not self.progress, unit="env step", dynamic_ncols=True,
-                   desc=f"{self.benchmark}:{self.env.game}:{self.objective}")
+        bar = progress_bar(self.progress, self.num_env_steps, self._agent_steps_done * self.action_repeat,
+                           "env step", f"{self.benchmark}:{self.env.game}:{self.objective}")
         checkpointer, guard = checkpointing(checkpointer, self.env, self.agent, self.replay)
         with guard:
             for i in range(self._agent_steps_done, agent_steps):
@@ -201,11 +205,12 @@ class DMCTrainer(LoopTrainer):
                 if checkpointer is not None:
                     due = self._due(env_step + self.action_repeat, self.checkpoint_every)
                     checkpointer.step_end(env_step + self.action_repeat, self.state_dict, "dmc", due)
-        bar.close()
         self._stop_env_thread()  # before the evaluation renders on this thread
         if window:
             tracker.log_metrics(self._flush(window, self.num_env_steps), step=self.num_env_steps)
+        final_evaluation_note(bar, self.eval_episodes, getattr(self.env, "episode_length", None), "env steps")
         final = self._evaluation(final=True, env_step=self.num_env_steps)
+        bar.close()
         tracker.log_metrics(final, step=self.num_env_steps)
         frames = self.record_episode() if self.video else None
         log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
