@@ -1,5 +1,5 @@
 """Factorised-Gaussian noisy linear layers (Fortunato et al. 2018), as SPR/MLR's Q head uses them
-(MLR_SPEC Part 1 §4.2, checklist item 5)."""
+(docs/faithfulness.md#atari-agent)."""
 
 from __future__ import annotations
 

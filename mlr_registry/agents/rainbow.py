@@ -1,4 +1,4 @@
-"""SPR-style Rainbow, the Atari agent of MLR and of its "Baseline" (MLR_SPEC Part 1 §1, §4).
+"""SPR-style Rainbow, the Atari agent of MLR and of its "Baseline" (docs/faithfulness.md#atari-agent).
 
 C51 (51 atoms on [−10, 10]) + dueling + noisy nets (σ0 = 0.1) + 10-step double DQN, trained on
 shift+intensity augmented frames, with a target network hard-copied from the online one after
@@ -38,7 +38,7 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 class C51Head(nn.Module):
     """Noisy C51 Q head: latent (n d) → logits (n A atoms) (SPR's
-    ``DQNDistributionalDuelingHeadModel``, MLR_SPEC §4.2).
+    ``DQNDistributionalDuelingHeadModel``).
 
     Dueling: value NoisyLinear(d→h) ReLU NoisyLinear(h→atoms); advantage NoisyLinear(d→h) ReLU
     NoisyLinear(h→A·atoms) + ``advantage_bias`` (atoms, init 0); logits = V + (Adv − mean_a Adv).
@@ -73,7 +73,7 @@ class C51Head(nn.Module):
 
 
 class QHeadProjector(nn.Module):
-    """MLR's projector (SPR's ``QL1Head`` with ``q_l1_type=[value, advantage]``, MLR_SPEC §4.3):
+    """MLR's projector (SPR's ``QL1Head`` with ``q_l1_type=[value, advantage]``; docs/faithfulness.md#atari-mlr-loss):
     latent (n d) → concat(value_fc1_μ(x), adv_fc1_μ(x)) (n 2h). The SAME layer objects as the
     head, μ weights only, no ReLU, no gradient scaling."""
 
@@ -106,9 +106,9 @@ class Rainbow(nn.Module):
         n_step: bootstrap horizon n (10); the batch must hold obs up to index n.
         discount: γ (0.99); the bootstrap is discounted by γⁿ (returns come n-step from replay).
         learning_rate, adam_eps: Adam's lr (1e-4, set_config) and eps (1.5e-4); betas
-            (0.9, 0.999), no weight decay (checklist 3).
+            (0.9, 0.999), no weight decay.
         max_grad_norm: clip norm, applied separately to encoder + Q head and to each group an
-            aux loss names in ``grad_clip_groups`` (10, checklist 25).
+            aux loss names in ``grad_clip_groups`` (10; docs/faithfulness.md#atari-optimisation).
         target_update_period: hard-copy the online Q network (encoder, head, noise buffers)
             to the target network every this many updates (1: after every update, tau 1).
         augment: shift (replicate pad 4 + random crop) and intensity on every training branch

@@ -1,4 +1,4 @@
-"""CURL-style SAC from pixels, the DMC agent of MLR and of its baseline (MLR_SPEC Part 2 §3).
+"""CURL-style SAC from pixels, the DMC agent of MLR and of its baseline (docs/faithfulness.md#dmc-sac-agent).
 
 The critic owns THE encoder (the one auxiliary losses shape); the actor has its own encoder whose
 convs are tied to the critic's (its fc + LayerNorm are its own). Auxiliary losses (MLR, or none
@@ -109,7 +109,7 @@ def _field(transitions: Any, name: str) -> torch.Tensor:
     return transitions[name] if isinstance(transitions, Mapping) else getattr(transitions, name)
 
 
-# The aux branch's intensity noise scale (MLR_SPEC Part 2 §5, the reference's Intensity(scale=0.05)).
+# The aux branch's intensity noise scale (the reference's Intensity(scale=0.05)).
 AUX_INTENSITY_SCALE = 0.05
 
 
@@ -410,7 +410,7 @@ class SAC(nn.Module):
             return reward + not_done * self.discount * target_v
 
     def update(self, transitions: Any, sequences: Batch | None, step: int) -> LazyMetrics:
-        """One agent update (§3 "Update per agent step", checklist 18).
+        """One agent update (the reference's order: docs/faithfulness.md#dmc-optimisation).
 
         transitions: obs, next_obs (b c h w) uint8 uncropped, action (b A), reward (b),
             not_done (b) (attributes or mapping keys). sequences: the aux losses' batch (obs

@@ -1,4 +1,4 @@
-"""Atari-100k environment: the official MLR/SPR protocol over ale-py (MLR_SPEC Part 1 §2).
+"""Atari-100k environment: the official MLR/SPR protocol over ale-py (docs/faithfulness.md#atari-environment-protocol).
 
 Why not gymnasium's ``AtariPreprocessing`` + ``FrameStackObservation``: they differ from the
 protocol the paper's numbers come from. AtariPreprocessing resizes with ``INTER_AREA`` (the
@@ -79,7 +79,7 @@ def rom_path(game: str) -> str:
 class AtariEnv(gymnasium.Env):
     """One ALE game under the official MLR (rlpyt ``AtariEnv``) protocol, as a gymnasium env.
 
-    Per agent step (MLR_SPEC §2): the action is repeated ``frame_skip`` times; the grayscale
+    Per agent step: the action is repeated ``frame_skip`` times; the grayscale
     screen is read after the (frame_skip-1)-th and the last act, their elementwise max is
     resized (full 210x160 frame, cv2 INTER_LINEAR) to ``image_size`` and pushed on a stack of
     ``frame_stack`` frames ordered oldest -> newest. The reward is the sum of the raw rewards,

@@ -1,4 +1,5 @@
-"""DeepMind Control from pixels: the dmc2gym + FrameStack(3) pipeline of MLR (MLR_SPEC Part 2 §2).
+"""DeepMind Control from pixels: the dmc2gym + FrameStack(3) pipeline of MLR
+(docs/faithfulness.md#dmc-environment-protocol).
 
 The reference builds its env as ``dmc2gym.make(domain, task, seed, visualize_reward=False,
 from_pixels=True, height=100, width=100, frame_skip=AR)`` then ``FrameStack(k=3)``. This module
@@ -94,7 +95,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 @register("env", "dmc")
 class DMCEnv(gymnasium.Env):
-    """A dm_control suite task seen from pixels, as MLR's DMC runs see it (MLR_SPEC Part 2 §2).
+    """A dm_control suite task seen from pixels, as MLR's DMC runs see it.
 
     Observation: ``uint8 (3 * frame_stack, image_size, image_size)`` = ``(c h w)``, RGB frames
     of camera ``camera_id`` oldest -> newest (``9x100x100`` by default; the agent crops to 84).

@@ -1,6 +1,6 @@
 """Mask-based Latent Reconstruction: the MLR auxiliary objective (Yu et al., NeurIPS 2022).
 
-One update (MLR_SPEC Part 1 §3, §4.3-4.7 for Atari; Part 2 §4-5 for DMC):
+One update (docs/faithfulness.md#atari-mlr-loss for Atari, docs/faithfulness.md#dmc-mlr-loss for DMC):
 
 1. ``obs = batch.obs[:, :T]`` (T = ``sequence_length`` = K+1 = 16), ``mask = masker(obs)``;
    masked pixels are zeroed on the raw pixels, **before** augmentation.
@@ -96,7 +96,7 @@ def sequence_window(batch: Batch, length: int, name: str) -> tuple[torch.Tensor,
 def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor],
                 unnormalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``obs (b t c h w) uint8 -> (mask (b t 1 h w) bool, masked (b t c h w) float)``: masked
-    pixels are zeroed on the raw pixels, before any augmentation (MLR_SPEC §3); ``masked`` is
+    pixels are zeroed on the raw pixels, before any augmentation; ``masked`` is
     in [0, 255] when ``unnormalized`` (the Atari quirk), else in [0, 1]."""
     mask = masker(obs)  # True = zeroed
     expected = (*obs.shape[:2], 1, *obs.shape[3:])
@@ -111,7 +111,7 @@ def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor
 
 
 def importance_weighted(per_sample: torch.Tensor, batch: Batch, use: bool) -> torch.Tensor:
-    """``per_sample (b ...)`` times the PER importance weight of its sequence (MLR_SPEC §4.7),
+    """``per_sample (b ...)`` times the PER importance weight of its sequence,
     when ``use`` and the batch has weights; unchanged otherwise."""
     if not use or batch.weights is None:
         return per_sample
@@ -120,7 +120,7 @@ def importance_weighted(per_sample: torch.Tensor, batch: Batch, use: bool) -> to
 
 
 def decoder_clip_groups(decoder: nn.Module) -> list[list[nn.Parameter]]:
-    """The decoder's ``block_parameters()`` (its transformer blocks: MLR_SPEC checklist 25), or
+    """The decoder's ``block_parameters()`` (its transformer blocks: docs/faithfulness.md#atari-optimisation), or
     all its parameters when it has no such method; no group when that is empty."""
     blocks = getattr(decoder, "block_parameters", decoder.parameters)
     group = list(blocks())
@@ -188,7 +188,7 @@ class MLRLoss(AuxiliaryLoss):
                 projection_hidden) ReLU Linear(projection_hidden, p)`` (DMC); "none" = the
                 identity (ablation: the online and target branches become symmetric but for
                 the decoder). p is the projector's output width (d with projector "none").
-            unnormalized_masked_input: the Atari DTYPE QUIRK (MLR_SPEC §3, checklist 14): the
+            unnormalized_masked_input: the Atari DTYPE QUIRK (docs/faithfulness.md#atari-masking): the
                 masked online branch gets ``mask·raw pixels`` in [0, 255], NOT divided by 255,
                 while the target branch gets [0, 1]. True (default) reproduces the released
                 Atari code; False divides both by 255 (clean behaviour; DMC).
@@ -294,7 +294,7 @@ class MLRLoss(AuxiliaryLoss):
         obs, actions = sequence_window(batch, T, "losses.mlr.sequence_length")  # (b t c h w) uint8
         b = obs.shape[0]
 
-        # Online branch: mask raw pixels, then augment (MLR_SPEC §3 "mask first").
+        # Online branch: mask raw pixels, then augment (the reference's order).
         _, masked = mask_pixels(obs, self.masker, self.unnormalized_masked_input)  # (b t c h w)
         masked = rearrange(masked, "b t c h w -> (b t) c h w")
         latents = agent.encoder(agent.augment(masked)).reshape(b * T, -1)  # (n d)
@@ -322,7 +322,7 @@ class MLRLoss(AuxiliaryLoss):
         return loss, metrics
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
-        """The decoder's transformer blocks, clipped on their own (MLR_SPEC checklist 25). The
+        """The decoder's transformer blocks, clipped on their own (docs/faithfulness.md#atari-optimisation). The
         predictor and action embedding are left unclipped; the Atari projector is the agent's
         and is clipped with its stem. A decoder without ``block_parameters()`` is clipped
         whole; one without parameters (``decoders.none``) gives no group."""

@@ -1,4 +1,4 @@
-"""The DMC replay: SAC transitions and MLR sequences from one circular buffer (MLR_SPEC Part 2 §2).
+"""The DMC replay: SAC transitions and MLR sequences from one circular buffer (docs/faithfulness.md#dmc-replay).
 
 Reproduces the reference's ``ReplayBuffer`` (``add``, ``sample_aug`` without the crop, and
 ``sample_spr``) in torch, on the training device, without per-sample Python loops.
