@@ -52,10 +52,8 @@ def trunc_normal_init(module: nn.Module) -> None:
 
 
 ATTENTIONS = ("auto", "sdpa", "math")
-# FlashAttention's largest head dim. Above it CUDA's fused SDPA falls back to the memory-efficient
-# kernel's large-head-dim variant, which was slower than two matmuls at MLR's sizes: at Atari's
-# head dim 3136 (1 head) over 32 tokens its backward alone took 1.5 ms per update on an H200,
-# 19% of the update's GPU time, for a 32×32 attention matrix per sequence.
+# FlashAttention's largest head dim. Above it fused SDPA falls back to a kernel slower than two
+# matmuls at MLR's sizes (docs/performance.md#attention-kernel).
 FUSED_MAX_HEAD_DIM = 256
 
 
