@@ -1,5 +1,5 @@
-"""The CURL-style SAC agent of the DMC experiments (MLR_SPEC Part 2 §3, §5 item 10, checklist
-7-10, 17, 18, 20), at tiny sizes: 8 filters, 8-d features, hidden 16, batch 4."""
+"""The CURL-style SAC agent of the DMC experiments (docs/faithfulness.md#dmc-sac-agent,
+docs/faithfulness.md#dmc-optimisation), at tiny sizes: 8 filters, 8-d features, hidden 16, batch 4."""
 
 from __future__ import annotations
 

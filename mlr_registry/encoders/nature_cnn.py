@@ -2,7 +2,7 @@
 
 Conv(4→32, 8, s4) → ReLU → Conv(32→64, 4, s2) → ReLU → Conv(64→64, 3, s1) → ReLU, no padding, no
 normalization layers, PyTorch default init; flattened in C·H·W order to 3136 values, then
-min-max renormalized per sample (SPR's ``renormalize``, checklist item 9).
+min-max renormalized per sample (SPR's ``renormalize``).
 """
 
 from __future__ import annotations
