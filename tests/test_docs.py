@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 USER_FACING = ("mlr_registry", "gin", "plugins", "docs", "scripts", "README.md")
 # Where pointers into docs/ may come from: the above, and the tests.
 POINTING = (*USER_FACING, "tests")
-FORBIDDEN = re.compile(r"MLR_SPEC|checklist\s+(?:item\s+)?\d|issue\s+#\d|\.\./shared", re.IGNORECASE)
+# The spec's section numbers ("§4.7") mean nothing without it either.
+FORBIDDEN = re.compile(r"MLR_SPEC|checklist\s+(?:item\s+)?\d|issue\s+#\d|\.\./shared|§\s*\d", re.IGNORECASE)
 POINTER = re.compile(r"docs/([\w.-]+\.md)#([\w-]+)")
 # Inside a docs/*.md file: [text](#anchor) and [text](other.md#anchor).
 LINK = re.compile(r"\]\((?:([\w.-]+\.md))?#([\w-]+)\)")
@@ -103,6 +104,7 @@ def test_github_anchor_rules():
 def test_forbidden_mentions_are_found():
     text = "ok\nsee MLR_SPEC §3\nchecklist 25 says\nChecklist item 9\nissue #7\nIssue #9's\n../shared/x\nfine"
     assert len(forbidden_mentions(text)) == 6
+    assert forbidden_mentions("the one Adam (§4.9).") == ["the one Adam (§4.9)."]
     assert forbidden_mentions("the checklist of docs, issue tracking, shared memory") == []
 
 

@@ -76,7 +76,8 @@ class NoisyLinear(nn.Module):
         return F.linear(x, weight, bias)
 
     def forward_mu(self, x: torch.Tensor) -> torch.Tensor:
-        """The noiseless layer (μ only), whatever the mode: MLR's projector path (§4.3)."""
+        """The noiseless layer (μ only), whatever the mode: MLR's projector path
+        (docs/faithfulness.md#atari-mlr-loss)."""
         return F.linear(x, self.weight_mu, self.bias_mu)
 
     def extra_repr(self) -> str:

@@ -129,7 +129,7 @@ class TransformerDecoder(nn.Module):
                 both references.
             init: "torch_default" (Atari: no special init) or "trunc_normal"
                 (DMC: Linear weights trunc-normal std 0.02 cut at ±0.02, bias 0, LayerNorm
-                1/0; Part 2 §5).
+                1/0).
             width: the blocks' token width w. None (default, both references) = ``dim``: the
                 latents are the tokens. An integer = the width ablation: ``Linear(dim, w)``
                 before the blocks and ``Linear(w, dim)`` after them (the action embedding and

@@ -168,23 +168,23 @@ class MLRLoss(AuxiliaryLoss):
             decoder: a decoder factory (gin: ``@decoders.transformer``, no parentheses), called
                 in :meth:`setup` as ``decoder(dim=agent.latent_dim, num_actions=...,
                 discrete_actions=...)``; its other parameters come from gin.
-            weight: factor on the loss. 1 in both papers (Atari: added to the RL loss, §1;
-                DMC: its own optimizer, Part 2 §5).
+            weight: factor on the loss. 1 in both papers (Atari: added to the RL loss;
+                DMC: its own optimizer).
             sequence_length: K+1 consecutive steps used, from the start of the sampled
                 sequence: 16 (``--jumps 15``) in both papers; an ablation axis.
             target_tau: EMA weight on the online networks in :meth:`update_targets`
-                (target ← tau·online + (1−tau)·target). Atari 1 = hard copy (§4.5); DMC 0.05
+                (target ← tau·online + (1−tau)·target). Atari 1 = hard copy; DMC 0.05
                 (0.1 walker).
             projector: "agent" = the agent's own ``projector`` online (Atari: the Q-head's first
-                value/advantage layers, mu weights, 512-d, §4.3) and a deep copy of it as the
+                value/advantage layers, mu weights, 512-d) and a deep copy of it as the
                 target projector; "mlp" = this loss's ``Linear(d, projection_hidden) ReLU
                 Linear(projection_hidden, d)`` and an independently initialized target
-                projector of the same shape (DMC, Part 2 §5 / §7 item 7); "none" = the
+                projector of the same shape (DMC, docs/faithfulness.md#dmc-mlr-loss); "none" = the
                 identity on both sides (ablation: the loss compares decoded latents with
                 target-encoder latents directly; on Atari MLR then no longer shapes the Q-head).
             projection_hidden: hidden width of the "mlp" projector and predictor (DMC
                 ``latent_dim`` = 100).
-            predictor: "linear" = ``Linear(p, p)`` (Atari §4.4); "mlp" = ``Linear(p,
+            predictor: "linear" = ``Linear(p, p)`` (Atari); "mlp" = ``Linear(p,
                 projection_hidden) ReLU Linear(projection_hidden, p)`` (DMC); "none" = the
                 identity (ablation: the online and target branches become symmetric but for
                 the decoder). p is the projector's output width (d with projector "none").
@@ -193,15 +193,15 @@ class MLRLoss(AuxiliaryLoss):
                 while the target branch gets [0, 1]. True (default) reproduces the released
                 Atari code; False divides both by 255 (clean behaviour; DMC).
             use_importance_weights: multiply each sample's loss by the PER importance weight
-                ``batch.weights`` (Atari §4.7); ignored when the batch has no weights.
+                ``batch.weights`` (Atari); ignored when the batch has no weights.
             normalize_eps: the eps of the L2 normalization (1e-3 in both references).
             init: "torch_default" (Atari) or "trunc_normal" (DMC: trunc-normal std 0.02 cut at
                 ±0.02, bias 0) for this loss's own Linear layers (projector, target projector,
                 predictor). The decoder has its own ``init`` parameter.
             reinit_encoder_linear: the DMC reference's MTM init also re-initializes the
                 Linear/LayerNorm layers of the shared online encoder and of the target encoder,
-                each with an independent draw (Part 2 §7 item 10). Requires init="trunc_normal".
-            distance: "cosine" (both papers, §4.7): ``‖p/‖p‖ − z/‖z‖‖²`` = 2 − 2·cos per step;
+                each with an independent draw (docs/faithfulness.md#dmc-initialisation). Requires init="trunc_normal".
+            distance: "cosine" (both papers): ``‖p/‖p‖ − z/‖z‖‖²`` = 2 − 2·cos per step;
                 "mse" (ablation): ``mean_f (p − z)²``, no normalization, in float32. The
                 ``mlr_cosine`` metric is the cosine similarity either way.
         """

@@ -120,8 +120,8 @@ class PixelMLRLoss(AuxiliaryLoss):
             unnormalized_masked_input: MLR's Atari quirk (docs/faithfulness.md#atari-masking): the masked online input
                 in [0, 255]. True (default) keeps the online branch identical to Atari MLR's;
                 set False on DMC, as ``losses.mlr``. The pixel target is in [0, 1] either way.
-            use_importance_weights: multiply each sequence's loss by its PER weight (Atari
-                §4.7); ignored when the batch has none.
+            use_importance_weights: multiply each sequence's loss by its PER weight
+                (Atari); ignored when the batch has none.
             decoder_channels: channels of the conv decoder's hidden maps. Not in the paper
                 (which gives no architecture for its pixel variant); 32 = the Atari encoder's
                 first conv width.
