@@ -1,6 +1,6 @@
-"""The GPU fast path the agents and the replay share (issue #9): bf16 autocast and ``torch.compile``.
+"""The GPU fast path the agents and the replay share: bf16 autocast and ``torch.compile``.
 
-Neither is part of the paper (MLR_SPEC: the references train in fp32, eagerly); both are off by
+Neither is part of the paper (the references train in fp32, eagerly); both are off by
 default, so the default path is the faithful reference path. An agent builds one
 :class:`FastPath` from its gin parameters ``precision``, ``compile`` and ``compile_mode`` and
 uses it three ways:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #9's GPU checks in one call (about 9 minutes on one H100), from the repository root:
+# The GPU fast path's checks in one call (about 9 minutes on one H100), from the repository root:
 #   1. one full-length Atari-100k MLR game on the fast path (gin/fast/atari_mlr_fast.gin), logged
 #      to MLflow and stopped with Ctrl-C after GAME_SECONDS (a full game needs ~196k updates; the
 #      windows of throughput/updates_per_s, acting included, give its projected wall time), with

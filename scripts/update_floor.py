@@ -4,7 +4,7 @@ traffic its fp32 parameters cannot avoid (BYTES_PER_PARAM, per parameter the opt
 steps). The floor assumes the GPU's peak in both and no overlap between the compute-bound
 kernels (matrix products, convolutions) and the memory-bound ones (clipping, Adam), which run
 one after the other. It tells how far a measured update is from what the hardware allows, and
-whether issue #9's goal (196,000 updates in 15 minutes, acting and evaluation included) fits.
+whether the fast path's goal (196,000 updates in 15 minutes, acting and evaluation included) fits.
 
     python scripts/update_floor.py                              # H100 SXM: 989 bf16 TFLOP/s, 3.35 TB/s
     python scripts/update_floor.py --tflops 989 --tbps 4.8      # H200

@@ -1,4 +1,4 @@
-"""The Atari-100k loop (MLR_SPEC Part 1 checklist 1, 2, 8): ε = 1 while step <= learning_starts
+"""The Atari-100k loop (docs/faithfulness.md#atari-training-loop-and-budget): ε = 1 while step <= learning_starts
 then 0, updates_per_step updates per env step from learning_starts on, priorities written back,
 PER's beta annealed after each step's updates, and the paper's budget of 196,000 updates."""
 
@@ -73,7 +73,7 @@ def test_loop_acts_updates_and_writes_priorities():
 
 
 def test_evaluation_envs_are_seeded_as_the_reference():
-    """MLR_SPEC §1 Seeds: evaluation env 0 gets the run seed, env i > 0 gets seed·100 + i."""
+    """Seeds (docs/faithfulness.md#atari-seeds): evaluation env 0 gets the run seed, env i > 0 gets seed·100 + i."""
     registry.load_all()
     config.parse([REPO / "gin/learning/catch_baseline.gin"],
                  ["trainers.atari100k.seed = 3", "trainers.atari100k.eval_episodes = 4",

@@ -1,4 +1,4 @@
-"""AtariEnv against the official protocol (MLR_SPEC Part 1 §2, checklist item 26), on the real ALE."""
+"""AtariEnv against the official protocol (docs/faithfulness.md#atari-environment-protocol), on the real ALE."""
 
 from __future__ import annotations
 

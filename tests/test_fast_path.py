@@ -1,4 +1,4 @@
-"""The GPU fast path (issue #9) against the reference path, on the same batch and the same seed.
+"""The GPU fast path against the reference path, on the same batch and the same seed.
 
 Tolerances (stated here, asserted below):
 - bf16 autocast vs fp32: every reported loss within rel 2e-2 (abs 1e-3 for losses near 0), and

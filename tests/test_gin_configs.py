@@ -1,6 +1,7 @@
 """Every shipped gin file is exercised: it parses, builds every component it names, and runs a
 handful of steps at tiny size. The full configs also read as the paper's hyperparameter tables
-(MLR_SPEC Part 1 §1 and Part 2 §1.3-1.4)."""
+(docs/faithfulness.md#atari-training-loop-and-budget,
+docs/faithfulness.md#dmc-per-task-settings)."""
 
 from __future__ import annotations
 

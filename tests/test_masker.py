@@ -29,7 +29,7 @@ def test_atari_shape_dtype_and_exact_count():
     # Every patch is an aligned 12x12 square: all its pixels agree.
     assert bool((patches.all(-1) == patches.any(-1)).all())
     per_frame = patches[..., 0].flatten(1).sum(1)
-    assert per_frame.tolist() == [25] * 16  # 49 - int(0.5 * 49) = 25 masked, 24 kept (MLR_SPEC §3)
+    assert per_frame.tolist() == [25] * 16  # 49 - int(0.5 * 49) = 25 masked, 24 kept
     assert int(mask[0].sum()) == 16 * 25 * 144
 
 

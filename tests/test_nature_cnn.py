@@ -1,4 +1,4 @@
-"""NatureCNN: shapes, layer structure and per-sample min-max renormalization (MLR_SPEC §4.1)."""
+"""NatureCNN: shapes, layer structure and per-sample min-max renormalization (docs/faithfulness.md#atari-agent)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DMC pixel encoder (MLR_SPEC Part 2 §3, checklist 6, 8, 20)."""
+"""The DMC pixel encoder (docs/faithfulness.md#dmc-sac-agent)."""
 
 from __future__ import annotations
 

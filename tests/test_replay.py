@@ -1,4 +1,4 @@
-"""Sequence replay (MLR_SPEC Part 1 §5, checklist 7 and 24) and its sum tree."""
+"""Sequence replay (docs/faithfulness.md#atari-replay-and-n-step-returns) and its sum tree."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Never lose a run (issue #7): checkpoints, ``--resume RUN_ID``, and exact continuation.
+"""Never lose a run: checkpoints, ``--resume RUN_ID``, and exact continuation.
 
 The end-to-end tests drive the real CLI in subprocesses on the smoke configs shrunk further
 (as tests/test_gin_configs.py does): a run killed with SIGKILL after its mid-run checkpoint and

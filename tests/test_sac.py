@@ -1,5 +1,5 @@
-"""The CURL-style SAC agent of the DMC experiments (MLR_SPEC Part 2 §3, §5 item 10, checklist
-7-10, 17, 18, 20), at tiny sizes: 8 filters, 8-d features, hidden 16, batch 4."""
+"""The CURL-style SAC agent of the DMC experiments (docs/faithfulness.md#dmc-sac-agent,
+docs/faithfulness.md#dmc-optimisation), at tiny sizes: 8 filters, 8-d features, hidden 16, batch 4."""
 
 from __future__ import annotations
 
@@ -345,7 +345,7 @@ def test_with_the_mlr_loss_reinitialized_encoder_fc_and_one_update():
                    reinit_encoder_linear=True)
     agent = make_agent(aux_losses=[loss])
     fc, target_fc = agent.critic.encoder.fc.weight, agent.critic_target.encoder.fc.weight
-    assert not torch.equal(fc, target_fc) and fc.abs().max() <= 0.02  # §7 item 10
+    assert not torch.equal(fc, target_fc) and fc.abs().max() <= 0.02  # docs/faithfulness.md#dmc-initialisation
     assert agent.actor.encoder.fc.weight.abs().max() > 0.02  # the actor keeps its orthogonal fc
     for cc, ct in zip(agent.critic.encoder.convs, agent.critic_target.encoder.convs, strict=True):
         assert torch.equal(cc.weight, ct.weight)

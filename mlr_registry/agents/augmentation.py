@@ -1,4 +1,4 @@
-"""Image augmentations the agents train under (MLR_SPEC Part 1 §1 "Augmentation", checklist 10).
+"""Image augmentations the agents train under (docs/faithfulness.md#atari-augmentation).
 
 All functions take ``(... c h w)`` tensors, draw independent randomness per image (every leading
 index), stay on the input's device and use no Python loop over images. Crops are exact integer
@@ -80,7 +80,7 @@ def intensity(x: torch.Tensor, scale: float = 0.05, generator: torch.Generator |
 
 class Augmentation:
     """Shift then intensity, the Atari agents' ``augmentation=["shift", "intensity"]`` with
-    aug_prob 1 (MLR_SPEC §1). A plain callable the agent owns; aux losses reach it through
+    aug_prob 1. A plain callable the agent owns; aux losses reach it through
     ``agent.augment``.
 
     Args:

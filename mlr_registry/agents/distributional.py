@@ -1,5 +1,5 @@
 """C51 (Bellemare et al. 2017): the fixed support and the projection of the n-step Bellman target
-onto it (MLR_SPEC Part 1 §4.8, rlpyt ``CategoricalDQN``)."""
+onto it (rlpyt ``CategoricalDQN``; docs/faithfulness.md#atari-agent)."""
 
 from __future__ import annotations
 

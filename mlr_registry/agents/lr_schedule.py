@@ -1,5 +1,5 @@
-"""The learning-rate schedule of MLR's own optimizer on DMC (MLR_SPEC Part 2 §5 item 10,
-checklist 17): fairseq's ``InverseSquareRootSchedule`` with warmup 6000, hard-coded in the
+"""The learning-rate schedule of MLR's own optimizer on DMC
+(docs/faithfulness.md#dmc-optimisation): fairseq's ``InverseSquareRootSchedule`` with warmup 6000, hard-coded in the
 reference's ``MTMSacAgent``.
 
 Used as ``torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(inverse_sqrt_warmup,

@@ -1,5 +1,5 @@
 """Factorised-Gaussian noisy linear layers (Fortunato et al. 2018), as SPR/MLR's Q head uses them
-(MLR_SPEC Part 1 §4.2, checklist item 5)."""
+(docs/faithfulness.md#atari-agent)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ class NoisyLinear(nn.Module):
         return F.linear(x, weight, bias)
 
     def forward_mu(self, x: torch.Tensor) -> torch.Tensor:
-        """The noiseless layer (μ only), whatever the mode: MLR's projector path (§4.3)."""
+        """The noiseless layer (μ only), whatever the mode: MLR's projector path
+        (docs/faithfulness.md#atari-mlr-loss)."""
         return F.linear(x, self.weight_mu, self.bias_mu)
 
     def extra_repr(self) -> str:

@@ -1,10 +1,10 @@
-"""SPR-style Rainbow, the Atari agent of MLR and of its "Baseline" (MLR_SPEC Part 1 §1, §4).
+"""SPR-style Rainbow, the Atari agent of MLR and of its "Baseline" (docs/faithfulness.md#atari-agent).
 
 C51 (51 atoms on [−10, 10]) + dueling + noisy nets (σ0 = 0.1) + 10-step double DQN, trained on
 shift+intensity augmented frames, with a target network hard-copied from the online one after
 every update. Auxiliary losses (MLR's latent reconstruction, or none for the Baseline) come by
-gin and are added to the RL loss under one Adam optimizer (§4.9). :meth:`Rainbow.update` reads
-top to bottom as one gradient step.
+gin and are added to the RL loss under one Adam optimizer (docs/faithfulness.md#atari-optimisation).
+:meth:`Rainbow.update` reads top to bottom as one gradient step.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 class C51Head(nn.Module):
     """Noisy C51 Q head: latent (n d) → logits (n A atoms) (SPR's
-    ``DQNDistributionalDuelingHeadModel``, MLR_SPEC §4.2).
+    ``DQNDistributionalDuelingHeadModel``).
 
     Dueling: value NoisyLinear(d→h) ReLU NoisyLinear(h→atoms); advantage NoisyLinear(d→h) ReLU
     NoisyLinear(h→A·atoms) + ``advantage_bias`` (atoms, init 0); logits = V + (Adv − mean_a Adv).
@@ -73,7 +73,7 @@ class C51Head(nn.Module):
 
 
 class QHeadProjector(nn.Module):
-    """MLR's projector (SPR's ``QL1Head`` with ``q_l1_type=[value, advantage]``, MLR_SPEC §4.3):
+    """MLR's projector (SPR's ``QL1Head`` with ``q_l1_type=[value, advantage]``; docs/faithfulness.md#atari-mlr-loss):
     latent (n d) → concat(value_fc1_μ(x), adv_fc1_μ(x)) (n 2h). The SAME layer objects as the
     head, μ weights only, no ReLU, no gradient scaling."""
 
@@ -96,7 +96,7 @@ class Rainbow(nn.Module):
         encoder: factory called as ``encoder(in_channels=c)``, returning an (n c h w) → (n d)
             module with ``output_dim`` (and ``output_shape``); default :class:`NatureCNN`.
         aux_losses: auxiliary objectives (gin passes instances); each is ``setup(self)`` after
-            the networks exist and is optimized with the RL loss by the one Adam (§4.9).
+            the networks exist and is optimized with the RL loss by the one Adam.
             Empty: the paper's "Baseline".
         n_atoms, v_min, v_max: C51 support (51 atoms on [−10, 10]).
         hidden_size: width of both head streams (256, ``dqn_hidden_size``).
@@ -106,9 +106,9 @@ class Rainbow(nn.Module):
         n_step: bootstrap horizon n (10); the batch must hold obs up to index n.
         discount: γ (0.99); the bootstrap is discounted by γⁿ (returns come n-step from replay).
         learning_rate, adam_eps: Adam's lr (1e-4, set_config) and eps (1.5e-4); betas
-            (0.9, 0.999), no weight decay (checklist 3).
+            (0.9, 0.999), no weight decay.
         max_grad_norm: clip norm, applied separately to encoder + Q head and to each group an
-            aux loss names in ``grad_clip_groups`` (10, checklist 25).
+            aux loss names in ``grad_clip_groups`` (10; docs/faithfulness.md#atari-optimisation).
         target_update_period: hard-copy the online Q network (encoder, head, noise buffers)
             to the target network every this many updates (1: after every update, tau 1).
         augment: shift (replicate pad 4 + random crop) and intensity on every training branch
@@ -179,7 +179,7 @@ class Rainbow(nn.Module):
         self.head = C51Head(latent_dim, self.num_actions, n_atoms, hidden_size, noisy_std, dueling,
                             grad_scale_head_input)
         self.projector = QHeadProjector(self.head.first_layers())
-        # Target Q network: a stop-grad copy, refreshed by hard copy (§1 "Target network").
+        # Target Q network: a stop-grad copy, refreshed by hard copy.
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_head = copy.deepcopy(self.head).requires_grad_(False)
         self.register_buffer("support", make_support(v_min, v_max, n_atoms), persistent=False)
@@ -188,7 +188,7 @@ class Rainbow(nn.Module):
         for loss in self.aux_losses:
             loss.setup(self)
         self.to(self.device)
-        # One Adam over every trainable parameter, aux losses' included (§1 "Optimizer").
+        # One Adam over every trainable parameter, aux losses' included.
         self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=learning_rate,
                                           eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
         self.update_count = 0
@@ -283,7 +283,7 @@ class Rainbow(nn.Module):
             raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
                               f"n-step returns/done_n; got obs {tuple(batch.obs.shape)}")
         self.train()
-        reset_noise(self.head)  # one fresh noise sample per update, online net only (§4.8)
+        reset_noise(self.head)  # one fresh noise sample per update, online net only
         self.optimizer.zero_grad(set_to_none=True)
         tensors, aux_metrics, self.last_priorities = self._learn(batch)
         self.update_count += 1
@@ -329,12 +329,12 @@ class Rainbow(nn.Module):
         rl_loss = (weights * cross_entropy).mean()
         # KL(target || p) as the reference computes it for the priorities: the target clamped to
         # [EPS, 1] first (rlpyt's EPS = 1e-6; the cross-entropy above uses it unclamped), then the
-        # KL clamped to [EPS, 1/EPS] (§5).
+        # KL clamped to [EPS, 1/EPS], as rlpyt.
         clamped = target.clamp(PRIORITY_EPS, 1)
         kl = (clamped * (clamped.log() - log_p.detach())).sum(dim=-1)
         priorities = kl.clamp(PRIORITY_EPS, 1 / PRIORITY_EPS)  # PER priority before ^alpha
 
-        # Auxiliary losses; their targets move before the optimizer step (one-update lag, §4.5).
+        # Auxiliary losses; their targets move before the optimizer step (one-update lag).
         total_loss = rl_loss
         aux_metrics: dict[str, Any] = {}
         for loss in self.aux_losses:

@@ -1,10 +1,10 @@
-"""CURL-style SAC from pixels, the DMC agent of MLR and of its baseline (MLR_SPEC Part 2 §3).
+"""CURL-style SAC from pixels, the DMC agent of MLR and of its baseline (docs/faithfulness.md#dmc-sac-agent).
 
 The critic owns THE encoder (the one auxiliary losses shape); the actor has its own encoder whose
 convs are tied to the critic's (its fc + LayerNorm are its own). Auxiliary losses (MLR, or none
 for the baseline) come by gin and are stepped by their own Adam, which also holds the critic
-encoder, after the critic step, with an inverse-square-root warmup schedule (§5 item 10).
-:meth:`SAC.update` reads top to bottom in the reference's order (§3 "Update per agent step"):
+encoder, after the critic step, with an inverse-square-root warmup schedule (docs/faithfulness.md#dmc-optimisation).
+:meth:`SAC.update` reads top to bottom in the reference's order:
 critic, auxiliary losses, actor + temperature (every 2nd step), target EMAs (every 2nd step).
 
 Pixels: every encoder takes float in [0, 1]; this agent divides its uint8 batches by 255 (the
@@ -109,7 +109,7 @@ def _field(transitions: Any, name: str) -> torch.Tensor:
     return transitions[name] if isinstance(transitions, Mapping) else getattr(transitions, name)
 
 
-# The aux branch's intensity noise scale (MLR_SPEC Part 2 §5, the reference's Intensity(scale=0.05)).
+# The aux branch's intensity noise scale (the reference's Intensity(scale=0.05)).
 AUX_INTENSITY_SCALE = 0.05
 
 
@@ -127,11 +127,11 @@ class SAC(nn.Module):
             :class:`PixelEncoder`, which initializes itself as the reference's ``weight_init``.
         aux_losses: auxiliary objectives (gin passes instances); each is ``setup(self)`` after
             the networks are built and initialized (so MLR's ``reinit_encoder_linear`` re-draws
-            the critic encoder's fc afterwards, §7 item 10). Empty: the baseline.
-        hidden_dim: width of the actor trunk and both Q MLPs (1024, §1.3).
-        discount: γ (0.99). not_done comes from replay (always 1 on DMC, §2).
+            the critic encoder's fc afterwards, docs/faithfulness.md#dmc-initialisation). Empty: the baseline.
+        hidden_dim: width of the actor trunk and both Q MLPs (1024).
+        discount: γ (0.99). not_done comes from replay (always 1 on DMC).
         init_temperature: initial α; log α is learned (0.1).
-        actor_lr, critic_lr: Adam lrs (1e-3; 2e-4 for cheetah, §1.4).
+        actor_lr, critic_lr: Adam lrs (1e-3; 2e-4 for cheetah).
         actor_beta, critic_beta: Adam β1 of actor and critic (0.9; β2 0.999).
         alpha_lr, alpha_beta: Adam lr and β1 of log α (1e-4, 0.5).
         actor_log_std_min, actor_log_std_max: log-std range of the policy (−10, 2).
@@ -143,9 +143,9 @@ class SAC(nn.Module):
         image_size: crop size the networks see (84): random crops when training, the center
             crop (offset (100 − 84)//2 = 8) when acting, random crop + intensity for aux losses.
         crop_offsets_exclusive: the SAC batch's crop offsets are 0..h−size−1 (True, 0..15: the
-            reference's numpy ``randint(0, 16)`` never uses 16, §2) or 0..h−size (False).
+            reference's numpy ``randint(0, 16)`` never uses 16) or 0..h−size (False).
         aux_lr, aux_lr_scale: the aux optimizer's lr is ``aux_lr_scale·aux_lr`` (the yamls'
-            ``auxiliary_task_lr`` 1e-3, or 2e-4 for cheetah, times the hard-coded 0.5, §1.4).
+            ``auxiliary_task_lr`` 1e-3, or 2e-4 for cheetah, times the hard-coded 0.5).
             Adam betas (0.9, 0.999), no weight decay.
         aux_warmup: warmup updates of the aux lr schedule (:func:`inverse_sqrt_warmup`, 6000);
             0 = a constant aux lr, no schedule (CURL: its encoder and CPC Adams have none).
@@ -247,7 +247,7 @@ class SAC(nn.Module):
                         actor_log_std_min: float, actor_log_std_max: float) -> None:
         """Critic, actor, target critic and log α, on the device (in this order: it fixes the
         initial weights' random draws)."""
-        # Networks (§3): the critic owns THE encoder; the actor's convs are tied to it.
+        # Networks: the critic owns THE encoder; the actor's convs are tied to it.
         critic_encoder = encoder(in_channels=c, image_size=self.image_size)
         actor_encoder = encoder(in_channels=c, image_size=self.image_size)
         latent_dim = self._check_encoder(critic_encoder)
@@ -258,7 +258,7 @@ class SAC(nn.Module):
         self.critic = Critic(critic_encoder, latent_dim, self.num_actions, hidden_dim)
         self.actor = Actor(actor_encoder, latent_dim, self.num_actions, hidden_dim,
                            actor_log_std_min, actor_log_std_max)
-        # A full copy, made before aux setup: MLR's re-init of the critic fc does not reach it (§7.10).
+        # A full copy, made before aux setup: MLR's re-init of the critic fc does not reach it.
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.target_entropy = -float(self.num_actions)
@@ -274,7 +274,7 @@ class SAC(nn.Module):
                                                  betas=(critic_beta, 0.999))
         self.log_alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=alpha_lr, betas=(alpha_beta, 0.999))
         # The aux Adam holds the aux losses' parameters AND the critic encoder (the reference's
-        # MTM.parameters() contains critic.encoder): the encoder is stepped by two Adams (§7.9).
+        # MTM.parameters() contains critic.encoder): the encoder is stepped by two Adams.
         self.aux_parameters: list[nn.Parameter] = []
         self.aux_optimizer: torch.optim.Optimizer | None = None
         self.aux_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
@@ -344,13 +344,13 @@ class SAC(nn.Module):
         return self.log_alpha.exp()
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """The aux branch's augmentation (§5 "Augmentation"): an independent random
+        """The aux branch's augmentation: an independent random
         image_size crop per image (offsets 0..h−size inclusive, kornia's ``RandomCrop``), then
         intensity ×(1 + 0.05·clamp(N(0,1), ±2)). (n c h w) float → (n c size size)."""
         return intensity(random_crop(x, self.image_size), AUX_INTENSITY_SCALE)
 
     def crop(self, obs: torch.Tensor) -> torch.Tensor:
-        """The SAC batch's random crop, independent per image (§2): offsets 0..h−size−1 when
+        """The SAC batch's random crop, independent per image: offsets 0..h−size−1 when
         ``crop_offsets_exclusive`` (cropping the last row and column off first makes the
         inclusive ``random_crop`` draw exactly the reference's range), else 0..h−size."""
         h, w = obs.shape[-2:]
@@ -410,7 +410,7 @@ class SAC(nn.Module):
             return reward + not_done * self.discount * target_v
 
     def update(self, transitions: Any, sequences: Batch | None, step: int) -> LazyMetrics:
-        """One agent update (§3 "Update per agent step", checklist 18).
+        """One agent update (the reference's order: docs/faithfulness.md#dmc-optimisation).
 
         transitions: obs, next_obs (b c h w) uint8 uncropped, action (b A), reward (b),
             not_done (b) (attributes or mapping keys). sequences: the aux losses' batch (obs

@@ -3,8 +3,8 @@
 ``decoders.none`` returns the online latents unchanged, so MLR becomes masked latent prediction
 without a decoder: the projector and predictor must map each masked frame's own latent to the
 target latent of the same, unmasked frame, with no access to the other frames or the actions.
-It measures how much of MLR's gain needs the predictive latent decoder (MLR_SPEC Part 1 §4.6,
-Part 2 §5) rather than the masking and the latent target alone.
+It measures how much of MLR's gain needs the predictive latent decoder
+(docs/faithfulness.md#atari-transformer-decoder) rather than the masking and the latent target alone.
 """
 
 from __future__ import annotations

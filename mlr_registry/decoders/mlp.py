@@ -1,6 +1,6 @@
 """Ablation decoder: a per-step MLP, i.e. the predictive latent decoder without temporal context.
 
-The transformer decoder (``decoders.transformer``, MLR_SPEC Part 1 §4.6, Part 2 §5) fills in a
+The transformer decoder (``decoders.transformer``, docs/faithfulness.md#atari-transformer-decoder) fills in a
 masked frame's latent from the other frames of the sequence and from the actions. This decoder
 keeps its width and its MLP sublayers but removes the attention: every state token goes through
 ``depth`` pre-LN residual MLP blocks ``x += MLP(LN(x))`` on its own, so the output at step t
@@ -55,7 +55,7 @@ class MLPDecoder(nn.Module):
             discrete_actions: actions are indices (one-hot embedded) rather than vectors;
                 supplied by the loss.
             depth: number of residual MLP blocks; 2 = as many MLP sublayers as the paper's
-                2-block transformer (MLR_SPEC §4.6).
+                2-block transformer.
             mlp_ratio: hidden width / dim of each block's MLP; 2 as in the transformer (Atari
                 6272, DMC 100), so the per-step compute matches the transformer's MLPs.
             use_actions: add the step's action embedding to its state token. False decodes
@@ -83,7 +83,7 @@ class MLPDecoder(nn.Module):
 
     def block_parameters(self) -> Iterator[nn.Parameter]:
         """The MLP blocks' parameters: clipped on their own by MLR, like the transformer's
-        blocks (MLR_SPEC checklist 25); the action embedding is not in the group."""
+        blocks (docs/faithfulness.md#atari-optimisation); the action embedding is not in the group."""
         return self.blocks.parameters()
 
     def forward(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

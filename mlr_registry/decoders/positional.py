@@ -1,8 +1,8 @@
 """The fixed sinusoidal positional table that MLR's decoder adds to its tokens.
 
-Both official MLR codes (Atari ``models.py``, DMC ``mtm_sac.py``; MLR_SPEC Part 1 §4.6, Part 2
-§5) use the Transformer table of Vaswani et al.: no learned positions, indexed by **timestep**
-(state t and action t get the same row).
+Both official MLR codes (Atari ``models.py``, DMC ``mtm_sac.py``;
+docs/faithfulness.md#atari-transformer-decoder) use the Transformer table of Vaswani et al.: no
+learned positions, indexed by **timestep** (state t and action t get the same row).
 """
 
 from __future__ import annotations

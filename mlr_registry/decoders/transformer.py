@@ -1,7 +1,7 @@
 """MLR's predictive latent decoder: a small bidirectional transformer over state and action tokens.
 
-It reconstructs the latents of the masked frames from their context (MLR_SPEC Part 1 §4.6 for
-Atari, Part 2 §5 for DMC; ``vit_modules.Block`` in the official code):
+It reconstructs the latents of the masked frames from their context (docs/faithfulness.md#atari-transformer-decoder
+for Atari, docs/faithfulness.md#dmc-mlr-loss for DMC; ``vit_modules.Block`` in the official code):
 
 - state tokens: the online encoder's latents of the masked frames, ``s_t + pe[t]``;
 - action tokens: ``Linear(one_hot(a_t))`` (discrete) or ``Linear(a_t)`` (continuous),
@@ -36,7 +36,7 @@ INITS = ("torch_default", "trunc_normal")
 
 
 def trunc_normal_init(module: nn.Module) -> None:
-    """The DMC reference's ``_init_weights`` (MLR_SPEC Part 2 §5, checklist 20), applied to
+    """The DMC reference's ``_init_weights`` (docs/faithfulness.md#dmc-initialisation), applied to
     every submodule: Linear weight ~ N(0, 0.02²) truncated at ±0.02 (timm's ``trunc_normal_``
     called with a=−std, b=std), bias 0; LayerNorm weight 1, bias 0. Other layers untouched."""
     for m in module.modules():
@@ -52,10 +52,8 @@ def trunc_normal_init(module: nn.Module) -> None:
 
 
 ATTENTIONS = ("auto", "sdpa", "math")
-# FlashAttention's largest head dim. Above it CUDA's fused SDPA falls back to the memory-efficient
-# kernel's large-head-dim variant, which was slower than two matmuls at MLR's sizes: at Atari's
-# head dim 3136 (1 head) over 32 tokens its backward alone took 1.5 ms per update on an H200,
-# 19% of the update's GPU time, for a 32×32 attention matrix per sequence.
+# FlashAttention's largest head dim. Above it fused SDPA falls back to a kernel slower than two
+# matmuls at MLR's sizes (docs/performance.md#attention-kernel).
 FUSED_MAX_HEAD_DIM = 256
 
 
@@ -121,8 +119,7 @@ class TransformerDecoder(nn.Module):
                 Supplied by the loss from the agent; do not bind it in gin.
             discrete_actions: actions are indices (one-hot embedded) rather than vectors.
                 Supplied by the loss from the agent.
-            depth: number of transformer blocks; 2 in both papers' runs (MLR_SPEC §4.6, Part 2
-                §5). An ablation axis of the paper.
+            depth: number of transformer blocks; 2 in both papers' runs. An ablation axis of the paper.
             num_heads: attention heads; 1 in both references (hard-coded in DMC). ``dim``
                 must be a multiple of it.
             mlp_ratio: MLP hidden width / dim; 2 in both references (Atari 6272, DMC 100).
@@ -130,9 +127,9 @@ class TransformerDecoder(nn.Module):
                 actions" ablation: only the T state tokens are attended over.
             max_len: rows of the sinusoidal table, i.e. the longest sequence accepted; 128 in
                 both references.
-            init: "torch_default" (Atari: no special init, MLR_SPEC §4.6) or "trunc_normal"
+            init: "torch_default" (Atari: no special init) or "trunc_normal"
                 (DMC: Linear weights trunc-normal std 0.02 cut at ±0.02, bias 0, LayerNorm
-                1/0; Part 2 §5).
+                1/0).
             width: the blocks' token width w. None (default, both references) = ``dim``: the
                 latents are the tokens. An integer = the width ablation: ``Linear(dim, w)``
                 before the blocks and ``Linear(w, dim)`` after them (the action embedding and
@@ -179,8 +176,8 @@ class TransformerDecoder(nn.Module):
             trunc_normal_init(self)
 
     def block_parameters(self) -> Iterator[nn.Parameter]:
-        """The transformer blocks' parameters: the group MLR clips on its own (MLR_SPEC
-        checklist 25); the action embedding is not in it."""
+        """The transformer blocks' parameters: the group MLR clips on its own
+        (docs/faithfulness.md#atari-optimisation); the action embedding is not in it."""
         return self.blocks.parameters()
 
     def tokens(self, latents: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""The Nature-DQN conv encoder used by SPR and MLR on Atari (MLR_SPEC Part 1 §4.1).
+"""The Nature-DQN conv encoder used by SPR and MLR on Atari (docs/faithfulness.md#atari-agent).
 
 Conv(4→32, 8, s4) → ReLU → Conv(32→64, 4, s2) → ReLU → Conv(64→64, 3, s1) → ReLU, no padding, no
 normalization layers, PyTorch default init; flattened in C·H·W order to 3136 values, then
-min-max renormalized per sample (SPR's ``renormalize``, checklist item 9).
+min-max renormalized per sample (SPR's ``renormalize``).
 """
 
 from __future__ import annotations
@@ -32,17 +32,17 @@ class NatureCNN(nn.Module):
     Args:
         in_channels: input channels; the agent supplies it from the observation shape
             (4 stacked grayscale frames on Atari).
-        channels, kernels, strides: the three conv layers (MLR_SPEC §4.1: (32, 64, 64),
+        channels, kernels, strides: the three conv layers (the reference: (32, 64, 64),
             (8, 4, 3), (4, 2, 1)); tiny channels make CPU tests fast.
         image_size: input height and width, used only to compute ``output_shape`` (84 on Atari).
         renormalize: per-sample min-max over all d values, ``(x - min) / (max - min)``, as SPR and
-            MLR do after every conv stack (MLR_SPEC §1 "renormalize"). Applied inside the
+            MLR do after every conv stack (``renormalize``). Applied inside the
             encoder, so every branch (RL, masked, target, acting) gets it.
         renormalize_eps: added to ``max - min``. The reference uses none (0, the faithful
             default): a constant feature map (e.g. all ReLUs dead) then gives NaN, as there.
 
     Inputs are expected in [0, 1] (the caller divides uint8 pixels by 255), except MLR's
-    masked branch, which faithfully feeds [0, 255] (MLR_SPEC §3 dtype quirk).
+    masked branch, which faithfully feeds [0, 255] (docs/faithfulness.md#atari-masking).
     """
 
     def __init__(self, in_channels: int, channels: Sequence[int] = (32, 64, 64),

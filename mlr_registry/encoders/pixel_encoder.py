@@ -1,4 +1,4 @@
-"""The CURL/SAC pixel encoder of the MLR DMC experiments (MLR_SPEC Part 2 §3, checklist 6, 20).
+"""The CURL/SAC pixel encoder of the MLR DMC experiments (docs/faithfulness.md#dmc-sac-agent).
 
 Conv(c→64, 3, s2) ReLU, then (num_layers − 1) × [Conv(64→64, 3, s1) ReLU], no padding
 (84 → 41 → 39 → 37 → 35); flatten (C·H·W order); Linear(64·35·35 → 50); LayerNorm(50); no tanh
@@ -48,11 +48,11 @@ class PixelEncoder(nn.Module):
         in_channels: input channels; the agent supplies it (9 = 3 stacked RGB frames on DMC).
         image_size: input height and width (84, the crop of the 100×100 renders); sets the
             flattened conv size that the fc layer takes.
-        num_layers: conv layers, the first with stride 2, the others stride 1 (4, §1.3).
-        num_filters: channels of every conv layer (64 in MLR, not CURL's 32, §1.3).
-        feature_dim: width of the fc layer and LayerNorm, i.e. the latent size (50, §1.3).
+        num_layers: conv layers, the first with stride 2, the others stride 1 (4).
+        num_filters: channels of every conv layer (64 in MLR, not CURL's 32).
+        feature_dim: width of the fc layer and LayerNorm, i.e. the latent size (50).
         input_scale: factor applied to the input before the convs. The reference divides
-            uint8 pixels by 255 inside the encoder (checklist 6); here every caller (SAC's
+            uint8 pixels by 255 inside the encoder; here every caller (SAC's
             batches, the acting path, MLR's branches) divides by 255 already and passes [0, 1],
             the same arithmetic, so the default is 1.0. Set 1/255 to feed raw 0..255 pixels.
     """
@@ -96,7 +96,7 @@ class PixelEncoder(nn.Module):
 
     def copy_conv_weights_from(self, other: PixelEncoder) -> None:
         """Tie this encoder's convs to ``other``'s: the same Parameter objects afterwards (the
-        actor shares the critic's convs, §3)."""
+        actor shares the critic's convs)."""
         if len(other.convs) != len(self.convs):
             raise ConfigError(f"cannot tie {len(self.convs)} conv layers to {len(other.convs)}")
         for mine, theirs in zip(self.convs, other.convs, strict=True):

@@ -1,4 +1,4 @@
-"""Atari-100k environment: the official MLR/SPR protocol over ale-py (MLR_SPEC Part 1 §2).
+"""Atari-100k environment: the official MLR/SPR protocol over ale-py (docs/faithfulness.md#atari-environment-protocol).
 
 Why not gymnasium's ``AtariPreprocessing`` + ``FrameStackObservation``: they differ from the
 protocol the paper's numbers come from. AtariPreprocessing resizes with ``INTER_AREA`` (the
@@ -79,7 +79,7 @@ def rom_path(game: str) -> str:
 class AtariEnv(gymnasium.Env):
     """One ALE game under the official MLR (rlpyt ``AtariEnv``) protocol, as a gymnasium env.
 
-    Per agent step (MLR_SPEC §2): the action is repeated ``frame_skip`` times; the grayscale
+    Per agent step: the action is repeated ``frame_skip`` times; the grayscale
     screen is read after the (frame_skip-1)-th and the last act, their elementwise max is
     resized (full 210x160 frame, cv2 INTER_LINEAR) to ``image_size`` and pushed on a stack of
     ``frame_stack`` frames ordered oldest -> newest. The reward is the sum of the raw rewards,
@@ -142,12 +142,12 @@ class AtariEnv(gymnasium.Env):
         Args:
             game: ALE ROM id in snake_case (``pong``, ``battle_zone``, ``up_n_down``); also the
                 MLflow ``env`` tag. An unknown id is a ConfigError naming the closest ids.
-            frame_skip: emulator frames per agent step (4, §2); the max-pool uses the last two.
+            frame_skip: emulator frames per agent step (4); the max-pool uses the last two.
             frame_stack: frames per observation (4).
             image_size: side of the square resized frame (84).
             noop_max: a hard reset runs 1..noop_max single-frame noops (30); 0 disables them.
             terminal_on_life_loss: a lost life ends the (training) episode without resetting
-                the game (True for training, False for evaluation: §2 ``episodic_lives``).
+                the game (True for training, False for evaluation: ``episodic_lives``).
             max_episode_steps: the horizon: agent steps per game before it is cut (27,000 =
                 108k frames).
             horizon_extra_step: the official env compares its step counter with the horizon
@@ -278,7 +278,7 @@ class AtariEnv(gymnasium.Env):
         root = seed if self.ale_seed is None else self.ale_seed
         ale_seed = int(np.random.SeedSequence([root, 1]).generate_state(1)[0] % 2**31)
         self._ale.setInt("random_seed", ale_seed)  # must precede loadROM to take effect
-        self._ale.setFloat("repeat_action_probability", 0.0)  # no sticky actions (§2)
+        self._ale.setFloat("repeat_action_probability", 0.0)  # no sticky actions
         self._ale.loadROM(self._rom)
         self._started = False
         self._game_over = False

@@ -1,4 +1,5 @@
-"""DeepMind Control from pixels: the dmc2gym + FrameStack(3) pipeline of MLR (MLR_SPEC Part 2 §2).
+"""DeepMind Control from pixels: the dmc2gym + FrameStack(3) pipeline of MLR
+(docs/faithfulness.md#dmc-environment-protocol).
 
 The reference builds its env as ``dmc2gym.make(domain, task, seed, visualize_reward=False,
 from_pixels=True, height=100, width=100, frame_skip=AR)`` then ``FrameStack(k=3)``. This module
@@ -15,10 +16,10 @@ wrapper) and speaks gymnasium's API:
   own time limit (1000 env steps on every suite task but the two ``lqr`` ones, which have none),
   whichever comes first, and ends with ``truncated=True``. The paper's tasks have no terminal
   states, so ``terminated`` stays False and the SAC agent bootstraps through the time limit
-  ("infinite bootstrap", §2); only ``lqr`` can end in a true terminal (discount 0).
+  ("infinite bootstrap"); only ``lqr`` can end in a true terminal (discount 0).
 
 Also here: the six tasks of the paper (``DMC6_TASKS``) and their action repeats
-(``ACTION_REPEAT``, §1.4).
+(``ACTION_REPEAT``, docs/faithfulness.md#dmc-per-task-settings).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from gymnasium import spaces
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.registry import register
 
-# The six DMControl-100k/500k tasks of the paper, as `domain-task` ids (§1.4).
+# The six DMControl-100k/500k tasks of the paper, as `domain-task` ids.
 DMC6_TASKS: tuple[str, ...] = (
     "ball_in_cup-catch", "cartpole-swingup", "cheetah-run", "finger-spin", "reacher-easy", "walker-walk",
 )
 
-# Per-domain action repeat of the paper (§1.4, the PlaNet convention); other domains get 4.
+# Per-domain action repeat of the paper (the PlaNet convention); other domains get 4.
 ACTION_REPEAT: dict[str, int] = {
     "cartpole": 8, "reacher": 4, "cheetah": 4, "finger": 2, "ball_in_cup": 4, "walker": 2,
 }
@@ -94,7 +95,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 @register("env", "dmc")
 class DMCEnv(gymnasium.Env):
-    """A dm_control suite task seen from pixels, as MLR's DMC runs see it (MLR_SPEC Part 2 §2).
+    """A dm_control suite task seen from pixels, as MLR's DMC runs see it.
 
     Observation: ``uint8 (3 * frame_stack, image_size, image_size)`` = ``(c h w)``, RGB frames
     of camera ``camera_id`` oldest -> newest (``9x100x100`` by default; the agent crops to 84).
@@ -111,7 +112,7 @@ class DMCEnv(gymnasium.Env):
     Seeding: ``seed`` (or ``reset(seed=...)``) seeds the task's ``RandomState`` (dmc2gym's
     ``task_kwargs={"random": seed}``: initial states and targets), gymnasium's ``np_random`` and
     ``action_space`` (the random warm-up actions). The reference seeds its one env with the
-    run seed and evaluates on that same env (§6).
+    run seed and evaluates on that same env (docs/faithfulness.md#dmc-evaluation).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}

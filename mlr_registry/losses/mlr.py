@@ -1,6 +1,6 @@
 """Mask-based Latent Reconstruction: the MLR auxiliary objective (Yu et al., NeurIPS 2022).
 
-One update (MLR_SPEC Part 1 §3, §4.3-4.7 for Atari; Part 2 §4-5 for DMC):
+One update (docs/faithfulness.md#atari-mlr-loss for Atari, docs/faithfulness.md#dmc-mlr-loss for DMC):
 
 1. ``obs = batch.obs[:, :T]`` (T = ``sequence_length`` = K+1 = 16), ``mask = masker(obs)``;
    masked pixels are zeroed on the raw pixels, **before** augmentation.
@@ -96,7 +96,7 @@ def sequence_window(batch: Batch, length: int, name: str) -> tuple[torch.Tensor,
 def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor],
                 unnormalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``obs (b t c h w) uint8 -> (mask (b t 1 h w) bool, masked (b t c h w) float)``: masked
-    pixels are zeroed on the raw pixels, before any augmentation (MLR_SPEC §3); ``masked`` is
+    pixels are zeroed on the raw pixels, before any augmentation; ``masked`` is
     in [0, 255] when ``unnormalized`` (the Atari quirk), else in [0, 1]."""
     mask = masker(obs)  # True = zeroed
     expected = (*obs.shape[:2], 1, *obs.shape[3:])
@@ -111,7 +111,7 @@ def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor
 
 
 def importance_weighted(per_sample: torch.Tensor, batch: Batch, use: bool) -> torch.Tensor:
-    """``per_sample (b ...)`` times the PER importance weight of its sequence (MLR_SPEC §4.7),
+    """``per_sample (b ...)`` times the PER importance weight of its sequence,
     when ``use`` and the batch has weights; unchanged otherwise."""
     if not use or batch.weights is None:
         return per_sample
@@ -120,7 +120,7 @@ def importance_weighted(per_sample: torch.Tensor, batch: Batch, use: bool) -> to
 
 
 def decoder_clip_groups(decoder: nn.Module) -> list[list[nn.Parameter]]:
-    """The decoder's ``block_parameters()`` (its transformer blocks: MLR_SPEC checklist 25), or
+    """The decoder's ``block_parameters()`` (its transformer blocks: docs/faithfulness.md#atari-optimisation), or
     all its parameters when it has no such method; no group when that is empty."""
     blocks = getattr(decoder, "block_parameters", decoder.parameters)
     group = list(blocks())
@@ -168,40 +168,40 @@ class MLRLoss(AuxiliaryLoss):
             decoder: a decoder factory (gin: ``@decoders.transformer``, no parentheses), called
                 in :meth:`setup` as ``decoder(dim=agent.latent_dim, num_actions=...,
                 discrete_actions=...)``; its other parameters come from gin.
-            weight: factor on the loss. 1 in both papers (Atari: added to the RL loss, §1;
-                DMC: its own optimizer, Part 2 §5).
+            weight: factor on the loss. 1 in both papers (Atari: added to the RL loss;
+                DMC: its own optimizer).
             sequence_length: K+1 consecutive steps used, from the start of the sampled
                 sequence: 16 (``--jumps 15``) in both papers; an ablation axis.
             target_tau: EMA weight on the online networks in :meth:`update_targets`
-                (target ← tau·online + (1−tau)·target). Atari 1 = hard copy (§4.5); DMC 0.05
+                (target ← tau·online + (1−tau)·target). Atari 1 = hard copy; DMC 0.05
                 (0.1 walker).
             projector: "agent" = the agent's own ``projector`` online (Atari: the Q-head's first
-                value/advantage layers, mu weights, 512-d, §4.3) and a deep copy of it as the
+                value/advantage layers, mu weights, 512-d) and a deep copy of it as the
                 target projector; "mlp" = this loss's ``Linear(d, projection_hidden) ReLU
                 Linear(projection_hidden, d)`` and an independently initialized target
-                projector of the same shape (DMC, Part 2 §5 / §7 item 7); "none" = the
+                projector of the same shape (DMC, docs/faithfulness.md#dmc-mlr-loss); "none" = the
                 identity on both sides (ablation: the loss compares decoded latents with
                 target-encoder latents directly; on Atari MLR then no longer shapes the Q-head).
             projection_hidden: hidden width of the "mlp" projector and predictor (DMC
                 ``latent_dim`` = 100).
-            predictor: "linear" = ``Linear(p, p)`` (Atari §4.4); "mlp" = ``Linear(p,
+            predictor: "linear" = ``Linear(p, p)`` (Atari); "mlp" = ``Linear(p,
                 projection_hidden) ReLU Linear(projection_hidden, p)`` (DMC); "none" = the
                 identity (ablation: the online and target branches become symmetric but for
                 the decoder). p is the projector's output width (d with projector "none").
-            unnormalized_masked_input: the Atari DTYPE QUIRK (MLR_SPEC §3, checklist 14): the
+            unnormalized_masked_input: the Atari DTYPE QUIRK (docs/faithfulness.md#atari-masking): the
                 masked online branch gets ``mask·raw pixels`` in [0, 255], NOT divided by 255,
                 while the target branch gets [0, 1]. True (default) reproduces the released
                 Atari code; False divides both by 255 (clean behaviour; DMC).
             use_importance_weights: multiply each sample's loss by the PER importance weight
-                ``batch.weights`` (Atari §4.7); ignored when the batch has no weights.
+                ``batch.weights`` (Atari); ignored when the batch has no weights.
             normalize_eps: the eps of the L2 normalization (1e-3 in both references).
             init: "torch_default" (Atari) or "trunc_normal" (DMC: trunc-normal std 0.02 cut at
                 ±0.02, bias 0) for this loss's own Linear layers (projector, target projector,
                 predictor). The decoder has its own ``init`` parameter.
             reinit_encoder_linear: the DMC reference's MTM init also re-initializes the
                 Linear/LayerNorm layers of the shared online encoder and of the target encoder,
-                each with an independent draw (Part 2 §7 item 10). Requires init="trunc_normal".
-            distance: "cosine" (both papers, §4.7): ``‖p/‖p‖ − z/‖z‖‖²`` = 2 − 2·cos per step;
+                each with an independent draw (docs/faithfulness.md#dmc-initialisation). Requires init="trunc_normal".
+            distance: "cosine" (both papers): ``‖p/‖p‖ − z/‖z‖‖²`` = 2 − 2·cos per step;
                 "mse" (ablation): ``mean_f (p − z)²``, no normalization, in float32. The
                 ``mlr_cosine`` metric is the cosine similarity either way.
         """
@@ -294,7 +294,7 @@ class MLRLoss(AuxiliaryLoss):
         obs, actions = sequence_window(batch, T, "losses.mlr.sequence_length")  # (b t c h w) uint8
         b = obs.shape[0]
 
-        # Online branch: mask raw pixels, then augment (MLR_SPEC §3 "mask first").
+        # Online branch: mask raw pixels, then augment (the reference's order).
         _, masked = mask_pixels(obs, self.masker, self.unnormalized_masked_input)  # (b t c h w)
         masked = rearrange(masked, "b t c h w -> (b t) c h w")
         latents = agent.encoder(agent.augment(masked)).reshape(b * T, -1)  # (n d)
@@ -322,7 +322,7 @@ class MLRLoss(AuxiliaryLoss):
         return loss, metrics
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
-        """The decoder's transformer blocks, clipped on their own (MLR_SPEC checklist 25). The
+        """The decoder's transformer blocks, clipped on their own (docs/faithfulness.md#atari-optimisation). The
         predictor and action embedding are left unclipped; the Atari projector is the agent's
         and is clipped with its stem. A decoder without ``block_parameters()`` is clipped
         whole; one without parameters (``decoders.none``) gives no group."""

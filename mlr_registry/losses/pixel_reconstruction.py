@@ -2,7 +2,7 @@
 
 The paper's choice of target (slides: "visual signals with high information density usually
 contain distractions and redundancies for policy learning" → "reconstruction in the *latent*
-space"; MLR_SPEC "reconstruction target (latent vs pixel)") is tested by keeping everything of
+space"; an ablation axis: docs/faithfulness.md#ablation-axes) is tested by keeping everything of
 MLR up to the decoder and changing only what is reconstructed:
 
 1. the same window of ``sequence_length`` steps, the same masker, masked pixels zeroed on the
@@ -117,11 +117,11 @@ class PixelMLRLoss(AuxiliaryLoss):
             weight: factor on the loss; 1 as MLR's (the paper's comparison swaps the target
                 only; the pixel MSE's scale differs from the cosine distance's).
             sequence_length: K+1 steps used from the start of the sampled sequence; 16 as MLR.
-            unnormalized_masked_input: MLR's Atari quirk (MLR_SPEC §3): the masked online input
+            unnormalized_masked_input: MLR's Atari quirk (docs/faithfulness.md#atari-masking): the masked online input
                 in [0, 255]. True (default) keeps the online branch identical to Atari MLR's;
                 set False on DMC, as ``losses.mlr``. The pixel target is in [0, 1] either way.
-            use_importance_weights: multiply each sequence's loss by its PER weight (Atari
-                §4.7); ignored when the batch has none.
+            use_importance_weights: multiply each sequence's loss by its PER weight
+                (Atari); ignored when the batch has none.
             decoder_channels: channels of the conv decoder's hidden maps. Not in the paper
                 (which gives no architecture for its pixel variant); 32 = the Atari encoder's
                 first conv width.
@@ -191,7 +191,7 @@ class PixelMLRLoss(AuxiliaryLoss):
         return loss, {"pixel_mlr_loss": per_seq.detach().mean()}
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
-        """The latent decoder's blocks, as MLR (MLR_SPEC checklist 25); the conv decoder takes
+        """The latent decoder's blocks, as MLR; the conv decoder takes
         the predictor's place and, like it, is not clipped."""
         if not self._ready:
             raise RuntimeError("PixelMLRLoss.setup(agent) must be called before grad_clip_groups()")

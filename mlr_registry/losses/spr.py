@@ -1,7 +1,7 @@
 """Self-Predictive Representations: the SPR auxiliary objective (Schwarzer et al., ICLR 2021).
 
-MLR's Atari code is built on SPR's and keeps its (unused) SPR loss (MLR_SPEC Part 1 §1 "Active
-losses", §6 item 1): ``model_spr_weight=5``, ``jumps=5``, the ``TransitionModel`` of
+MLR's Atari code is built on SPR's and keeps its (unused) SPR loss
+(docs/faithfulness.md#atari-mlr-loss): ``model_spr_weight=5``, ``jumps=5``, the ``TransitionModel`` of
 ``models.py`` and the nonterminal masking of ``algos.py``. This module turns that loss back on,
 alone (the paper's SPR column) or next to MLR.
 

@@ -1,6 +1,6 @@
 """Cube masking: random patches in space, held for blocks of consecutive timesteps.
 
-MLR's spatio-temporal mask (MLR_SPEC Part 1 §3 for Atari, Part 2 §4 for DMC; the official
+MLR's spatio-temporal mask (docs/faithfulness.md#atari-masking, docs/faithfulness.md#dmc-masking; the official
 ``masking_generator.py:CubeMaskGenerator`` in both). Per call:
 
 - the frame is cut into a ``(h/patch_size) × (w/patch_size)`` grid of square patches
@@ -43,8 +43,8 @@ class CubeMasker:
                  seed: int | None = None) -> None:
         """
         Args:
-            patch_size: side of a square patch in pixels. Atari 12 on 84×84 (7×7 grid,
-                MLR_SPEC §3); DMC 10 on the uncropped 100×100 frames (Part 2 §4). The frame
+            patch_size: side of a square patch in pixels. Atari 12 on 84×84 (7×7 grid);
+                DMC 10 on the uncropped 100×100 frames. The frame
                 height and width must be multiples of it.
             mask_ratio: fraction of patches masked per frame, as an exact count (see the
                 module docstring for the rounding). 0.5 in every paper run.

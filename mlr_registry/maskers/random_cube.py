@@ -1,7 +1,7 @@
 """Per-sample cube masking: independent cube patterns for every sequence of the batch.
 
-The references draw ONE mask per update and share it over the batch (MLR_SPEC Part 1 §3,
-checklist 12); this ablation asks whether that sharing matters. Registered as ``random``.
+The references draw ONE mask per update and share it over the batch
+(docs/faithfulness.md#atari-masking); this ablation asks whether that sharing matters. Registered as ``random``.
 """
 
 from __future__ import annotations

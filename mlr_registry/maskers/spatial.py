@@ -1,6 +1,6 @@
 """Spatial-only masking: a fresh random patch pattern for every frame (no temporal blocks).
 
-The paper's "spatial mask" ablation of the cube mask (MLR_SPEC "What to reproduce"): the same
+The paper's "spatial mask" ablation of the cube mask (docs/faithfulness.md#ablation-axes): the same
 exact patch count per frame as ``cube``, but nothing is held across consecutive steps, so the
 decoder cannot rely on a region being hidden for a whole block.
 """

@@ -1,8 +1,8 @@
 """Frame-deduplicated sequence replay for Atari, prioritized (MLR's default) and uniform.
 
 Reproduces rlpyt's ``AsyncPrioritizedSequenceReplayFrameBuffer`` with MLR's
-``rlpyt_buffer.py`` extension (MLR_SPEC Part 1 §5 and the PER row of §1; checklist items 7
-and 24), in torch, on the training device, without per-sample Python loops.
+``rlpyt_buffer.py`` extension (docs/faithfulness.md#atari-replay-and-n-step-returns), in torch, on
+the training device, without per-sample Python loops.
 
 Storage. ``add(obs, a_t, r_t, done_t)`` is called once per env step with the stacked
 observation the agent saw (``uint8 (c h w)``, frames oldest -> newest), the action taken at it,
@@ -219,7 +219,7 @@ class SequenceReplay:
     # ------------------------------------------------------------------ reading
 
     def sample(self, batch_size: int) -> Batch:
-        """A batch of ``batch_size`` sequences (with replacement), sanitized (MLR_SPEC §5)."""
+        """A batch of ``batch_size`` sequences (with replacement), sanitized."""
         check_range("batch_size", batch_size, 1, integer=True)
         if not self.can_sample(batch_size):
             raise RuntimeError(
@@ -323,7 +323,7 @@ class SequenceReplay:
 
 @register("replay", "prioritized_sequence")
 class PrioritizedSequenceReplay(SequenceReplay):
-    """MLR's replay: sequence starts drawn by priority (PER), MLR_SPEC Part 1 §1 and §5.
+    """MLR's replay: sequence starts drawn by priority (PER), docs/faithfulness.md#atari-replay-and-n-step-returns.
 
     New entries get ``default_priority ** alpha`` (= 1; rlpyt does not use max-priority).
     ``update_priorities`` stores ``clamp(value, 1e-6, 1e6) ** alpha``; the batch weights are

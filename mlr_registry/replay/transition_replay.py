@@ -1,4 +1,4 @@
-"""The DMC replay: SAC transitions and MLR sequences from one circular buffer (MLR_SPEC Part 2 §2).
+"""The DMC replay: SAC transitions and MLR sequences from one circular buffer (docs/faithfulness.md#dmc-replay).
 
 Reproduces the reference's ``ReplayBuffer`` (``add``, ``sample_aug`` without the crop, and
 ``sample_spr``) in torch, on the training device, without per-sample Python loops.
@@ -19,7 +19,7 @@ shorter episodes the reset stacks take more room, and the oldest transitions are
 the ring overwrites their frames, so ``size`` may stay below ``capacity``.
 
 Per transition, as the reference: ``action`` float32 (a), ``reward``, ``not_done = 1 - done``
-(``done`` is the env's ``terminated``, never True on DMC: time limits are bootstrapped, §2
+(``done`` is the env's ``terminated``, never True on DMC: time limits are bootstrapped,
 "infinite bootstrap") and ``real_done`` = ``episode_end`` (True exactly on the last transition
 of an episode; only used to keep MLR sequences inside an episode). The reference derives
 real_done from the time limit alone; here any episode end sets it.
@@ -100,7 +100,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 @register("replay", "transition")
 class TransitionReplay:
-    """Circular buffer of DMC transitions for SAC batches and MLR sequences (Part 2 §2)."""
+    """Circular buffer of DMC transitions for SAC batches and MLR sequences (docs/faithfulness.md#dmc-replay)."""
 
     def __init__(
         self,
@@ -118,9 +118,9 @@ class TransitionReplay:
             observation_shape: (channels, height, width) of the env's uint8 observation; the
                 trainer passes the env's (``9x100x100``: 3 RGB frames at 100).
             action_dim: size of the continuous action; the trainer passes the env's.
-            capacity: transitions (agent steps) kept, circular (100k, §1.3).
+            capacity: transitions (agent steps) kept, circular (100k).
             sequence_length: steps per MLR sequence, T = jumps + 1 (16: the README's
-                ``jumps=15``, §1.1).
+                ``jumps=15``).
             frame_stack: frames per observation (3); ``channels`` must be a multiple of it.
             device: where storage and batches live (a 100k buffer takes ~3 GB).
             seed: seeds the sampling generator.

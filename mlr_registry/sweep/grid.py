@@ -24,7 +24,7 @@ from mlr_registry.errors import ConfigError
 
 GAME_SELECTOR = "envs.atari.game"
 TASK_SELECTOR = "envs.dmc.task"
-# Overlays of the DMC tasks (action repeat and per-task values, MLR_SPEC Part 2 §1.4).
+# Overlays of the DMC tasks (action repeat and per-task values, docs/faithfulness.md#dmc-per-task-settings).
 DMC_OVERLAY_DIR = Path("gin") / "dmc"
 TRIAL_TAG = "sweep_trial"
 _ID_LENGTH = 16

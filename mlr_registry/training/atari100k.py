@@ -1,4 +1,5 @@
-"""The Atari-100k trainer: the loop of MLR_SPEC Part 1 (rlpyt's MinibatchRlEval as MLR ran it).
+"""The Atari-100k trainer: the official loop, rlpyt's MinibatchRlEval as MLR ran it
+(docs/faithfulness.md#atari-training-loop-and-budget).
 
 Per env step t (``itr`` in the reference, t = 0 .. num_env_steps-1):
   act with ε(t) (1 while t <= learning_starts, then 0: noisy nets explore) -> env.step ->

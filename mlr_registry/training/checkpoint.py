@@ -1,4 +1,4 @@
-"""Checkpoints that let a killed run continue exactly where it stopped (issue #7).
+"""Checkpoints that let a killed run continue exactly where it stopped.
 
 A checkpoint is a directory ``<root>/step_<N>/`` with three files:
 

@@ -1,4 +1,5 @@
-"""The DeepMind Control trainer: the loop of the reference train.py (MLR_SPEC Part 2 §1.2, §2, §6).
+"""The DeepMind Control trainer: the loop of the reference train.py
+(docs/faithfulness.md#dmc-training-loop-and-budget).
 
 The budget counts ENV steps; one agent step is ``action_repeat`` env steps. Per agent step i
 (env step i·AR):

@@ -18,10 +18,7 @@ def block_interrupts() -> None:
     """Block SIGINT and SIGTERM on the calling (helper) thread, so that they reach the main thread,
     where Python runs its handlers anyway: Linux may hand a process-wide signal to any thread that
     does not block it, and one landing on the env thread would interrupt the native call running
-    there. A suspect (not established) for the DMC runs on an H100 that, stopped by ``timeout -s
-    INT`` while updating, ended within a second with no handler run, no checkpoint and their
-    MLflow run left RUNNING (docs/gpu_measurements.md): their env thread renders through EGL in
-    the GPU's driver. The run CLI's ``faulthandler`` shows a crash's stacks if it happens again."""
+    there (docs/performance.md#interrupts-and-the-env-thread)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
 
 

@@ -1,4 +1,4 @@
-"""Reference path vs GPU fast path (issue #9): full-size MLR updates of Rainbow (Atari) and SAC
+"""Reference path vs GPU fast path: full-size MLR updates of Rainbow (Atari) and SAC
 (DMC), on CUDA when available, else CPU.
 
 Paths: "reference" (fp32, eager: the defaults), "bf16" (``precision='bf16'``), "compile"

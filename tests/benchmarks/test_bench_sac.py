@@ -1,7 +1,7 @@
 """Speed of one SAC update without auxiliary losses, on an even step (critic + actor + α +
 target EMAs) on 9×100×100 uint8 transitions cropped to 84.
 
-"full" is the DMC reference size (MLR_SPEC Part 2 §1.3: batch 512, 64 filters, 50-d features,
+"full" is the DMC reference size (batch 512, 64 filters, 50-d features,
 hidden 1024), 30-50 s per update on a 2-core CPU, so it runs only when benchmarks are enabled
 (``tox -e bench``), two pedantic rounds. "small" keeps the path exercised by the default test run.
 """
