@@ -33,6 +33,7 @@ def runs_of(out: Path):
     return client.search_runs(experiments)
 
 
+@pytest.mark.slow(minutes=1.0)  # subprocess runs of the smoke config
 def test_two_seeds_finish_in_one_store_on_their_own_cores(tmp_path):
     out = tmp_path / "packed"
     done = tool("pack_seeds.py", "--gin", SMOKE, "--bind", AS_DMC100K, "--seeds", "0,1", "--out", str(out),
@@ -76,23 +77,27 @@ def test_two_seeds_finish_in_one_store_on_their_own_cores(tmp_path):
         assert any(line.split()[:2] == [str(seed), "FINISHED"] for line in done.stdout.splitlines())
 
 
+@pytest.mark.slow(minutes=0.8)  # subprocess runs of the smoke config
 def test_deadline_ends_runs_killed_with_a_checkpoint_and_no_report(tmp_path):
     out = tmp_path / "late"
-    # A run far longer than the deadline; the deadline leaves time to start it (imports, env).
+    # One seed at a time: the first runs far longer than the deadline, which leaves time to start
+    # it (imports, env); the second never starts.
     done = tool("pack_seeds.py", "--gin", SMOKE, "--bind", AS_DMC100K, "--bind", "trainers.dmc.num_env_steps = 100000",
-                "--seeds", "3", "--out", str(out), "--deadline-s", "30", "--grace-s", "60")
+                "--seeds", "3,4", "--jobs", "1", "--out", str(out), "--deadline-s", "40", "--grace-s", "60")
     assert done.returncode == 1, done.stdout + done.stderr
     [run] = runs_of(out)
     assert run.info.status == "KILLED" and run.data.tags["seed"] == "3"
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
     assert "checkpoints/latest" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["all_finished"] is False and summary["report"] is None and summary["deadline_s"] == 30
-    assert [(r["seed"], r["status"], r["returncode"]) for r in summary["runs"]] == [(3, "KILLED", 130)]
-    assert not (out / "report").exists()
+    assert summary["all_finished"] is False and summary["report"] is None and summary["deadline_s"] == 40
+    assert [(r["seed"], r["status"], r["returncode"]) for r in summary["runs"]] == [(3, "KILLED", 130),
+                                                                                   (4, "NOT_STARTED", None)]
+    assert not (out / "report").exists() and not (out / "logs" / "seed4.log").exists()
     assert "no report" in done.stdout
 
 
+@pytest.mark.slow(minutes=1.2)  # subprocess runs of the smoke config
 def test_packing_curve_writes_one_row_per_k(tmp_path):
     # One core each: two torch threads on a busy two-core machine are slower than one.
     done = tool("packing_curve.py", "--gin", SMOKE, "--bind", "trainers.dmc.num_env_steps = 160",
@@ -110,6 +115,19 @@ def test_packing_curve_writes_one_row_per_k(tmp_path):
     assert float(rows[1]["speedup_vs_k1"]) == pytest.approx(
         float(rows[1]["aggregate_updates_per_s"]) / float(rows[0]["aggregate_updates_per_s"]), rel=1e-2)
     assert len(runs_of(tmp_path / "k2")) == 2
+
+
+def test_cpu_slots_share_the_cores_out():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from pack_seeds import cpu_slots
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert cpu_slots(list(range(16)), 4, None) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]
+    assert cpu_slots(list(range(16)), 3, None) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    assert cpu_slots([2, 3], 4, None) == [[2], [3], [2], [3]]       # fewer cores than runs: shared
+    assert cpu_slots([0, 1], 2, 8) == [[0, 1], [0, 1]]             # never more than there are
+    assert cpu_slots(list(range(8)), 2, 2) == [[0, 1], [2, 3]]
 
 
 def test_bad_config_starts_nothing(tmp_path):

@@ -12,7 +12,7 @@ that count; the child records the affinity and thread count it got as the run's 
 ``pack_cpus`` and ``pack_omp_num_threads`` (and on its log's first line). Every child shares
 the GPUs the packer sees.
 
-At ``--deadline-s`` seconds after the start no further seed starts and the running ones get
+At ``--deadline-s`` seconds after the packer's start no further seed starts and the running ones get
 SIGTERM: each writes a checkpoint at the end of its current step and ends KILLED (resumable
 with ``python -m mlr_registry.run --resume RUN_ID``); one still alive ``--grace-s`` later is
 killed. KILLED runs are not results. At the end the packer prints one line per seed (status,
@@ -89,9 +89,9 @@ def available_cpus() -> list[int]:
 
 
 def cpu_slots(cpus: Sequence[int], jobs: int, per_run: int | None) -> list[list[int]]:
-    """``jobs`` sets of ``per_run`` cores (default: an equal share, at least one each), disjoint
-    while there are enough cores, wrapping round (shared) where there are not."""
-    per_run = per_run or max(1, len(cpus) // jobs)
+    """``jobs`` sets of ``per_run`` cores (default: an equal share, at least one each; at most
+    all of them), disjoint while there are enough cores, wrapping round (shared) where there are not."""
+    per_run = min(per_run or max(1, len(cpus) // jobs), len(cpus))
     return [[cpus[(j * per_run + i) % len(cpus)] for i in range(per_run)] for j in range(jobs)]
 
 
@@ -170,6 +170,7 @@ def run_packed(gin: Sequence[str], bind: Sequence[str], seeds: Sequence[int], ou
                grace_s: float = 120.0, tags: Sequence[str] = (), echo=print) -> list[SeedResult]:
     """Run every seed (``jobs`` at a time, default all) into ``out/mlruns.db``; stop at the
     deadline. Returns one :class:`SeedResult` per seed, in the order given, read back from MLflow."""
+    start = time.monotonic()  # the deadline counts the config's check and the store's creation too
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(out)
     seed_param = prepare_store(gin, bind, uri)
@@ -179,7 +180,6 @@ def run_packed(gin: Sequence[str], bind: Sequence[str], seeds: Sequence[int], ou
     env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     results = [SeedResult(seed=s, log=str(out / "logs" / f"seed{s}.log")) for s in seeds]
     queue, running, free = list(results), {}, list(range(jobs))
-    start = time.monotonic()
     try:
         while queue or running:
             past_deadline = deadline_s is not None and time.monotonic() - start >= deadline_s
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not finished:
         print("not every run FINISHED: no report (KILLED runs resume with python -m mlr_registry.run --resume RUN_ID)")
     write_summary(out / "summary.json", results, gin=args.gin, bind=args.bind, seeds=args.seeds,
-                  tracking_uri=tracking_uri(out), cpus_per_run=len(results[0].cpus) if results[0].cpus else None,
+                  tracking_uri=tracking_uri(out), cpus_per_run=max(len(r.cpus) for r in results) or None,
                   deadline_s=args.deadline_s, report=report,
                   date=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     print(f"wrote {out / 'summary.json'}")
