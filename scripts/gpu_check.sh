@@ -43,21 +43,7 @@ LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the 
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
 PY=${PY:-python3}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
-WHEELS=${WHEELS:-.whl}
-if [ -d "$WHEELS" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
-    || { echo "wheel install failed"; exit 3; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-# EGL for MuJoCo's headless rendering: the GL loaders that scripts/gpu_wheels.sh (DMC=1) puts in .gl/
-if [ -d .gl ] && ls .gl/*.deb > /dev/null 2>&1; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-  [ -f "$vendor" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
-fi
+source scripts/device_setup.sh  # wheels in .whl/, EGL loaders in .gl/, PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
 $PY - <<'EOF' 2>&1
 import os, torch

@@ -25,19 +25,7 @@ CURVE_SECONDS=${CURVE_SECONDS:-100} # per K: compilation takes about a minute of
 WORK=${WORK:-/tmp/pack}             # local disk for the store and the checkpoints
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
-if [ -d .whl ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 3; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-if [ -d .gl ] && ls .gl/*.deb > /dev/null 2>&1; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done
-  ldconfig
-  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-  [ -f "$vendor" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
-fi
+source scripts/device_setup.sh  # wheels in .whl/, EGL loaders in .gl/, PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/pack.log"
 GIN=(--gin "$BASE_GIN" --gin "gin/dmc/$TASK.gin")
 if [ -n "$CURVE" ]; then
