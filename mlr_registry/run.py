@@ -31,22 +31,28 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: the run ends KILLED with what it had logged."""
 
 
-# Interrupts whose exception has not yet reached _run_to_end. Python discards an exception raised
-# inside a finalizer (``__del__``, a weakref callback such as SQLAlchemy's connection pool's): its
-# signal handler runs wherever the main thread is, so one Ctrl-C could be printed as "Exception
-# ignored" and lost, and the run trained on. The run's next metric log raises it again.
-_unraised: list[int] = []
+# The interrupt whose exception has not yet reached _run_to_end. Python discards an exception
+# raised inside a finalizer (``__del__``, a weakref callback such as SQLAlchemy's connection
+# pool's): its signal handler runs wherever the main thread is, so one Ctrl-C could be printed as
+# "Exception ignored" and lost, and the run trained on. The run's next metric log raises it again.
+_pending_signal: int | None = None
 
 
 def _on_interrupt(signum, frame):  # noqa: ARG001
     """SIGINT raises KeyboardInterrupt, SIGTERM Terminated; either stays pending until it ends the run."""
-    _unraised.append(signum)
+    global _pending_signal
+    _pending_signal = signum
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _raise_lost_interrupt() -> None:
-    if _unraised:
-        _on_interrupt(_unraised[-1], None)
+    if _pending_signal is not None:
+        _on_interrupt(_pending_signal, None)
+
+
+def _clear_pending_interrupt() -> None:
+    global _pending_signal
+    _pending_signal = None
 
 
 @contextlib.contextmanager
@@ -337,7 +343,7 @@ def _run_to_end(run, trainer, checkpointer, preamble=None) -> int:
         _log_config(run, config.operative_config_str(), "config/operative_config.gin")
         status = "FINISHED"
     except KeyboardInterrupt:
-        _unraised.clear()
+        _clear_pending_interrupt()
         status = "KILLED"
         print(f"interrupted: MLflow run {run.run_id} ends KILLED with what it had logged", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -376,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlr_registry.errors import MLRError
 
     previous = {sig: signal.signal(sig, _on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _unraised.clear()
+    _clear_pending_interrupt()
     try:
         for failure in registry.load_all():
             print(f"warning: {failure}", file=sys.stderr)
