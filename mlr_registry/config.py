@@ -216,7 +216,7 @@ def translate_call_error(exc: BaseException) -> ConfigError | None:
     if isinstance(exc, TypeError) and called and "unexpected keyword argument" in text:
         # e.g. a plugin encoder whose constructor does not take the in_channels its agent passes
         return ConfigError(f"{called.group(1)} does not take what its owner passes it: {text.splitlines()[0]} "
-                           "(see the README's table of what each kind of component is called with)")
+                           "(docs/plugins.md#what-each-kind-is-called-with says what each kind is called with)")
     return None
 
 
