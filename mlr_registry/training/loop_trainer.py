@@ -84,8 +84,10 @@ class LoopTrainer:
     - :meth:`_start` (the first observation of a fresh run), :meth:`_iteration`,
       :meth:`_evaluation_due`, :meth:`_window_metrics`, ``evaluate`` and :meth:`_eval_metrics`,
       ``record_episode`` and ``video_fps``;
-    - optionally :meth:`_protocol_state` / :meth:`_load_protocol_state` (state beyond agent,
-      replay, env and the global RNGs), :meth:`_loop_done`, :meth:`_final_note`.
+    - optionally :meth:`_prepare` (before a fresh or resumed loop), :meth:`_score_metrics`
+      (normalized scores), :meth:`_protocol_state` / :meth:`_load_protocol_state` /
+      :meth:`_restore_protocol_loop` (state beyond agent, replay, env and the global RNGs),
+      :meth:`_loop_done`, :meth:`_final_note`.
 
     :meth:`train` always stops the evaluation workers (``_eval_pool``) and the env thread of
     ``overlap_env_step`` when it ends.
