@@ -55,6 +55,11 @@ SEED = 0
 # far below what a real change moves: switching the done_n quirk off moves 27 Atari values, the
 # least of them (head.max_abs) by 3e-4 relative, the RL loss by 6e-4, the priorities by 3x.
 RTOL = 1e-4
+# Torch threads the fixtures are pinned and compared at. Another CPU, at one thread against two,
+# moved the DMC actor's gradient norm by 6e-4: DMC's actor and MLR steps follow the critic's first
+# Adam step, which moves each weight by about ±lr whatever its gradient's size, so a near-zero
+# gradient's sign, set by rounding, shows. At two threads every CPU tried so far matched.
+PIN_THREADS = 2
 
 
 # ------------------------------------------------------------------------------ recording
@@ -289,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", default=list(FIXTURE_BUILDERS), help="fixtures (default: all)")
     parser.add_argument("--bind", action="append", default=[], help="extra gin binding (to see what moves)")
     parser.add_argument("--rtol", type=float, default=RTOL, help="comparison tolerance (to measure the noise)")
+    parser.add_argument("--threads", type=int, default=PIN_THREADS,
+                        help=f"torch CPU threads (default {PIN_THREADS}, as pinned; see PIN_THREADS)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     failed = False
     for name in args.names:
         record = FIXTURE_BUILDERS[name](tuple(args.bind))

@@ -7,6 +7,8 @@ numbers an update produces changed: if that is deliberate, re-pin with
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,11 +20,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import regression_fixtures as fixtures  # noqa: E402
 
 
+# Compared at the thread count they were pinned at (fixtures.PIN_THREADS says why), in a fresh
+# interpreter without the thread settings torch's kernels read at import.
+THREADS = fixtures.PIN_THREADS
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 @pytest.mark.parametrize("name", list(fixtures.FIXTURE_BUILDERS))
 def test_update_reproduces_its_pinned_fixture(name):
-    pinned = json.loads(fixtures.fixture_path(name).read_text())
-    record = fixtures.FIXTURE_BUILDERS[name]()
-    assert fixtures.differences(pinned, record) == []
+    """Run in a fresh interpreter at ``THREADS`` torch threads, so that neither the test process
+    (one thread per xdist worker) nor the caller's environment choose the kernels."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(fixtures.REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, str(fixtures.REPO / "scripts" / "regression_fixtures.py"), name,
+                           "--threads", str(THREADS)], cwd=fixtures.REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0 and done.stdout.strip() == f"{name}: matches", done.stdout + done.stderr
 
 
 def test_atari_fixture_batch_exercises_the_done_n_quirk():
