@@ -250,6 +250,12 @@ def operative_params() -> dict[str, str]:
     return dict(sorted(flat.items()))
 
 
+def query(selector: str) -> object:
+    """The parsed config's value of ``selector`` (``gin.query_parameter``), a macro's value in
+    place of the macro: ``losses.mlr.sequence_length`` -> 16, not ``%SEQUENCE_LENGTH``."""
+    return _macro_value(gin.query_parameter(selector))
+
+
 def _macro_value(value: object) -> object:
     """A macro reference's value (``%SEQUENCE_LENGTH`` -> 16), in lists too; others as they are."""
     reference = getattr(value, "configurable", None)

@@ -110,11 +110,7 @@ def _query(files: list[str], selector: str):
 
 def _value(selector: str):
     """The parsed config's value, a macro's (``%PATCH_SIZE``) resolved."""
-    value = gin.query_parameter(selector)
-    reference = getattr(value, "configurable", None)
-    if reference is not None and reference.name == "macro":
-        return gin.query_parameter("%" + value.scoped_selector.split("/", 1)[0])
-    return value
+    return config.query(selector)
 
 
 @pytest.mark.parametrize("selector, value", [
@@ -221,3 +217,15 @@ def test_an_ablation_out_of_place_is_one_line_naming_the_fix(files, message):
     with pytest.raises(ConfigError, match=message) as caught:
         config.parse([REPO / f for f in files])
     assert "\n" not in str(caught.value)
+
+
+def test_logged_params_show_the_values_the_macros_carry():
+    """MLflow's params are what ran, as before the bases shared macros: ``16``, not
+    ``%SEQUENCE_LENGTH``, and no macro entries of their own."""
+    files = [str(REPO / "gin/atari_mlr.gin"), str(REPO / "gin/ablations/masker_tube.gin")]
+    config.parse(files, tiny_bindings(files, []))
+    experiment().trainer()
+    params = config.operative_params()
+    assert params["losses.mlr.sequence_length"] == "16" and params["maskers.tube.patch_size"] == "12"
+    assert params["replays.prioritized_sequence.sequence_length"] == "16"
+    assert not [k for k in params if "macro" in k or "%" in params[k]]

@@ -42,7 +42,7 @@ from mlr_registry import config, registry
 from mlr_registry.dry_run import tiny_bindings
 from mlr_registry.training.experiment import experiment
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {"fast": (), "reference_draw": ("replays.transition.fixed_size_sequences = False",),
             "cudagraphs": ("agents.sac.compile_mode = 'reduce-overhead'",),
             "nchw": ("agents.sac.channels_last = False",),
