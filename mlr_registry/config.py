@@ -17,7 +17,7 @@ from pathlib import Path
 import gin
 from gin import config as gin_config
 
-from mlr_registry import registry
+from mlr_registry import ablations, registry
 from mlr_registry.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,11 @@ def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None
     """Clear gin, then parse the files in order and the bindings last (later wins).
 
     Components must be registered first (``registry.load_all()``) so that gin can check names.
+    Ablation files must follow a base config, and a benchmark's own ablation that benchmark's
+    base (:mod:`mlr_registry.ablations`).
     """
+    gin_files = list(gin_files)
+    ablations.check_order(gin_files)
     gin.clear_config()
     for search_path in (Path.cwd(), REPO_ROOT):
         if str(search_path) not in gin_config._LOCATION_PREFIXES:
@@ -91,6 +95,16 @@ def parse(gin_files: Iterable[str | Path], bindings: Iterable[str] = ()) -> None
         _parse_one(lambda p=path: gin.parse_config_file(str(p)), str(path))
     for binding in bindings:
         _parse_one(lambda b=binding: gin.parse_config(b), "--bind " + repr(binding), binding)
+    ablations.check_benchmark(gin_files, _trainer_name())
+
+
+def _trainer_name() -> str | None:
+    """The registered name of the parsed config's ``experiment.trainer``, if it binds one."""
+    try:
+        reference = gin.query_parameter("experiment.trainer")
+    except ValueError:
+        return None
+    return getattr(getattr(reference, "configurable", None), "name", None)
 
 
 _LITERALS = (bool, int, float, str, type(None))
@@ -127,7 +141,8 @@ def file_bindings(path: str | Path, skip: Iterable[Path] = ()) -> dict[str, str]
                 found.update(file_bindings(included, skipped))
         elif isinstance(statement, config_parser.BindingStatement):
             scope = f"{statement.scope}/" if statement.scope else ""
-            key = f"{scope}{statement.selector}.{statement.arg_name}"
+            # a macro (``BLOCK_SIZE = 4``) has no parameter name
+            key = f"{scope}{statement.selector}" + (f".{statement.arg_name}" if statement.arg_name else "")
             found[key] = repr(statement.value) if _literal(statement.value) else _source_value(path, statement)
     return found
 
@@ -222,29 +237,33 @@ def translate_call_error(exc: BaseException) -> ConfigError | None:
 
 def operative_params() -> dict[str, str]:
     """The operative gin config flattened to ``selector.param -> value`` (for MLflow params).
-
-    Macros are resolved: ``agents.rainbow.n_step = %N_STEP`` with ``N_STEP = 10`` gives
-    ``agents.rainbow.n_step -> 10`` and no entry for the macro itself, so that a value declared
-    once for several components is recorded (and hashed for checkpoints) per component, exactly
-    as if each had been bound to it."""
-    macros: dict[str, str] = {}
+    A macro's value stands where it is used (``losses.mlr.sequence_length -> 16``, not
+    ``%SEQUENCE_LENGTH``), so that runs compare by what they ran whichever file set it; the
+    macros themselves are not listed."""
     flat: dict[str, str] = {}
     for (scope, selector), params in gin_config._OPERATIVE_CONFIG.items():
-        if selector == "gin.macro" and scope and set(params) == {"value"}:
-            macros[scope] = repr(params["value"])
+        if selector.endswith("gin.macro"):
             continue
         prefix = f"{scope}/" if scope else ""
         for name, value in params.items():
-            flat[f"{prefix}{selector}.{name}"] = repr(value)
-    if macros:
-        def resolve(match: re.Match) -> str:
-            return macros.get(match.group(1), match.group(0))
-
-        flat = {key: _MACRO.sub(resolve, value) for key, value in flat.items()}
+            flat[f"{prefix}{selector}.{name}"] = repr(_macro_value(value))
     return dict(sorted(flat.items()))
 
 
-_MACRO = re.compile(r"%([A-Za-z_][\w./]*)")
+def query(selector: str) -> object:
+    """The parsed config's value of ``selector`` (``gin.query_parameter``), a macro's value in
+    place of the macro: ``losses.mlr.sequence_length`` -> 16, not ``%SEQUENCE_LENGTH``."""
+    return _macro_value(gin.query_parameter(selector))
+
+
+def _macro_value(value: object) -> object:
+    """A macro reference's value (``%SEQUENCE_LENGTH`` -> 16), in lists too; others as they are."""
+    reference = getattr(value, "configurable", None)
+    if reference is not None and reference.name == "macro":
+        return _macro_value(gin.query_parameter("%" + value.scoped_selector.split("/", 1)[0]))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_macro_value(v) for v in value)
+    return value
 
 
 def operative_config_str() -> str:

@@ -220,7 +220,7 @@ def dmc_mlr_update(bindings: tuple[str, ...] = ()) -> dict[str, Any]:
         seed_everything(SEED)
         agent = registry.build("agent", "sac", observation_shape=(9, 100, 100), num_actions=DMC_ACTIONS,
                                device="cpu")
-        sequence_length = gin.query_parameter("losses.mlr.sequence_length")
+        sequence_length = config.query("losses.mlr.sequence_length")
     g = torch.Generator().manual_seed(SEED)
     b, sb = DMC_BATCH, DMC_SEQUENCES
     transitions = {"obs": torch.randint(0, 256, (b, 9, 100, 100), dtype=torch.uint8, generator=g),

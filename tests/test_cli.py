@@ -167,6 +167,21 @@ def test_an_unquoted_string_value_gets_the_binding_with_quotes(tmp_path):
                     "--bind \"atari.game = 'pong'\"")
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--gin", "gin/ablations/mask_ratio_025_dmc.gin", "--gin", "gin/dmc/walker_walk.gin", "--dry-run"],
+     "error: gin/ablations/mask_ratio_025_dmc.gin is gone: ablations are diffs after their base config, one file "
+     "for Atari and DMC; write --gin gin/dmc_mlr.gin --gin gin/ablations/mask_ratio_025.gin (a task file goes "
+     "between them)"),
+    (["--gin", "gin/ablations/mask_ratio_025.gin"],
+     "error: gin/ablations/mask_ratio_025.gin is a diff on a base config and includes none: give the base first: "
+     "--gin gin/atari_mlr.gin --gin gin/ablations/mask_ratio_025.gin (or gin/dmc_mlr.gin in its place)"),
+])
+def test_an_ablation_in_its_old_usage_gets_the_new_spelling(args, expected):
+    """The former layout's commands: a DMC twin that included its base, an ablation alone (it
+    included the Atari base)."""
+    assert _single_error_line(run_cli(args, cwd=REPO)) == expected
+
+
 @pytest.mark.parametrize("text, hint", [
     ("maskers.cube.mode = spatial  # a comment", "maskers.cube.mode = 'spatial'"),
     ("atari100k.seeds = [alien, 'pong']", "atari100k.seeds = ['alien', 'pong']"),

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# What users read: the package, its configs, plugins, docs, scripts, tools and the README.
-USER_FACING = ("mlr_registry", "gin", "plugins", "docs", "scripts", "tools", "README.md")
+# What users read: the package, its configs, plugins, docs, scripts, tools, benchmarks and the README.
+USER_FACING = ("mlr_registry", "gin", "plugins", "docs", "scripts", "tools", "benchmarks", "README.md")
 # Where pointers into docs/ may come from: the above, and the tests.
 POINTING = (*USER_FACING, "tests")
 # The spec's section numbers ("§4.7") mean nothing without it either.

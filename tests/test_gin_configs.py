@@ -13,9 +13,10 @@ import gin
 import pytest
 from conftest import RecordingTracker
 
-from mlr_registry import config, registry
+from mlr_registry import ablations, config, registry
 from mlr_registry.agents.rainbow import Rainbow
 from mlr_registry.dry_run import tiny_bindings
+from mlr_registry.errors import ConfigError
 from mlr_registry.training.experiment import experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,9 +29,17 @@ OVERLAYS = {
 }
 for task in (GIN / "dmc").glob("*.gin"):
     OVERLAYS[f"dmc/{task.name}"] = ["gin/dmc_mlr.gin"]
+# Ablations are diffs too: each runs after every base it applies to (a benchmark's own file,
+# `# Benchmark: DMC only`, after that benchmark's base only).
+for ablation in (GIN / "ablations").glob("*.gin"):
+    only = ablations.benchmark_of(ablation)
+    OVERLAYS[f"ablations/{ablation.name}"] = [base for benchmark, base in ablations.BASES.items()
+                                              if only in (None, benchmark)]
 
 
 ALL_GIN = sorted(str(p.relative_to(GIN)) for p in GIN.rglob("*.gin"))
+# (base or None, file): an overlay once after each of its bases, any other file alone.
+RUNS = [(base, name) for name in ALL_GIN for base in OVERLAYS.get(name, [None])]
 
 
 @pytest.fixture(autouse=True)
@@ -46,9 +55,9 @@ def test_every_gin_file_is_listed():
     assert len([g for g in ALL_GIN if g.startswith("dmc/")]) == 6
 
 
-@pytest.mark.parametrize("name", ALL_GIN)
-def test_gin_file_builds_and_runs_a_few_steps(name):
-    files = [str(REPO / f) for f in (*OVERLAYS.get(name, []), f"gin/{name}")]
+@pytest.mark.parametrize("base, name", RUNS, ids=[f"{b.split('/')[-1] if b else ''}+{n}" for b, n in RUNS])
+def test_gin_file_builds_and_runs_a_few_steps(base, name):
+    files = [str(REPO / f) for f in ([base] if base else []) + [f"gin/{name}"]]
     config.parse(files, tiny_bindings(files, []))  # the CLI's --dry-run sizes
     trainer = experiment().trainer()
     tags = trainer.run_tags()
@@ -97,11 +106,12 @@ def test_dmc_fast_config_keeps_convolutions_channels_last_on_cuda():
 def _query(files: list[str], selector: str):
     """The parsed value of ``selector``, a macro resolved (``%N_STEP`` -> 10)."""
     config.parse([REPO / f for f in files])
-    value = gin.query_parameter(selector)
-    reference = getattr(value, "configurable", None)
-    if reference is not None and reference.name == "macro":
-        value = gin.query_parameter("%" + value.scoped_selector.split("/", 1)[0])
-    return value
+    return _value(selector)
+
+
+def _value(selector: str):
+    """The parsed config's value, a macro's (``%PATCH_SIZE``) resolved."""
+    return config.query(selector)
 
 
 @pytest.mark.parametrize("selector, value", [
@@ -154,11 +164,11 @@ def test_dmc_task_files_carry_the_per_task_values(task, ar, lr, block, tau):
     files = ["gin/dmc_mlr.gin", f"gin/dmc/{task}.gin"]
     assert _query(files, "envs.dmc.action_repeat") == ar
     for selector in ("agents.sac.actor_lr", "agents.sac.critic_lr", "agents.sac.aux_lr"):
-        assert gin.query_parameter(selector) == lr
-    assert gin.query_parameter("maskers.cube.block_size") == block
-    assert gin.query_parameter("losses.mlr.target_tau") == tau
-    assert gin.query_parameter("envs.dmc.task") == task.replace("_", "-", 1) if task != "ball_in_cup_catch" \
-        else gin.query_parameter("envs.dmc.task") == "ball_in_cup-catch"
+        assert _value(selector) == lr
+    assert _value("maskers.cube.block_size") == block
+    assert _value("losses.mlr.target_tau") == tau
+    assert _value("envs.dmc.task") == task.replace("_", "-", 1) if task != "ball_in_cup_catch" \
+        else _value("envs.dmc.task") == "ball_in_cup-catch"
 
 
 def test_dmc_shared_values_and_budgets():
@@ -169,14 +179,72 @@ def test_dmc_shared_values_and_budgets():
                             ("agents.sac.hidden_dim", 1024), ("encoders.pixel_encoder.num_filters", 64),
                             ("maskers.cube.patch_size", 10), ("losses.mlr.projector", "mlp"),
                             ("losses.mlr.unnormalized_masked_input", False), ("trainers.dmc.num_env_steps", 100_000)]:
-        assert gin.query_parameter(selector) == value, selector
+        assert _value(selector) == value, selector
     assert _query(["gin/dmc_mlr.gin", "gin/dmc500k.gin"], "trainers.dmc.num_env_steps") == 500_000
 
 
-def test_every_ablation_file_says_what_it_ablates_and_the_docs_list_it():
+def test_every_ablation_file_is_a_diff_that_says_what_it_ablates_and_the_docs_list_it():
     listing = (REPO / "docs" / "ablations.md").read_text()
     files = sorted((REPO / "gin/ablations").glob("*.gin"))
-    assert len(files) >= 30
+    assert len(files) >= 25
     for path in files:
-        assert path.read_text().startswith("# Ablation ("), f"{path.name}: header '# Ablation (<axis>): ...'"
+        text = path.read_text()
+        assert text.startswith("# Ablation ("), f"{path.name}: header '# Ablation (<axis>): ...'"
+        assert "include" not in text, f"{path.name}: a diff composed after its base includes none"
+        only = ablations.benchmark_of(path)
+        base = ablations.BASES[only or "Atari"]
+        assert f"# Usage: --gin {base} " in text and f"--gin gin/ablations/{path.name}\n" in text, path.name
+        assert ("--gin gin/dmc_mlr.gin" in text) == (only != "Atari"), path.name
         assert f"`{path.name}`" in listing, f"{path.name} is missing from docs/ablations.md"
+
+
+def test_one_ablation_file_ablates_either_benchmark():
+    """The shared macros make one diff rebind the value on both bases: the sequence length of
+    the loss and of each benchmark's replay, the masker variants' patch and block sizes; and
+    an ablation after a task file holds on that task."""
+    assert _query(["gin/atari_mlr.gin", "gin/ablations/sequence_length_24.gin"], "losses.mlr.sequence_length") == 24
+    assert _value("replays.prioritized_sequence.sequence_length") == 24
+    assert _query(["gin/dmc_mlr.gin", "gin/ablations/sequence_length_24.gin"], "losses.mlr.sequence_length") == 24
+    assert _value("replays.transition.sequence_length") == 24
+    assert _query(["gin/atari_mlr.gin", "gin/ablations/masker_tube.gin"], "maskers.tube.patch_size") == 12
+    assert _query(["gin/dmc_mlr.gin", "gin/ablations/masker_tube.gin"], "maskers.tube.patch_size") == 10
+    assert _query(["gin/atari_mlr.gin", "gin/ablations/masker_random.gin"], "maskers.random.block_size") == 8
+    files = ["gin/dmc_mlr.gin", "gin/dmc/cartpole_swingup.gin", "gin/ablations/masker_random.gin"]
+    assert _query(files, "maskers.random.block_size") == 4 and _value("maskers.random.patch_size") == 10
+    files = ["gin/dmc_mlr.gin", "gin/dmc/walker_walk.gin", "gin/ablations/target_tau_001.gin"]
+    assert _query(files, "losses.mlr.target_tau") == 0.01
+    assert _query(["gin/dmc_mlr.gin", "gin/dmc/walker_walk.gin", "gin/ablations/block_size_4.gin"],
+                  "maskers.cube.block_size") == 4
+
+
+@pytest.mark.parametrize("files, message", [
+    (["gin/ablations/mask_ratio_025.gin"], "gin/ablations/mask_ratio_025.gin is a diff on a base config and includes "
+     "none: give the base first: --gin gin/atari_mlr.gin --gin gin/ablations/mask_ratio_025.gin "
+     "\\(or gin/dmc_mlr.gin in its place\\)"),
+    (["gin/dmc/walker_walk.gin", "gin/ablations/patch_size_5_dmc.gin"], "give the base first: --gin gin/dmc_mlr.gin "
+     "--gin gin/ablations/patch_size_5_dmc.gin$"),
+    (["gin/ablations/mask_ratio_025_dmc.gin", "gin/dmc/walker_walk.gin"], "gin/ablations/mask_ratio_025_dmc.gin is "
+     "gone: .* write --gin gin/dmc_mlr.gin --gin gin/ablations/mask_ratio_025.gin \\(a task file goes between them\\)"),
+    (["gin/dmc_mlr.gin", "gin/ablations/sequence_length_8_dmc.gin"], "write --gin gin/dmc_mlr.gin --gin "
+     "gin/ablations/sequence_length_8.gin"),
+    (["gin/dmc_mlr.gin", "gin/ablations/patch_size_21.gin"], "patch_size_21.gin is for Atari configs only, and this "
+     "config trains DMC \\(trainers.dmc\\) .*for DMC: gin/ablations/patch_size_20_dmc.gin"),
+    (["gin/smoke/atari_mlr.gin", "gin/ablations/objective_pixel_dmc.gin"], "for DMC configs only.*for Atari: "
+     "gin/ablations/objective_pixel.gin"),
+])
+def test_an_ablation_out_of_place_is_one_line_naming_the_fix(files, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        config.parse([REPO / f for f in files])
+    assert "\n" not in str(caught.value)
+
+
+def test_logged_params_show_the_values_the_macros_carry():
+    """MLflow's params are what ran, as before the bases shared macros: ``16``, not
+    ``%SEQUENCE_LENGTH``, and no macro entries of their own."""
+    files = [str(REPO / "gin/atari_mlr.gin"), str(REPO / "gin/ablations/masker_tube.gin")]
+    config.parse(files, tiny_bindings(files, []))
+    experiment().trainer()
+    params = config.operative_params()
+    assert params["losses.mlr.sequence_length"] == "16" and params["maskers.tube.patch_size"] == "12"
+    assert params["replays.prioritized_sequence.sequence_length"] == "16"
+    assert not [k for k in params if "macro" in k or "%" in params[k]]

@@ -1,6 +1,7 @@
-"""The GPU check scripts (scripts/gpu_*.{sh,py}) run on a lent GPU machine, never in CI; these
-tests keep them runnable: the shell script parses and names benchmarks that exist, the summary
-computes the projection from MLflow windows, and the profiler runs its code path on a CPU."""
+"""The GPU session's scripts (tools/gpu_*.{sh,py}, tools/trim_wheel.py) and the GPU profilers
+(benchmarks/gpu/) run on a lent GPU machine, never in CI; these tests keep them runnable: the
+shell script parses and names benchmarks that exist, the summary computes the projection from
+MLflow windows, and the profilers run their code paths on a CPU."""
 
 from __future__ import annotations
 
@@ -12,16 +13,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ROOT / "scripts"
-sys.path.insert(0, str(SCRIPTS))
+TOOLS = ROOT / "tools"
+PROFILERS = ROOT / "benchmarks" / "gpu"
+sys.path[:0] = [str(TOOLS), str(PROFILERS)]
 
 
 def test_gpu_check_parses_and_its_benchmarks_exist():
-    script = (SCRIPTS / "gpu_check.sh").read_text()
+    script = (TOOLS / "gpu_check.sh").read_text()
     for name in ("gpu_check.sh", "gpu_wheels.sh"):  # syntax only: they fetch and install
-        subprocess.run(["bash", "-n", str(SCRIPTS / name)], check=True)
-    text = script.replace("$F", "$B/test_bench_fast_path.py").replace("$B", "tests/benchmarks")
-    ids = re.findall(r"tests/benchmarks/[\w/]+\.py(?:::[\w\[\]-]+)?", text)
+        subprocess.run(["bash", "-n", str(TOOLS / name)], check=True)
+    text = script.replace("$F", "$B/test_bench_fast_path.py").replace("$B", "benchmarks")
+    ids = re.findall(r"benchmarks/test_\w+\.py(?:::[\w\[\]-]+)?", text)
     assert len(ids) >= 8
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *ids],
                          cwd=ROOT, capture_output=True, text=True)
@@ -92,7 +94,7 @@ def test_gpu_summary_reports_missing_parts_without_failing(tmp_path, capsys):
 
 
 def test_gpu_profile_runs_its_loop_and_variants_on_a_cpu(tmp_path):
-    cmd = [sys.executable, str(SCRIPTS / "gpu_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny",
+    cmd = [sys.executable, str(PROFILERS / "gpu_profile.py"), "--out", str(tmp_path), "--cpu", "--tiny",
            "--variants", "fast,eager_fp32"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -119,7 +121,7 @@ def test_update_floor_arithmetic_and_its_tiny_run():
     assert abs(f["compute_ms"] - 1.0) < 1e-9 and abs(f["memory_ms"] - 1.0) < 1e-9  # 3.8 GB at 3.8 TB/s
     assert abs(f["updates_per_s"] - 500.0) < 1e-6 and abs(f["run_minutes"] - 196_000 * 2e-3 / 60) < 1e-9
     assert abs(f["goal_ms"] - 15 * 60e3 / 196_000) < 1e-9
-    out = subprocess.run([sys.executable, str(SCRIPTS / "update_floor.py"), "--tiny"], capture_output=True,
+    out = subprocess.run([sys.executable, str(PROFILERS / "update_floor.py"), "--tiny"], capture_output=True,
                          text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     flops, params = re.search(r"mlr \(tiny\): ([\d.]+) TFLOP per update, ([\d.]+) M optimized", out.stdout).groups()
@@ -145,13 +147,13 @@ def test_trim_wheel_drops_the_prefixes_and_their_record_lines(tmp_path):
         assert sorted(z.namelist()) == ["pkg-1.0.dist-info/RECORD", "pkg/__init__.py", "pkg/keep.png"]
         assert z.read("pkg/__init__.py") == b"x = 1\n"
         assert "assets" not in z.read("pkg-1.0.dist-info/RECORD").decode()
-    out = subprocess.run([sys.executable, str(SCRIPTS / "trim_wheel.py"), str(wheel), "pkg/assets/"],
+    out = subprocess.run([sys.executable, str(TOOLS / "trim_wheel.py"), str(wheel), "pkg/assets/"],
                          capture_output=True, text=True)
     assert out.returncode != 0 and "nothing under" in out.stderr  # a stale prefix is an error, not a no-op
 
 
 def test_gpu_profile_dmc_times_its_variants_on_a_cpu(tmp_path):
-    cmd = [sys.executable, str(SCRIPTS / "gpu_profile_dmc.py"), "--out", str(tmp_path), "--cpu", "--tiny",
+    cmd = [sys.executable, str(PROFILERS / "gpu_profile_dmc.py"), "--out", str(tmp_path), "--cpu", "--tiny",
            "--variants", "fast,reference_draw,channels_last"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})

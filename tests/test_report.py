@@ -283,13 +283,17 @@ def test_runs_of_other_configurations_never_stand_in_for_the_main_ones(tmp_path)
     records, notes = find_runs(client, RunFilter("atari100k", uri, experiments=("atari100k",)))
     assert [r.final_return for r in records] == [16.8, 17.8, 19.0]
     # an ablation run on a seed the main file did not run: counted, with a note naming both
-    _add_run(client, main_exp, {**real, "seed": 3, "gin_files": "gin/ablations/mask_ratio_025.gin"}, final=1.5)
+    # (an ablation is composed after its base: --gin gin/atari_mlr.gin --gin gin/ablations/X.gin)
+    ablation = "gin/atari_mlr.gin,gin/ablations/mask_ratio_025.gin"
+    _add_run(client, main_exp, {**real, "seed": 3, "gin_files": ablation}, final=1.5)
     records, notes = find_runs(client, RunFilter("atari100k", uri, experiments=("atari100k",)))
     assert len(records) == 4
     (note,) = [n for n in notes if "pools runs of 2 configurations" in n]
-    assert "gin/atari_mlr.gin (3 runs)" in note and "gin/ablations/mask_ratio_025.gin (1 run)" in note
+    assert "gin gin/atari_mlr.gin (3 runs)" in note and f"gin {ablation} (1 run)" in note
     records, notes = find_runs(client, RunFilter("atari100k", uri, tags=(("gin_files", "gin/atari_mlr.gin"),)))
     assert len(records) == 3 and not any("pools" in n for n in notes)
+    records, notes = find_runs(client, RunFilter("atari100k", uri, tags=(("gin_files", ablation),)))
+    assert [r.final_return for r in records] == [1.5]
 
 
 def test_runs_that_differ_only_in_their_bind_options_are_different_configurations(tmp_path):

@@ -66,7 +66,11 @@ def test_gin_file_labels(path, label):
 def test_run_names_tell_ablations_and_sweep_variants_from_their_baseline():
     tags = {"objective": "mlr", "env": "breakout", "seed": "0"}
     assert naming.run_name(tags, ["gin/atari_mlr.gin"]) == "mlr · breakout · seed 0"
-    assert naming.run_name(tags, ["gin/ablations/mask_ratio_025.gin"]) == "mlr · mask_ratio_025 · breakout · seed 0"
+    # an ablation is a diff after its base (and, on DMC, a task file): the base adds nothing
+    assert naming.run_name(tags, ["gin/atari_mlr.gin", "gin/ablations/mask_ratio_025.gin"]) \
+        == "mlr · mask_ratio_025 · breakout · seed 0"
+    assert naming.run_name(tags, ["gin/dmc_mlr.gin", "gin/dmc/walker_walk.gin", "gin/ablations/patch_size_5_dmc.gin"]) \
+        == "mlr · patch_size_5_dmc · breakout · seed 0"
     # the seed, game and task are in the name already; other bindings say what changed
     assert naming.run_name(tags, ["gin/atari_mlr.gin"], ["trainers.atari100k.seed = 3", "atari.game = 'pong'",
                                                          "trainers.atari100k.progress = False",

@@ -135,24 +135,51 @@ def test_task_overlay_follows_the_first_file():
 
 
 def test_an_ablation_keeps_its_values_on_every_task():
-    """An ablation of a value the task files also set (τ, block size) holds on every task: the
-    sweep re-binds it after the task overlay, so walker-walk gets τ = 0.01, not its own 0.1, and
-    the trial is not the plain MLR one. Its other per-task values stay the task's."""
+    """An ablation of a value the task files also set (τ, block size) holds on every task: it
+    comes after the base, and each trial's task overlay goes between them, so walker-walk gets
+    τ = 0.01, not its own 0.1, and the trial is not the plain MLR one. Its other per-task values
+    stay the task's."""
     ablation = str(REPO / "gin" / "ablations" / "target_tau_001.gin")
     plain = str(REPO / "gin" / "dmc_mlr.gin")
-    (trial,) = grid.expand([ablation], [], [grid.tasks_axis("walker-walk")])
-    assert trial.bindings[0] == "losses.mlr.target_tau = 0.01"
+    (trial,) = grid.expand([plain, ablation], [], [grid.tasks_axis("walker-walk")])
+    assert trial.gin_files[0] == plain and trial.gin_files[2] == ablation
+    assert trial.gin_files[1].endswith("gin/dmc/walker_walk.gin")
+    assert trial.bindings == ("envs.dmc.task = 'walker-walk'",)
     assert gin.query_parameter("losses.mlr.target_tau") == 0.01
     assert gin.query_parameter("envs.dmc.action_repeat") == 2 and gin.query_parameter("agents.sac.critic_lr") == 0.001
     (baseline,) = grid.expand([plain], [], [grid.tasks_axis("walker-walk")])
     assert gin.query_parameter("losses.mlr.target_tau") == 0.1
     assert baseline.bindings == ("envs.dmc.task = 'walker-walk'",)
     assert baseline.trial_id != trial.trial_id
+    grid.expand([plain, str(REPO / "gin/ablations/block_size_4.gin")], [], [grid.tasks_axis("walker-walk")])
+    assert gin.query_parameter("%BLOCK_SIZE") == 4  # walker-walk's own is 8
+
+
+def test_a_first_file_that_includes_its_base_keeps_its_values_on_every_task(tmp_path):
+    """A user's file that includes gin/dmc_mlr.gin and sets τ, given first: the sweep re-binds
+    what it sets after each task overlay (a macro such as BLOCK_SIZE too)."""
+    own = tmp_path / "my_tau.gin"
+    own.write_text(f"include '{REPO / 'gin' / 'dmc_mlr.gin'}'\nlosses.mlr.target_tau = 0.01\nBLOCK_SIZE = 2\n")
+    (trial,) = grid.expand([str(own)], [], [grid.tasks_axis("walker-walk")])
+    assert trial.bindings[:2] == ("BLOCK_SIZE = 2", "losses.mlr.target_tau = 0.01")
+    assert gin.query_parameter("losses.mlr.target_tau") == 0.01 and gin.query_parameter("%BLOCK_SIZE") == 2
+    assert gin.query_parameter("envs.dmc.action_repeat") == 2
     # a later file that includes a task file (here cheetah-run's, through gin/dmc_mlr.gin) would
     # undo the overlay: refused, naming the fix
-    later = str(REPO / "gin" / "ablations" / "mask_ratio_025_dmc.gin")
+    plain = str(REPO / "gin" / "dmc_mlr.gin")
     with pytest.raises(ConfigError, match="includes the task file gin/dmc/cheetah_run.gin.*as the first --gin file"):
-        grid.expand([plain, later], [], [grid.tasks_axis("walker-walk")])
+        grid.expand([plain, str(own)], [], [grid.tasks_axis("walker-walk")])
+
+
+@pytest.mark.parametrize("files, message", [
+    (["gin/ablations/mask_ratio_025_dmc.gin"], "mask_ratio_025_dmc.gin is gone: .* write --gin gin/dmc_mlr.gin "
+     "--gin gin/ablations/mask_ratio_025.gin"),
+    (["gin/ablations/mask_ratio_025.gin"], "is a diff on a base config and includes none: give the base first: "
+     "--gin gin/atari_mlr.gin --gin gin/ablations/mask_ratio_025.gin"),
+])
+def test_a_sweep_refuses_an_ablation_out_of_place_in_one_line(files, message):
+    with pytest.raises(ConfigError, match=message):
+        grid.expand([str(REPO / f) for f in files], [], [grid.tasks_axis("walker-walk")])
 
 
 # ---- one trial: retry from the run's checkpoint ----------------------------------------------

@@ -12,7 +12,7 @@
 #                     holds the replay: gigabytes, which stay on the machine) and videos
 #   packing_curve.csv with CURVE set
 # Packages a bare GPU machine lacks travel as wheels in .whl/ and the EGL loaders as .deb files in
-# .gl/ (DMC=1 scripts/gpu_wheels.sh fetches both); they are installed when present.
+# .gl/ (DMC=1 tools/gpu_wheels.sh fetches both); they are installed when present.
 set -u
 OUT=${OUT:-pack_out}
 TASK=${TASK:-cartpole_swingup}      # gin/dmc/<TASK>.gin; cartpole's action repeat 8 makes its run the shortest
@@ -25,7 +25,7 @@ CURVE_SECONDS=${CURVE_SECONDS:-100} # per K: compilation takes about a minute of
 WORK=${WORK:-/tmp/pack}             # local disk for the store and the checkpoints
 PY=${PY:-python3}
 mkdir -p "$OUT" "$WORK"
-source scripts/device_setup.sh  # wheels in .whl/, EGL loaders in .gl/, PYTHONPATH
+source tools/device_setup.sh  # wheels in .whl/, EGL loaders in .gl/, PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/pack.log"
 GIN=(--gin "$BASE_GIN" --gin "gin/dmc/$TASK.gin")
 if [ -n "$CURVE" ]; then

@@ -290,7 +290,7 @@ def _every_overlay() -> set[Path]:
 
 
 def _check_no_later_task(later: Sequence[str]) -> None:
-    """A file after the first that includes a task overlay (an ablation that includes
+    """A file after the first that includes a task overlay (a user's file that includes
     ``gin/dmc_mlr.gin``, which includes cheetah-run's) would undo the swept task's overlay."""
     from mlr_registry.config import included_files
 
@@ -305,9 +305,10 @@ def _check_no_later_task(later: Sequence[str]) -> None:
 
 def _kept_over_overlays(first: str, overlays: Sequence[str]) -> list[str]:
     """Bindings that restore what the first file sets itself (or through its includes other
-    than the task overlays) and a task overlay placed after it would undo: an ablation on
-    ``gin/dmc_mlr.gin`` that sets τ or the block size keeps its value on every task, instead of
-    running as the plain MLR config on the tasks whose overlay sets that value too."""
+    than the task overlays) and a task overlay placed after it would undo: a file that includes
+    ``gin/dmc_mlr.gin`` and sets τ or the block size keeps its value on every task, instead of
+    running as the plain MLR config on the tasks whose overlay sets that value too. (The shipped
+    ablations include no base: they come after the overlays.)"""
     from mlr_registry.config import file_bindings
 
     if not overlays:
@@ -320,8 +321,9 @@ def _kept_over_overlays(first: str, overlays: Sequence[str]) -> list[str]:
 def expand(gin_files: Sequence[str], bindings: Sequence[str], axes: Sequence[Axis]) -> list[Trial]:
     """Every combination of the axes' values (the first axis varies slowest), each parsed once
     to check it and to compute its identity. Needs the registry loaded."""
-    from mlr_registry import config
+    from mlr_registry import ablations, config
 
+    ablations.check_order(gin_files)  # before reading the first file for what it sets
     selectors = [a.selector for a in axes]
     repeated = {s for s in selectors if selectors.count(s) > 1}
     if repeated:

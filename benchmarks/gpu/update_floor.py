@@ -6,9 +6,9 @@ kernels (matrix products, convolutions) and the memory-bound ones (clipping, Ada
 one after the other. It tells how far a measured update is from what the hardware allows, and
 whether the fast path's goal (196,000 updates in 15 minutes, acting and evaluation included) fits.
 
-    python scripts/update_floor.py                              # H100 SXM: 989 bf16 TFLOP/s, 3.35 TB/s
-    python scripts/update_floor.py --tflops 989 --tbps 4.8      # H200
-    python scripts/update_floor.py --objective baseline --tiny  # a quick check of this script
+    python benchmarks/gpu/update_floor.py                              # H100 SXM: 989 bf16 TFLOP/s, 3.35 TB/s
+    python benchmarks/gpu/update_floor.py --tflops 989 --tbps 4.8      # H200
+    python benchmarks/gpu/update_floor.py --objective baseline --tiny  # a quick check of this script
 """
 
 from __future__ import annotations

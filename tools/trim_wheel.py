@@ -1,8 +1,8 @@
 """Rewrites a wheel without the files under the given path prefixes (and without their lines in
-its RECORD), so that a package fits a device call's carried files; ``scripts/gpu_wheels.sh``
+its RECORD), so that a package fits a device call's carried files; ``tools/gpu_wheels.sh``
 uses it for the DMC packages.
 
-    python scripts/trim_wheel.py WHEEL PREFIX [PREFIX ...]
+    python tools/trim_wheel.py WHEEL PREFIX [PREFIX ...]
 """
 
 from __future__ import annotations

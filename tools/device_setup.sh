@@ -1,7 +1,7 @@
-# Sourced by the scripts that run on a lent GPU machine (scripts/gpu_check.sh, tools/pack_on_device.sh),
+# Sourced by the scripts that run on a lent GPU machine (tools/gpu_check.sh, tools/pack_on_device.sh),
 # from the repository root: installs what a bare machine lacks, when it travelled with the tree.
-#   - wheels in ${WHEELS:-.whl}/ (scripts/gpu_wheels.sh fetches them) into /tmp/site, on PYTHONPATH;
-#   - the EGL loaders for MuJoCo's headless rendering, .deb files in .gl/ (DMC=1 scripts/gpu_wheels.sh).
+#   - wheels in ${WHEELS:-.whl}/ (tools/gpu_wheels.sh fetches them) into /tmp/site, on PYTHONPATH;
+#   - the EGL loaders for MuJoCo's headless rendering, .deb files in .gl/ (DMC=1 tools/gpu_wheels.sh).
 # The repository root goes first on PYTHONPATH. Needs PY (the python to use); exits 3 if the wheels fail.
 export PYTHONUNBUFFERED=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 WHEELS=${WHEELS:-.whl}

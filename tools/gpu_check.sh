@@ -12,9 +12,9 @@
 #      > 0, the same with the binding DMC_VARIANT (default: cuDNN's autotuning);
 #   2. the benchmark suite's GPU rows: full-size Rainbow(+MLR) and SAC+MLR updates, reference vs
 #      fast path, replay sampling, acting, env steps;
-#   3. with PROFILE_SECONDS > 0: scripts/gpu_profile.py --variants PROFILE_VARIANTS (the loop
+#   3. with PROFILE_SECONDS > 0: benchmarks/gpu/gpu_profile.py --variants PROFILE_VARIANTS (the loop
 #      without the emulator, acting compiled vs eager, the variants' updates alone); with
-#      PROFILE_DMC_SECONDS > 0: scripts/gpu_profile_dmc.py --variants PROFILE_DMC_VARIANTS (DMC's
+#      PROFILE_DMC_SECONDS > 0: benchmarks/gpu/gpu_profile_dmc.py --variants PROFILE_DMC_VARIANTS (DMC's
 #      update as the trainer runs it, its host waits, the variants' updates);
 #   4. the CUDA tests of tests/test_fast_path.py and tests/test_transfer.py (bf16, inductor and
 #      CUDA graphs vs the reference; the Atari and DMC loops without host waits), PARITY_K as
@@ -26,8 +26,8 @@
 # EVAL_SECONDS per evaluation run; 0 skips it), so
 # a stage that fails or hangs leaves the others' figures.
 # Everything lands in $OUT (default gpu_out/): mlruns.db, bench.json, logs, *_util.csv;
-# scripts/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
-# wheels in .whl/ (scripts/gpu_wheels.sh fetches them; installed to /tmp/site when present).
+# tools/gpu_summary.py prints the table. Packages a bare GPU machine lacks can travel as
+# wheels in .whl/ (tools/gpu_wheels.sh fetches them; installed to /tmp/site when present).
 set -u
 OUT=${OUT:-gpu_out}
 GAME=${GAME:-pong}
@@ -43,7 +43,7 @@ LOG_EVERY=${LOG_EVERY:-500}  # env steps per throughput window of the game (the 
 EVAL_SECONDS=${EVAL_SECONDS:-0}  # opt in (e.g. 90): the defaults above already fill ~9 of a call's 10 minutes
 PY=${PY:-python3}
 mkdir -p "$OUT"
-source scripts/device_setup.sh  # wheels in .whl/, EGL loaders in .gl/, PYTHONPATH
+source tools/device_setup.sh  # wheels in .whl/, EGL loaders in .gl/, PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
 $PY - <<'EOF' 2>&1
 import os, torch
@@ -89,7 +89,7 @@ if [ "${PIPELINED_SECONDS:-0}" -gt 0 ]; then
   game game_pipelined "$PIPELINED_SECONDS" "trainers.atari100k.pipeline_updates = True"
 fi
 # A DMC game (cheetah-run by default) on gin/fast/dmc_mlr_fast.gin, when DMC_SECONDS > 0: needs
-# the DMC wheels (DMC=1 scripts/gpu_wheels.sh) and EGL's loaders in .gl/ (unpacked above).
+# the DMC wheels (DMC=1 tools/gpu_wheels.sh) and EGL's loaders in .gl/ (unpacked above).
 if [ "${DMC_SECONDS:-0}" -gt 0 ]; then
   DMC_TASK=$DMC_GAME_TASK game game_dmc "$DMC_SECONDS"
 fi
@@ -98,7 +98,7 @@ if [ "${DMC_GRAPHS_SECONDS:-0}" -gt 0 ]; then
     "agents.sac.compile_mode = 'reduce-overhead'"
 fi
 # Any one binding on top of the DMC fast config (DMC's update is ≈3.7 TFLOP of 64-channel
-# convolutions: see scripts/gpu_profile_dmc.py), when DMC_VARIANT_SECONDS > 0.
+# convolutions: see benchmarks/gpu/gpu_profile_dmc.py), when DMC_VARIANT_SECONDS > 0.
 if [ "${DMC_VARIANT_SECONDS:-0}" -gt 0 ]; then
   DMC_TASK=$DMC_GAME_TASK game game_dmc_variant "$DMC_VARIANT_SECONDS" \
     "${DMC_VARIANT:-agents.sac.cudnn_benchmark = True}"
@@ -106,7 +106,7 @@ fi
 
 bench() {
   stage "2. benchmarks"
-  B=tests/benchmarks
+  B=benchmarks
   F=$B/test_bench_fast_path.py
   BENCH_TESTS=${BENCH_TESTS:-"$F::test_bench_fast_path_rainbow_update[reference-mlr]
     $F::test_bench_fast_path_rainbow_update[bf16-mlr] $F::test_bench_fast_path_rainbow_update[bf16_compile_update-mlr]
@@ -131,7 +131,7 @@ bench() {
 
 profile() {
   stage "3. gpu_profile.py --variants $PROFILE_VARIANTS"
-  timeout -k 20 "$PROFILE_SECONDS" $PY scripts/gpu_profile.py --out "$OUT" --variants "$PROFILE_VARIANTS" \
+  timeout -k 20 "$PROFILE_SECONDS" $PY benchmarks/gpu/gpu_profile.py --out "$OUT" --variants "$PROFILE_VARIANTS" \
     --budget-s $(( PROFILE_SECONDS * 2 / 3 )) > "$OUT/profile.log" 2>&1
   echo "profile exit $?"
   grep -E "compiled in|loop|update alone|act \(|profiled|skipped|^  [a-z_]+ +[0-9]|Error" "$OUT/profile.log"
@@ -140,7 +140,7 @@ profile() {
 
 profile_dmc() {
   stage "3b. gpu_profile_dmc.py --variants $PROFILE_DMC_VARIANTS"
-  timeout -k 20 "$PROFILE_DMC_SECONDS" $PY scripts/gpu_profile_dmc.py --out "$OUT" --task "$DMC_GAME_TASK" \
+  timeout -k 20 "$PROFILE_DMC_SECONDS" $PY benchmarks/gpu/gpu_profile_dmc.py --out "$OUT" --task "$DMC_GAME_TASK" \
     --variants "$PROFILE_DMC_VARIANTS" --budget-s $(( PROFILE_DMC_SECONDS * 2 / 3 )) > "$OUT/profile_dmc.log" 2>&1
   echo "profile_dmc exit $?"
   grep -E "warmed up|profiled|skipped|^  [a-z_]+ +[0-9]|Error" "$OUT/profile_dmc.log"
@@ -174,4 +174,4 @@ evaluation() {
 [ "$EVAL_SECONDS" -gt 0 ] && evaluation
 
 stage "summary"
-$PY scripts/gpu_summary.py "$OUT"
+$PY tools/gpu_summary.py "$OUT"

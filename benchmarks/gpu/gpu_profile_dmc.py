@@ -3,9 +3,9 @@ MLR batch, ``agent.update``), at full size (``gin/fast/dmc_mlr_fast.gin`` + a ta
 replay filled with random frames in episodes of the task's length; timed per variant, and the
 first variant profiled with ``torch.profiler``, its host waits counted.
 
-    python scripts/gpu_profile_dmc.py --out gpu_out                       # on a CUDA machine
-    python scripts/gpu_profile_dmc.py --variants fast,reference_draw,cudagraphs
-    python scripts/gpu_profile_dmc.py --out /tmp/p --cpu --tiny           # the code path, on a CPU
+    python benchmarks/gpu/gpu_profile_dmc.py --out gpu_out                       # on a CUDA machine
+    python benchmarks/gpu/gpu_profile_dmc.py --variants fast,reference_draw,cudagraphs
+    python benchmarks/gpu/gpu_profile_dmc.py --out /tmp/p --cpu --tiny           # the code path, on a CPU
 
 Variants (``--variants``; gin bindings on top of the fast config): ``fast`` (the file as it is),
 ``reference_draw`` (the MLR batch drawn as the reference does, with its host sync:
@@ -42,7 +42,7 @@ from mlr_registry import config, registry
 from mlr_registry.dry_run import tiny_bindings
 from mlr_registry.training.experiment import experiment
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {"fast": (), "reference_draw": ("replays.transition.fixed_size_sequences = False",),
             "cudagraphs": ("agents.sac.compile_mode = 'reduce-overhead'",),
             "nchw": ("agents.sac.channels_last = False",),

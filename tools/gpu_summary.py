@@ -1,8 +1,8 @@
-"""Prints what ``scripts/gpu_check.sh`` measured, from its output folder: the game's throughput
+"""Prints what ``tools/gpu_check.sh`` measured, from its output folder: the game's throughput
 windows (MLflow), its projected full-run wall time, GPU utilisation, the benchmark table and
 the final evaluation's wall time with and without worker processes.
 
-    python scripts/gpu_summary.py gpu_out
+    python tools/gpu_summary.py gpu_out
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Downloads into .whl/ (git-ignored) the wheels that a bare GPU machine with PyTorch lacks for
-# scripts/gpu_check.sh (Atari + MLflow tracking): CPython 3.12, manylinux x86-64, no
+# tools/gpu_check.sh (Atari + MLflow tracking): CPython 3.12, manylinux x86-64, no
 # dependencies resolved (the list below is complete for that image: torch, numpy, einops, opencv,
 # pandas, matplotlib, pytest and pytest-benchmark were already there). 23 MB; mlflow-skinny
 # instead of mlflow (no UI, same SQLite tracking). Run it where pip reaches a package index.

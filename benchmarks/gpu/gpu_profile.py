@@ -2,9 +2,9 @@
 two × (sample, update, priority write-back), as ``trainers.atari100k`` runs it), at full size,
 timed and profiled with ``torch.profiler``; then the isolated update of each A/B variant.
 
-    python scripts/gpu_profile.py --out gpu_out                          # MLR, on a CUDA machine
-    python scripts/gpu_profile.py --objective baseline --variants fast,eager_fp32
-    python scripts/gpu_profile.py --out /tmp/p --cpu --tiny              # the code path, on a CPU
+    python benchmarks/gpu/gpu_profile.py --out gpu_out                          # MLR, on a CUDA machine
+    python benchmarks/gpu/gpu_profile.py --objective baseline --variants fast,eager_fp32
+    python benchmarks/gpu/gpu_profile.py --out /tmp/p --cpu --tiny              # the code path, on a CPU
 
 Variants (``--variants``, the first is profiled in the loop): ``fast`` (bf16 + whole-update
 inductor, no CUDA graphs), ``cudagraphs`` (+ compile_mode 'reduce-overhead': gin/fast's setting), ``sdpa``
