@@ -134,3 +134,21 @@ def test_the_old_sac_warm_up_binding_names_the_new_spelling():
     assert config.file_bindings(root / "gin/ablations/objective_pixel_dmc.gin")["losses.pixel_mlr.lr_warmup"] == "6000"
     assert config.file_bindings(root / "gin/dmc_curl.gin")["losses.curl.lr_warmup"] == "0"
     assert not [p for p in root.glob("gin/**/*.gin") if "aux_warmup" in p.read_text()]
+
+
+def test_the_agent_exposes_its_losses_rng_state_for_checkpoints():
+    from mlr_registry.maskers.cube import CubeMasker
+    from mlr_registry.training.rng import seeded_generator_states, set_seeded_generator_states
+
+    def build():
+        return rainbow([MLRLoss(masker=CubeMasker(patch_size=12, block_size=4, seed=3)), TwoTerms()])
+
+    obs = torch.zeros(1, 4, 4, 84, 84, dtype=torch.uint8)
+    agent = build()
+    agent.aux_losses[0].masker(obs)  # a seeded masker makes its generator on first use
+    states = seeded_generator_states(agent)
+    assert list(states) == ["0|cpu"]  # the checkpoints' format: "<loss index>|<device>"
+    after = agent.aux_losses[0].masker(obs)
+    resumed = build()
+    set_seeded_generator_states(resumed, states)
+    assert torch.equal(resumed.aux_losses[0].masker(obs), after)
