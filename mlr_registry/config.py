@@ -227,18 +227,35 @@ def translate_call_error(exc: BaseException) -> ConfigError | None:
     if isinstance(exc, TypeError) and called and "unexpected keyword argument" in text:
         # e.g. a plugin encoder whose constructor does not take the in_channels its agent passes
         return ConfigError(f"{called.group(1)} does not take what its owner passes it: {text.splitlines()[0]} "
-                           "(see the README's table of what each kind of component is called with)")
+                           "(docs/plugins.md#what-each-kind-is-called-with says what each kind is called with)")
     return None
 
 
 def operative_params() -> dict[str, str]:
-    """The operative gin config flattened to ``selector.param -> value`` (for MLflow params)."""
+    """The operative gin config flattened to ``selector.param -> value`` (for MLflow params).
+
+    Macros are resolved: ``agents.rainbow.n_step = %N_STEP`` with ``N_STEP = 10`` gives
+    ``agents.rainbow.n_step -> 10`` and no entry for the macro itself, so that a value declared
+    once for several components is recorded (and hashed for checkpoints) per component, exactly
+    as if each had been bound to it."""
+    macros: dict[str, str] = {}
     flat: dict[str, str] = {}
     for (scope, selector), params in gin_config._OPERATIVE_CONFIG.items():
+        if selector == "gin.macro" and scope and set(params) == {"value"}:
+            macros[scope] = repr(params["value"])
+            continue
         prefix = f"{scope}/" if scope else ""
         for name, value in params.items():
             flat[f"{prefix}{selector}.{name}"] = repr(value)
+    if macros:
+        def resolve(match: re.Match) -> str:
+            return macros.get(match.group(1), match.group(0))
+
+        flat = {key: _MACRO.sub(resolve, value) for key, value in flat.items()}
     return dict(sorted(flat.items()))
+
+
+_MACRO = re.compile(r"%([A-Za-z_][\w./]*)")
 
 
 def operative_config_str() -> str:

@@ -7,7 +7,9 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
 import numbers
+from collections.abc import Sequence
 
 
 class MLRError(Exception):
@@ -49,3 +51,13 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
         lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
         hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
         raise ConfigError(f"{name} = {value!r} is out of range; expected {kind} in {lo}, {hi}")
+
+
+def closest_names(name: str, choices: Sequence[str], n: int = 3) -> list[str]:
+    """Up to ``n`` of ``choices`` closest to ``name`` for a "did you mean" hint, also matching
+    with underscores, dashes and spaces ignored (``battlezone`` -> ``battle_zone``)."""
+    squashed = {c.replace("_", ""): c for c in choices}
+    key = name.lower().replace("_", "").replace("-", "").replace(" ", "")
+    close = [squashed[c] for c in difflib.get_close_matches(key, list(squashed), n=n, cutoff=0.6)]
+    close += [c for c in difflib.get_close_matches(name, list(choices), n=n) if c not in close]
+    return close[:n]

@@ -1,6 +1,6 @@
 """The component registry: kinds, ``register``, ``build``, listing and plugin loading.
 
-Public contract (plugins depend on it, see the README's "Plugins" section):
+Public contract (plugins depend on it; docs/plugins.md#registering-a-component):
 
 - ``@register("masker", "cube")`` registers a class or factory under a kind and a name and
   makes it gin-configurable as ``maskers.cube`` (the kind's plural is the gin module).

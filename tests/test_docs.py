@@ -5,6 +5,7 @@ that code, gin files, tests or docs point at is a heading of that file."""
 from __future__ import annotations
 
 import re
+import sys
 import subprocess
 from pathlib import Path
 
@@ -129,3 +130,53 @@ def test_every_docs_pointer_names_an_existing_heading():
     sources = [f for f in tracked(*POINTING) if f != Path(__file__).resolve()]  # this file's examples
     broken = broken_pointers(sources, ROOT / "docs")
     assert broken == [], "pointers to missing docs headings:\n" + "\n".join(broken)
+
+
+# A relative Markdown link: [text](path), [text](path#anchor) or [text](#anchor); not http(s).
+RELATIVE_LINK = re.compile(r"\]\((?!https?://|mailto:)([^)\s#]*)(?:#([\w-]+))?\)")
+
+
+def broken_links(markdown_files: list[Path]) -> list[str]:
+    """``file:line: target`` for each relative link whose file, or heading in it, does not exist."""
+    broken = []
+    for source in markdown_files:
+        fenced = False
+        for lineno, line in enumerate(read(source).splitlines(), 1):
+            if FENCE.match(line):
+                fenced = not fenced
+            if fenced:
+                continue
+            for target, anchor in RELATIVE_LINK.findall(line):
+                path = (source.parent / target).resolve() if target else source
+                ok = path.exists() and (not anchor or (path.suffix == ".md" and anchor in anchors(read(path))))
+                if not ok:
+                    broken.append(f"{source.relative_to(ROOT)}:{lineno}: {target}#{anchor}" if anchor
+                                  else f"{source.relative_to(ROOT)}:{lineno}: {target}")
+    return broken
+
+
+def test_broken_links_are_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# Top\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("[ok](docs/a.md) [ok](docs/a.md#top) [no](docs/b.md) [no](docs/a.md#x) "
+                      "[web](https://example.org/x.md)\n```\n[fenced](nowhere.md)\n```\n")
+    assert broken_links([readme]) == ["README.md:1: docs/b.md", "README.md:1: docs/a.md#x"]
+
+
+def test_readme_and_docs_links_resolve():
+    files = [f for f in tracked("README.md", "docs") if f.suffix == ".md"]
+    assert len(files) >= 10
+    broken = broken_links(files)
+    assert broken == [], "links to missing files or headings:\n" + "\n".join(broken)
+
+
+def test_readme_is_the_front_page_not_the_manual():
+    """The README says what the project is, the two commands, and where to read on; everything
+    else lives in docs/, which it links."""
+    readme = read(ROOT / "README.md")
+    assert len(readme.splitlines()) <= 250
+    for doc in ("faithfulness", "tracking", "report", "ablations", "checkpoints", "sweeps", "gpu",
+                "performance", "plugins", "development", "training"):
+        assert f"(docs/{doc}.md" in readme, f"the README links no docs/{doc}.md"

@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 from ale_py import Action, ALEInterface, roms
 
-from mlr_registry.envs.atari import (
-    ATARI_100K_GAMES,
-    HUMAN_SCORES,
-    RANDOM_SCORES,
-    AtariEnv,
-    human_normalized,
-)
+from mlr_registry.atari_scores import ATARI_100K_GAMES, HUMAN_SCORES, RANDOM_SCORES, human_normalized
+from mlr_registry.envs.atari import AtariEnv
 from mlr_registry.errors import ConfigError
 from mlr_registry.registry import lookup
 

@@ -95,8 +95,13 @@ def test_dmc_fast_config_keeps_convolutions_channels_last_on_cuda():
 
 
 def _query(files: list[str], selector: str):
+    """The parsed value of ``selector``, a macro resolved (``%N_STEP`` -> 10)."""
     config.parse([REPO / f for f in files])
-    return gin.query_parameter(selector)
+    value = gin.query_parameter(selector)
+    reference = getattr(value, "configurable", None)
+    if reference is not None and reference.name == "macro":
+        value = gin.query_parameter("%" + value.scoped_selector.split("/", 1)[0])
+    return value
 
 
 @pytest.mark.parametrize("selector, value", [
@@ -104,7 +109,8 @@ def _query(files: list[str], selector: str):
     ("trainers.atari100k.updates_per_step", 2), ("trainers.atari100k.batch_size", 32),
     ("trainers.atari100k.eval_episodes", 100), ("trainers.atari100k.eval_epsilon", 0.001),
     ("agents.rainbow.learning_rate", 1e-4), ("agents.rainbow.adam_eps", 1.5e-4),
-    ("agents.rainbow.n_step", 10), ("agents.rainbow.n_atoms", 51), ("agents.rainbow.noisy_std", 0.1),
+    ("agents.rainbow.n_step", 10), ("replays.prioritized_sequence.n_step", 10), ("agents.rainbow.discount", 0.99),
+    ("replays.prioritized_sequence.discount", 0.99), ("agents.rainbow.n_atoms", 51), ("agents.rainbow.noisy_std", 0.1),
     ("agents.rainbow.max_grad_norm", 10.0), ("agents.rainbow.target_update_period", 1),
     ("replays.prioritized_sequence.alpha", 0.5), ("replays.prioritized_sequence.beta_start", 0.4),
     ("losses.mlr.weight", 1.0), ("losses.mlr.sequence_length", 16), ("losses.mlr.target_tau", 1.0),
@@ -116,6 +122,23 @@ def _query(files: list[str], selector: str):
 ])
 def test_atari_mlr_reads_as_the_paper_table(selector, value):
     assert _query(["gin/atari_mlr.gin"], selector) == value
+
+
+def test_a_macro_is_recorded_as_each_parameter_it_sets():
+    """``N_STEP = 10`` bound to the agent and the replay is recorded (MLflow params, the
+    checkpoint's config hash) as if each had been bound to 10, and the macro itself not at all."""
+
+    @gin.configurable("macro_owner_test", module="tests")
+    def owner(n_step=1, both=(0, 0)):
+        return n_step, both
+
+    gin.parse_config("N = 3\nmacro_owner_test.n_step = %N\nmacro_owner_test.both = (%N, 4)")
+    try:
+        assert owner() == (3, (3, 4))
+        params = config.operative_params()
+    finally:
+        gin.clear_config()
+    assert params == {"tests.macro_owner_test.both": "(3, 4)", "tests.macro_owner_test.n_step": "3"}
 
 
 def test_atari_baseline_has_no_aux_loss():
@@ -150,10 +173,10 @@ def test_dmc_shared_values_and_budgets():
     assert _query(["gin/dmc_mlr.gin", "gin/dmc500k.gin"], "trainers.dmc.num_env_steps") == 500_000
 
 
-def test_every_ablation_file_says_what_it_ablates_and_the_readme_lists_it():
-    readme = (REPO / "README.md").read_text()
+def test_every_ablation_file_says_what_it_ablates_and_the_docs_list_it():
+    listing = (REPO / "docs" / "ablations.md").read_text()
     files = sorted((REPO / "gin/ablations").glob("*.gin"))
     assert len(files) >= 30
     for path in files:
         assert path.read_text().startswith("# Ablation ("), f"{path.name}: header '# Ablation (<axis>): ...'"
-        assert f"`{path.name}`" in readme, f"{path.name} is missing from README's ablation section"
+        assert f"`{path.name}`" in listing, f"{path.name} is missing from docs/ablations.md"

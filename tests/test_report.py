@@ -89,8 +89,8 @@ def store(tmp_path_factory):
     return uri, client
 
 
-def test_package_data_matches_the_paper_and_the_env_module():
-    from mlr_registry.envs.atari import ATARI_100K_GAMES, HUMAN_SCORES, RANDOM_SCORES
+def test_package_data_matches_the_paper_and_the_score_module():
+    from mlr_registry.atari_scores import ATARI_100K_GAMES, HUMAN_SCORES, RANDOM_SCORES
 
     assert ATARI.tasks == ATARI_100K_GAMES
     assert ATARI.human == HUMAN_SCORES and ATARI.random == RANDOM_SCORES

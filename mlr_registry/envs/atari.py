@@ -8,13 +8,12 @@ the next ``reset`` restarts the game; the official env keeps playing after a lif
 zeroes the frame stack. So this module talks to the ALE directly and reproduces
 ``src/rlpyt_atari_env.py:AtariEnv`` frame by frame, while keeping gymnasium's API.
 
-Also here: the 26 Atari-100k games and the Human / Random scores of the paper's Table 1
-(``paper/mlr_neurips2022_slides.txt``), which define the human-normalized score.
+The 26 Atari-100k games and Table 1's Human / Random scores live in
+:mod:`mlr_registry.atari_scores`.
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import cv2
@@ -23,38 +22,10 @@ import numpy as np
 from ale_py import Action, ALEInterface, ALEState, LoggerMode, roms
 from gymnasium import spaces
 
-from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.errors import ConfigError, check_range, closest_names
 from mlr_registry.registry import register
-from mlr_registry.report.data import reference
 
 ALEInterface.setLoggerMode(LoggerMode.Error)  # the ALE prints a banner per ROM load otherwise
-
-# Table 1 of the paper (the standard Random and Human values used by SPR / DrQ / rliable), read
-# from the report's reference data (mlr_registry/report/data/atari100k.csv), the one copy.
-_TABLE_1 = reference("atari100k")
-ATARI_100K_GAMES: tuple[str, ...] = _TABLE_1.tasks
-HUMAN_SCORES: dict[str, float] = dict(_TABLE_1.human)
-RANDOM_SCORES: dict[str, float] = dict(_TABLE_1.random)
-
-
-def _nearest(name: str, choices: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
-    """Closest ids, also matching with underscores ignored (``battlezone`` -> ``battle_zone``)."""
-    squashed = {c.replace("_", ""): c for c in choices}
-    key = name.lower().replace("_", "").replace("-", "").replace(" ", "")
-    close = [squashed[c] for c in difflib.get_close_matches(key, list(squashed), n=n, cutoff=0.6)]
-    close += [c for c in difflib.get_close_matches(name, list(choices), n=n) if c not in close]
-    return close[:n]
-
-
-def human_normalized(game: str, score: float) -> float:
-    """(score - random) / (human - random), with the Human and Random columns of Table 1."""
-    if game not in HUMAN_SCORES:
-        close = _nearest(game, ATARI_100K_GAMES)
-        hint = f"; closest: {', '.join(close)}" if close else ""
-        raise ConfigError(f"no human/random reference score for game {game!r}{hint} "
-                          f"(known: the 26 Atari-100k games, {', '.join(ATARI_100K_GAMES)})")
-    random = RANDOM_SCORES[game]
-    return (float(score) - random) / (HUMAN_SCORES[game] - random)
 
 
 def rom_path(game: str) -> str:
@@ -64,7 +35,7 @@ def rom_path(game: str) -> str:
         raise ConfigError(f"atari.game = {game!r} is a {type(game).__name__}; expected an ALE ROM id such as 'pong'")
     ids = roms.get_all_rom_ids()
     if game not in ids:
-        close = _nearest(game, ids)
+        close = closest_names(game, ids)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(f"unknown Atari game {game!r}{hint} (game takes an ALE ROM id in snake_case, "
                           f"e.g. 'battle_zone', 'ms_pacman'; ale_py.roms.get_all_rom_ids() lists all "

@@ -119,8 +119,8 @@ class TransitionReplay:
                 trainer passes the env's (``9x100x100``: 3 RGB frames at 100).
             action_dim: size of the continuous action; the trainer passes the env's.
             capacity: transitions (agent steps) kept, circular (100k).
-            sequence_length: steps per MLR sequence, T = jumps + 1 (16: the README's
-                ``jumps=15``).
+            sequence_length: steps per MLR sequence, T = jumps + 1 (16: the official
+                command's ``jumps=15``).
             frame_stack: frames per observation (3); ``channels`` must be a multiple of it.
             device: where storage and batches live (a 100k buffer takes ~3 GB).
             seed: seeds the sampling generator.

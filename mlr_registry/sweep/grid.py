@@ -177,7 +177,8 @@ def _named_set(spec: str, sets: dict[str, tuple[str, ...]], what: str) -> list[s
 
 def games_axis(spec: str) -> Axis:
     """``atari26`` (the paper's 26 Atari-100k games) or ``alien,pong`` (ALE ROM ids)."""
-    from mlr_registry.envs.atari import ATARI_100K_GAMES, rom_path
+    from mlr_registry.atari_scores import ATARI_100K_GAMES
+    from mlr_registry.envs.atari import rom_path
 
     games = _named_set(spec, {"atari26": ATARI_100K_GAMES}, "games")
     for game in games:  # an unknown id stops the sweep here, not inside each trial

@@ -22,26 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlr_registry.envs.atari import HUMAN_SCORES, AtariEnv, human_normalized
-from mlr_registry.errors import CheckpointError, ConfigError, check_range
+from mlr_registry.atari_scores import HUMAN_SCORES, human_normalized
+from mlr_registry.envs.atari import AtariEnv
+from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.registry import register
 from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
-from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
-from mlr_registry.training.checkpoint import Checkpointer
-from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device, set_threads
 from mlr_registry.training.env_thread import beside
-from mlr_registry.training.evaluation import EnvWorkers, play_episodes, resolve_workers
-from mlr_registry.training.loop_trainer import LoopTrainer, checkpointing
-from mlr_registry.training.metric_window import MetricWindow
-from mlr_registry.training.progress import check_progress, final_evaluation_note, progress_bar
-from mlr_registry.training.rng import (
-    global_rng_state,
-    seed_everything,
-    seeded_generator_states,
-    set_global_rng_state,
-    set_seeded_generator_states,
-)
-from mlr_registry.training.trainer import Tracker
+from mlr_registry.training.evaluation import play_episodes
+from mlr_registry.training.loop_trainer import LoopTrainer, require_agent
 from mlr_registry.transfer import HostCopy, to_device
 
 
@@ -57,8 +45,9 @@ def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float,
 
 def check_returns_match(agent: Any, replay: Any) -> None:
     """The replay computes the n-step returns that the agent bootstraps from: both must use one
-    ``n_step`` and one ``discount``, which gin sets in two places (``agents.rainbow`` and
-    ``replays.prioritized_sequence``). A mismatch trains silently on the wrong target (10-step
+    ``n_step`` and one ``discount``. The gin files declare each once (the macros ``N_STEP`` and
+    ``DISCOUNT`` of ``gin/atari_baseline.gin``), but a binding of one component's parameter
+    still overrides it there alone; a mismatch would train silently on the wrong target (10-step
     returns bootstrapped with γ³, say), so it is refused. Components without these attributes
     (plugins) are not checked."""
     for name in ("n_step", "discount"):
@@ -66,13 +55,14 @@ def check_returns_match(agent: Any, replay: Any) -> None:
         if mine is not None and theirs is not None and mine != theirs:
             raise ConfigError(
                 f"the agent's {name} ({mine}) differs from the replay's ({theirs}): the replay's n-step "
-                f"returns are what the agent bootstraps, so bind both to one value, e.g. "
-                f"agents.rainbow.{name} = {mine} and replays.prioritized_sequence.{name} = {mine}")
+                f"returns are what the agent bootstraps, so set both through the one macro, e.g. "
+                f"{name.upper()} = {mine}, not agents.rainbow.{name} or replays.prioritized_sequence.{name}")
 
 
 @register("trainer", "atari100k")
 class Atari100kTrainer(LoopTrainer):
-    """Trains a discrete-action agent on the Atari-100k protocol and tracks it.
+    """Trains a discrete-action agent on the Atari-100k protocol and tracks it; the loop itself is
+    :class:`LoopTrainer`'s, one iteration is one env step.
 
     env, agent and replay are factories (gin: ``@envs.atari``, ``@agents.rainbow``,
     ``@replays.prioritized_sequence``, without parentheses): the trainer supplies the seeds,
@@ -95,6 +85,9 @@ class Atari100kTrainer(LoopTrainer):
     (``training/progress.py``). ``threads`` (0 = ``OMP_NUM_THREADS`` where set, else 1 on a CPU
     device; N): torch's CPU threads for the run (:func:`~mlr_registry.training.common.set_threads`).
     """
+
+    name = "atari100k"
+    episode_key = "episode_score"  # the checkpoint format's name for the open episode's return
 
     def __init__(
         self,
@@ -127,40 +120,28 @@ class Atari100kTrainer(LoopTrainer):
         checkpoint_every: int = 10_000,
         threads: int = 0,
     ):
-        if agent is None:
-            raise ConfigError("atari100k.agent is not set; bind it, e.g. atari100k.agent = @agents.rainbow")
+        agent = require_agent(self.name, agent, "@agents.rainbow")
         check_range("atari100k.num_env_steps", num_env_steps, 1, integer=True)
         check_range("atari100k.learning_starts", learning_starts, 0, integer=True)
         check_range("atari100k.updates_per_step", updates_per_step, 0, integer=True)
         check_range("atari100k.batch_size", batch_size, 1, integer=True)
         check_range("atari100k.eval_episodes", eval_episodes, 0, integer=True)
         check_range("atari100k.eval_epsilon", eval_epsilon, 0, 1)
-        check_range("atari100k.eval_every", eval_every, 0, integer=True)
-        check_range("atari100k.log_every", log_every, 1, integer=True)
-        check_range("atari100k.checkpoint_every", checkpoint_every, 0, integer=True)
-        self.progress = check_progress("atari100k.progress", progress)
-        self.device = resolve_device(device)
-        self.threads = set_threads("atari100k.threads", threads, self.device)
-        seed_everything(seed)
-        self.seed = seed
-        self.env_factory = env
-        self.env = env(seed=seed)
+        self._setup(env, seed, device, threads, progress, log_every, checkpoint_every, eval_every)
         self.agent = agent(observation_shape=self.env.observation_shape, num_actions=self.env.num_actions,
                            device=str(self.device))
         self.replay = replay(observation_shape=self.env.observation_shape, device=str(self.device), seed=seed)
         check_returns_match(self.agent, self.replay)
-        self.num_env_steps = num_env_steps
+        self.num_env_steps = self.num_iterations = num_env_steps
         self.learning_starts = learning_starts
         self.updates_per_step = updates_per_step
         self.batch_size = batch_size
         self.epsilon = (epsilon_initial, epsilon_final, epsilon_decay_steps)
         self.eval_episodes = eval_episodes
         self.eval_epsilon = eval_epsilon
-        self.eval_every = eval_every
         self.eval_at_start = eval_at_start
         self.eval_max_steps = eval_max_steps
-        self.eval_workers = resolve_workers("atari100k.eval_workers", eval_workers, eval_episodes)
-        self._eval_pool = EnvWorkers(self.eval_workers) if self.eval_workers else None
+        self._setup_run(benchmark, objective, video, video_max_steps, eval_workers, eval_episodes)
         self.overlap_env_step = bool(overlap_env_step)
         self.pipeline_updates = bool(pipeline_updates)
         for name in ("overlap_env_step", "pipeline_updates"):
@@ -169,73 +150,37 @@ class Atari100kTrainer(LoopTrainer):
                     f"atari100k.{name} = True needs a replay that stores a step's observation "
                     f"and action before its reward and done (add_pending / complete_pending); "
                     f"{type(self.replay).__name__} has no such methods: set {name} = False")
-        self.log_every = log_every
-        self.benchmark = benchmark
-        self.objective = objective or objective_of(self.agent)
-        self.video = video
-        self.video_max_steps = video_max_steps
-        self.checkpoint_every = checkpoint_every
-        self.update_count = 0
-        self._resume: dict[str, Any] | None = None
-
-    def run_tags(self) -> dict[str, str]:
-        return {"benchmark": self.benchmark, "env": str(self.env.game),
-                "agent": registered_name("agent", self.agent),
-                "objective": self.objective, "seed": str(self.seed), **fast_path_tags(self.agent, self.replay)}
 
     def epsilon_at(self, step: int) -> float:
         initial, final, decay = self.epsilon
         return linear_epsilon(step, self.learning_starts, decay, initial, final)
 
-    def _train(self, tracker: Tracker, checkpointer: Checkpointer | None) -> dict[str, float]:
-        tracker = CurveTracker(tracker)
-        self._curves = tracker
-        if self._resume is None:
-            if self.eval_at_start:
-                tracker.log_metrics(self._evaluation(epsilon=1.0), step=0)
-            self._obs, _ = self.env.reset(seed=self.seed)
-            self._episode_score, self._episode_steps = 0.0, 0
-            self._window = MetricWindow()
-            self._steps_done = 0
-        else:
-            self._restore_loop(self._resume)
-            self._resume = None
-        window = self._window
-        bar = progress_bar(self.progress, self.num_env_steps, self._steps_done, "step",
-                           f"{self.benchmark}:{self.env.game}:{self.objective}")
-        checkpointer, guard = checkpointing(checkpointer, self.env, self.agent, self.replay)
-        with guard:
-            for step in range(self._steps_done, self.num_env_steps):
-                metrics, (self._obs, reward, done, info) = self._step(step, self._obs)
-                for update_metrics in metrics:
-                    window.add(update_metrics)
-                self._episode_score += float(info.get("raw_reward", reward))
-                self._episode_steps += 1
-                if info.get("game_over", done):
-                    tracker.log_metrics({"train/episode_return": self._episode_score,
-                                         "train/episode_length": self._episode_steps}, step=step)
-                    self._episode_score, self._episode_steps = 0.0, 0
-                bar.update(1)
-                if (step + 1) % self.log_every == 0:
-                    metrics = window.flush(step + 1, self.update_count)
-                    tracker.log_metrics({**metrics, "train/epsilon": self.epsilon_at(step)}, step=step + 1)
-                    bar.set_postfix(updates_per_s=f"{metrics['throughput/updates_per_s']:.1f}")
-                if self.eval_every and (step + 1) % self.eval_every == 0 and step + 1 < self.num_env_steps:
-                    tracker.log_metrics(self._evaluation(), step=step + 1)
-                self._steps_done = step + 1
-                if checkpointer is not None:
-                    due = self.checkpoint_every > 0 and (step + 1) % self.checkpoint_every == 0
-                    checkpointer.step_end(step + 1, self.state_dict, "atari100k", due)
-        if window:
-            tracker.log_metrics(window.flush(self.num_env_steps, self.update_count), step=self.num_env_steps)
-        final_evaluation_note(bar, self.eval_episodes,
-                              self.eval_max_steps or getattr(self.env, "max_episode_steps", None))
-        final = self._evaluation(final=True)
-        bar.close()
-        tracker.log_metrics(final, step=self.num_env_steps)
-        frames = self.record_episode() if self.video else None
-        log_run_artifacts(tracker, tracker.curves, " ".join(self.run_tags().values()), frames, fps=self.video_fps)
-        return final
+    # --- the protocol's hooks ------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self.eval_at_start:
+            self._curves.log_metrics(self._evaluation(epsilon=1.0), step=0)
+        self._obs, _ = self.env.reset(seed=self.seed)
+
+    def _iteration(self, step: int) -> None:
+        """Env step ``step``; a finished game (``game_over``: all lives lost) is logged at ``step``."""
+        metrics, (self._obs, reward, done, info) = self._step(step, self._obs)
+        for update_metrics in metrics:
+            self._window.add(update_metrics)
+        self._count_episode_step(reward, info)
+        if info.get("game_over", done):
+            self._end_episode(step)
+
+    def _evaluation_due(self, env_step: int) -> bool:
+        """Every ``eval_every`` steps, but not at the end (the final evaluation is there)."""
+        return self._due(env_step, self.eval_every) and env_step < self.num_env_steps
+
+    def _window_metrics(self, env_step: int, final: bool = False) -> dict[str, float]:
+        metrics = self._window.flush(env_step, self.update_count)
+        return metrics if final else {**metrics, "train/epsilon": self.epsilon_at(env_step - 1)}
+
+    def _final_note(self) -> tuple[int | None, str]:
+        return self.eval_max_steps or getattr(self.env, "max_episode_steps", None), "steps"
 
     def _step(self, step: int, obs: np.ndarray) -> tuple[list, tuple]:
         """Step t: act on ``obs``, then the env step and the updates, in the order the switches
@@ -303,42 +248,6 @@ class Atari100kTrainer(LoopTrainer):
         done = bool(terminated or truncated)
         return (self.env.reset()[0] if done else next_obs), float(reward), done, info
 
-    # --- checkpoints ---------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything the loop needs to continue exactly at a step boundary: agent (networks,
-        optimizer, counters), replay (contents, priorities, sampler RNG), env (emulator + RNG),
-        the global RNGs, the current observation, the open episode, the metric window and the
-        learning curves so far. Only valid between steps of :meth:`train`."""
-        return {"trainer": "atari100k", "step": self._steps_done, "agent": self.agent.checkpoint_state(),
-                "replay": self.replay.state_dict(), "env": self.env.get_state(), "rng": global_rng_state(),
-                "generators": seeded_generator_states(self.agent),
-                "loop": {"obs": np.asarray(self._obs), "episode_score": self._episode_score,
-                         "episode_steps": self._episode_steps, "update_count": self.update_count,
-                         "window": self._window.state_dict(), "curves": self._curves.state_dict()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Load agent, replay and env now (errors surface before anything runs); the RNGs and
-        the loop state are applied when :meth:`train` starts."""
-        if state.get("trainer") != "atari100k":
-            raise CheckpointError(f"checkpoint is from trainer {state.get('trainer')!r}, not atari100k")
-        self.agent.load_checkpoint_state(state["agent"])
-        self.replay.load_state_dict(state["replay"])
-        self.env.set_state(state["env"])
-        set_seeded_generator_states(self.agent, state["generators"])
-        self._resume = state
-
-    def _restore_loop(self, state: dict[str, Any]) -> None:
-        loop = state["loop"]
-        self._steps_done = int(state["step"])
-        self._obs = np.array(loop["obs"])
-        self._episode_score, self._episode_steps = float(loop["episode_score"]), int(loop["episode_steps"])
-        self.update_count = int(loop["update_count"])
-        self._window = MetricWindow()
-        self._window.load_state_dict(loop["window"])
-        self._curves.load_state_dict(loop["curves"])
-        set_global_rng_state(state["rng"])
-
     def _update(self) -> dict[str, float]:
         batch = self.replay.sample(self.batch_size)
         metrics = self.agent.update(batch)
@@ -348,23 +257,16 @@ class Atari100kTrainer(LoopTrainer):
         self.update_count += 1
         return metrics
 
-    def _eval_metrics(self, scores: np.ndarray, final: bool = False) -> dict[str, float]:
-        mean = float(np.mean(scores)) if len(scores) else float("nan")
-        metrics = {"eval/return_mean": mean, "eval/return_std": float(np.std(scores)) if len(scores) else 0.0}
+    def _score_metrics(self, mean: float) -> dict[str, float]:
+        """The human-normalized score (``eval/hns``, ``final_hns``) of a game of Table 1."""
         game = str(self.env.game)
-        hns = human_normalized(game, mean) if game in HUMAN_SCORES else None
-        if hns is not None:
-            metrics["eval/hns"] = hns
-        if final:
-            metrics["final_return"] = mean
-            if hns is not None:
-                metrics["final_hns"] = hns
-        return metrics
+        return {"hns": human_normalized(game, mean)} if game in HUMAN_SCORES else {}
 
-    def evaluate(self, epsilon: float | None = None) -> np.ndarray:
+    def evaluate(self, epsilon: float | None = None, env_step: int = 0) -> np.ndarray:
         """One episode in each of ``eval_episodes`` envs (:meth:`eval_seeds`), stepped in lockstep
         and acted in one batch; returns the raw scores. Life loss is not terminal here (as in the
-        reference). ``eval_workers`` steps the envs in worker processes: same scores."""
+        reference). ``eval_workers`` steps the envs in worker processes: same scores. Every
+        evaluation plays the same seeds, whatever ``env_step`` it is at."""
         eps = self.eval_epsilon if epsilon is None else epsilon
 
         def policy(obs: np.ndarray) -> np.ndarray:

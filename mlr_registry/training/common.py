@@ -61,10 +61,8 @@ def set_threads(name: str, threads: int, device: torch.device) -> int:
     thread on a CPU ``device``; a GPU run keeps torch's default (its CPU side is the env and
     small copies, and its measured figures were taken that way). torch's own default, one per
     core, thrashes wherever the cores are busy with anything else (the env, evaluation workers,
-    other jobs). On a 2-core machine under a load of 4-5, 2 threads against 1: the README's
-    smoke job 170-177 s against 110-150 s, a full-size Atari Baseline update 0.29-1.4 s against
-    0.12-0.16 s, a full-size MLR update 35 s against 21 s. Bind ``threads`` to the core count
-    where they are free (a full-width run on an idle machine)."""
+    other jobs; docs/performance.md#cpu-threads has the figures). Bind ``threads`` to the core
+    count where they are free (a full-width run on an idle machine)."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ConfigError(f"{name} = {threads!r} must be an integer >= 0 "
                           "(0 = OMP_NUM_THREADS if set, else 1 on a CPU; N = N threads)")
