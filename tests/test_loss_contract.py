@@ -87,8 +87,8 @@ def test_rainbow_sums_terms_and_keeps_two_losses_metrics_apart():
 
 
 def test_rainbow_refuses_a_warm_up():
-    with pytest.raises(ConfigError, match=r"^TwoTerms\.lr_warmup = 5: rainbow trains auxiliary losses under its "
-                                          r"one Adam at a constant lr; set the loss's lr_warmup = 0"):
+    with pytest.raises(ConfigError, match=r"^losses\.twoterms\.lr_warmup = 5: rainbow trains auxiliary losses under "
+                                          r"its one Adam at a constant lr; set it to 0"):
         rainbow([TwoTerms(lr_warmup=5)])
 
 

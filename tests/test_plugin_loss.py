@@ -90,8 +90,8 @@ def test_example_plugin_loss_runs_on_rainbow_and_sac():
     assert all(0.0 <= out["rainbow"][k] <= 2.0 for k in ("next_latent_loss", "next_latent_2_loss"))
     # tau = 1: its declared target is the encoder as it was before the optimizer step
     assert out["rainbow_hard_copy"] and out["rainbow_encoder_stepped"]
-    assert out["rainbow_warmup_error"] == ("NextLatentLoss.lr_warmup = 10: rainbow trains auxiliary losses under "
-                                           "its one Adam at a constant lr; set the loss's lr_warmup = 0")
+    assert out["rainbow_warmup_error"] == ("losses.next_latent.lr_warmup = 10: rainbow trains auxiliary losses "
+                                           "under its one Adam at a constant lr; set it to 0")
     assert set(out["sac"]) == {"mlr_loss", "mlr_cosine", "next_latent_loss", "next_latent_cosine"}
     # group 0: MLR and the encoder on MLR's 6000-update warm-up; group 1: the plugin's 2 updates
     warm = [5e-4 + (1 - 5e-4) * k / 6000 for k in range(3)]

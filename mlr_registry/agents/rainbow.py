@@ -208,11 +208,12 @@ class Rainbow(nn.Module):
             num_actions=self.num_actions, discrete_actions=True, device=self.device, projector=self.projector)
         for loss in aux_losses:
             check_contract(loss)
-            if loss.lr_warmup:
-                raise ConfigError(f"{type(loss).__name__}.lr_warmup = {loss.lr_warmup}: rainbow trains auxiliary "
-                                  "losses under its one Adam at a constant lr; set the loss's lr_warmup = 0")
         self.aux_losses = nn.ModuleList(aux_losses)
         self.aux_names = loss_names(self.aux_losses)  # metric prefixes: mlr_loss, mlr_cosine
+        for loss in self.aux_losses:
+            if loss.lr_warmup:
+                raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: rainbow trains "
+                                  "auxiliary losses under its one Adam at a constant lr; set it to 0")
         for loss in self.aux_losses:
             loss.setup(self.loss_context)
         self.to(self.device)
