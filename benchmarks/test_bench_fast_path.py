@@ -95,7 +95,7 @@ def test_bench_fast_path_sac_update(benchmark, path, objective):
     loss = MLRLoss(masker=CubeMasker(patch_size=10, block_size=8),
                    decoder=functools.partial(TransformerDecoder, init="trunc_normal"), target_tau=0.05,
                    projector="mlp", predictor="mlp", unnormalized_masked_input=False, init="trunc_normal",
-                   reinit_encoder_linear=True)
+                   reinit_encoder_linear=True, lr_warmup=6000)
     agent = SAC((9, 100, 100), num_actions, device=DEVICE, aux_losses=[loss] if objective == "mlr" else [],
                 **PATHS[path])
     b, sb, st = 512, 128, 16

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mlr_registry.batch import Batch
+from mlr_registry.losses.auxiliary import LossContext
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.maskers.cube import CubeMasker
 
@@ -45,7 +46,11 @@ def test_bench_mlr_loss_forward_backward_small(benchmark, b):
     torch.manual_seed(0)
     agent = _SmallAtariAgent()
     loss = MLRLoss(masker=CubeMasker(seed=0))
-    loss.setup(agent)
+    context = LossContext(encoder=agent.encoder, augment=agent.augment, latent_dim=agent.latent_dim,
+                          latent_shape=agent.latent_shape, observation_shape=(4, 84, 84),
+                          num_actions=agent.num_actions, discrete_actions=True, device=torch.device("cpu"),
+                          projector=agent.projector)
+    loss.setup(context)
     batch = Batch(obs=torch.randint(0, 256, (b, 26, 4, 84, 84), dtype=torch.uint8),
                   action=torch.randint(0, 18, (b, 26)), reward=torch.zeros(b, 26),
                   done=torch.zeros(b, 26, dtype=torch.bool), weights=torch.ones(b))
@@ -53,9 +58,10 @@ def test_bench_mlr_loss_forward_backward_small(benchmark, b):
     def step() -> float:
         agent.zero_grad(set_to_none=True)
         loss.zero_grad(set_to_none=True)
-        out, _ = loss(batch, agent)
+        out = loss(batch, context).total()
         out.backward()
-        loss.update_targets()
+        for target in loss.target_networks():
+            target.update()
         return out.item()
 
     value = benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)

@@ -57,7 +57,7 @@ def test_bench_sac_mlr_update(benchmark):
     loss = MLRLoss(masker=CubeMasker(patch_size=10, block_size=8),
                    decoder=functools.partial(TransformerDecoder, init="trunc_normal"),
                    target_tau=0.05, projector="mlp", predictor="mlp", unnormalized_masked_input=False,
-                   init="trunc_normal", reinit_encoder_linear=True)
+                   init="trunc_normal", reinit_encoder_linear=True, lr_warmup=6000)
     agent = SAC((9, 100, 100), num_actions, device=device, aux_losses=[loss])
     b = 512
     transitions = {"obs": torch.randint(0, 256, (b, 9, 100, 100), dtype=torch.uint8, device=device),

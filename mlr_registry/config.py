@@ -26,6 +26,13 @@ _NO_CONFIGURABLE = re.compile(r"No configurable matching (?:reference )?'@?(?P<s
 _NO_PARAMETER = re.compile(r"Configurable '(?P<selector>[\w.]+)' doesn't have a parameter named '(?P<param>\w+)'")
 
 
+# Parameters that moved: (kind, component, parameter) -> what to write instead.
+RENAMED_PARAMETERS: dict[tuple[str, str, str], str] = {
+    ("agent", "sac", "aux_warmup"): "each auxiliary loss declares its own warm-up: losses.<name>.lr_warmup "
+                                    "(e.g. losses.mlr.lr_warmup = 6000; 0 = a constant lr)",
+}
+
+
 def _location(message: str) -> str:
     match = _LOCATION.search(message)
     if match is None:
@@ -51,6 +58,10 @@ def translate_gin_message(message: str) -> str:
     bad_param = _NO_PARAMETER.search(message)
     if bad_param:
         component = registry.find_selector(bad_param.group("selector"))
+        param = bad_param.group("param")
+        if component is not None and (component.kind, component.name, param) in RENAMED_PARAMETERS:
+            return where + (f"{component.selector}.{param} is gone; "
+                            f"{RENAMED_PARAMETERS[(component.kind, component.name, param)]}")
         if component is not None:
             return where + registry.unknown_parameter_message(component, bad_param.group("param"))
     return where + message.splitlines()[0]

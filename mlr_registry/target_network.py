@@ -8,6 +8,8 @@ kernels instead of one per tensor, and the same numbers as per-tensor ``lerp_`` 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -55,3 +57,23 @@ def _check_copy(caller: str, what: str, online: list[torch.Tensor], target: list
         if a.shape != b.shape:
             raise ValueError(f"{caller}: {what} {i} is {tuple(a.shape)} online but {tuple(b.shape)} in the "
                              "target; a target must be a copy of its online module")
+
+
+@dataclass(frozen=True)
+class TargetNetwork:
+    """A declared target: ``target`` follows ``online`` by ``tau`` when its owner's agent calls
+    :meth:`update` (the agent decides when: Rainbow right after the loss's forward, SAC on its
+    ``target_update_period``). ``exact_at_one``: tau = 1 copies parameters and buffers exactly
+    (:func:`target_update`); False averages parameters at any tau (:func:`ema_update`, CURL's key
+    encoder). ``online`` is usually the agent's module: the declaration only refers to it."""
+
+    online: nn.Module
+    target: nn.Module
+    tau: float
+    exact_at_one: bool = True
+
+    def update(self) -> None:
+        if self.exact_at_one:
+            target_update(self.online, self.target, self.tau)
+        else:
+            ema_update(self.online, self.target, self.tau)

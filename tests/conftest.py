@@ -210,3 +210,35 @@ def pytest_collection_modifyitems(config, items):
         ordered += chunk + [next(rest) for _ in range(max(size - len(chunk), 0))]
     ordered += list(rest)
     items[:] = ordered
+
+
+def loss_context(agent):
+    """The LossContext an agent gives its aux losses: a real agent's own, or one built from a
+    test's fake agent (encoder, augment, latent_dim/shape, num_actions, discrete_actions, and
+    projector / crop / observation_shape where it has them)."""
+    import torch as _torch
+
+    from mlr_registry.losses.auxiliary import LossContext
+
+    if isinstance(getattr(agent, "loss_context", None), LossContext):
+        return agent.loss_context
+    return LossContext(encoder=agent.encoder, augment=agent.augment, latent_dim=int(agent.latent_dim),
+                       latent_shape=tuple(agent.latent_shape),
+                       observation_shape=tuple(getattr(agent, "observation_shape", (0, 0, 0))),
+                       num_actions=int(agent.num_actions), discrete_actions=bool(agent.discrete_actions),
+                       device=_torch.device("cpu"), projector=getattr(agent, "projector", None),
+                       crop=getattr(agent, "crop", None))
+
+
+def run_loss(loss, batch, agent):
+    """(summed terms, metrics named as the agent records them: ``mlr_loss``) of one forward."""
+    from mlr_registry.losses.auxiliary import checked_output, loss_names, prefixed
+
+    output = checked_output(loss, loss(batch, loss_context(agent)))
+    return output.total(), prefixed(loss_names([loss])[0], output.metrics)
+
+
+def step_targets(loss):
+    """Update the targets ``loss`` declares, as its agent does."""
+    for target in loss.target_networks():
+        target.update()

@@ -7,6 +7,7 @@ import gin
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import loss_context, run_loss, step_targets
 from torch import nn
 
 from mlr_registry import registry
@@ -16,7 +17,6 @@ from mlr_registry.decoders.identity import NoDecoder
 from mlr_registry.decoders.mlp import MLPDecoder
 from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.errors import ConfigError
-from mlr_registry.losses.auxiliary import AuxHost
 from mlr_registry.losses.mlr import MLRLoss, mean_squared_error
 from mlr_registry.losses.pixel_reconstruction import ConvPixelDecoder, PixelMLRLoss, masked_pixel_mse
 from mlr_registry.maskers.cube import CubeMasker
@@ -86,7 +86,7 @@ def _mlr(agent: FakeAgent, **kw) -> MLRLoss:
     kw.setdefault("masker", FixedMasker(_mask()))
     kw.setdefault("decoder", NoDecoder)
     loss = MLRLoss(**kw)
-    loss.setup(agent)
+    loss.setup(loss_context(agent))
     return loss
 
 
@@ -159,7 +159,7 @@ def test_decoders_are_registered_and_gin_configurable():
             decoders.mlp.use_actions = False
         """)
         loss = MLRLoss(masker=FixedMasker(_mask()))
-        loss.setup(FakeAgent())
+        loss.setup(loss_context(FakeAgent()))
     finally:
         gin.clear_config()
     assert isinstance(loss.decoder, MLPDecoder) and len(loss.decoder.blocks) == 1
@@ -183,7 +183,7 @@ def test_mse_without_decoder_projector_predictor_equals_hand_computation():
     assert isinstance(loss.projector, nn.Identity) and isinstance(loss.target_projector, nn.Identity)
     assert isinstance(loss.predictor, nn.Identity)
     batch = _batch()
-    out, metrics = loss(batch, agent)
+    out, metrics = run_loss(loss, batch, agent)
 
     obs = batch.obs.float().flatten(0, 1)
     keep = (~mask).float().repeat(B, 1, 1, 1)
@@ -202,8 +202,8 @@ def test_mse_without_decoder_projector_predictor_equals_hand_computation():
 
 def test_cosine_default_differs_from_mse():
     agent = FakeAgent()
-    cosine, _ = _mlr(agent)(_batch(), agent)
-    mse, _ = _mlr(agent, distance="mse")(_batch(), agent)
+    cosine, _ = run_loss(_mlr(agent), _batch(), agent)
+    mse, _ = run_loss(_mlr(agent, distance="mse"), _batch(), agent)
     assert cosine.item() != pytest.approx(mse.item(), rel=1e-3)
 
 
@@ -212,13 +212,13 @@ def test_projector_none_keeps_predictor_at_latent_width_and_targets_track_encode
     loss = _mlr(agent, projector="none", predictor="linear", target_tau=0.5)
     assert tuple(loss.predictor.weight.shape) == (12, 12)
     assert {n.split(".")[0] for n, _ in loss.named_parameters()} == {"target_encoder", "predictor"}
-    out, _ = loss(_batch(), agent)
+    out, _ = run_loss(loss, _batch(), agent)
     out.backward()
     assert _grads_nonzero(agent.encoder) and _grads_nonzero(loss.predictor)
     with torch.no_grad():
         agent.encoder[3].bias.fill_(2.0)
         loss.target_encoder[3].bias.fill_(0.0)
-    loss.update_targets()
+    step_targets(loss)
     assert torch.allclose(loss.target_encoder[3].bias, torch.full((12,), 1.0))
 
 
@@ -227,7 +227,7 @@ def test_predictor_none_with_agent_projector():
     loss = _mlr(agent, predictor="none")
     assert isinstance(loss.predictor, nn.Identity)
     batch = _batch()
-    out, _ = loss(batch, agent)
+    out, _ = run_loss(loss, batch, agent)
     obs = batch.obs.float().flatten(0, 1)
     keep = (~_mask()).float().repeat(B, 1, 1, 1)
     pred = agent.projector(agent.encoder(obs * keep))  # Atari quirk: masked input not /255
@@ -241,7 +241,7 @@ def test_mlr_with_mlp_decoder_trains_and_clips_its_blocks():
     loss = _mlr(agent, decoder=MLPDecoder)
     (group,) = loss.grad_clip_groups()
     assert {id(p) for p in group} == {id(p) for p in loss.decoder.blocks.parameters()}
-    out, _ = loss(_batch(discrete=False), agent)
+    out, _ = run_loss(loss, _batch(discrete=False), agent)
     out.backward()
     assert _grads_nonzero(agent.encoder) and _grads_nonzero(loss.decoder)
     assert _mlr(agent).grad_clip_groups() == []  # decoders.none: nothing to clip
@@ -268,7 +268,7 @@ def _pixel(agent: FakeAgent, **kw) -> PixelMLRLoss:
     kw.setdefault("decoder", lambda **k: TransformerDecoder(**k, depth=1))
     kw.setdefault("decoder_channels", 8)
     loss = PixelMLRLoss(**kw)
-    loss.setup(agent)
+    loss.setup(loss_context(agent))
     return loss
 
 
@@ -304,7 +304,7 @@ def test_pixel_loss_counts_only_masked_pixels_and_trains_the_encoder(fc, crop):
     assert loss.pixel_decoder.out_size == ((20, 20) if crop else (H, H))
     batch = _batch()
     agent.augment_inputs.clear()
-    out, metrics = loss(batch, agent)
+    out, metrics = run_loss(loss, batch, agent)
     (views,) = agent.augment_inputs  # one augmentation draw for input, target and mask
     assert views.shape == (B * T, 2 * C + 1, H, H)
     out.backward()
@@ -319,7 +319,7 @@ def test_pixel_loss_equals_hand_computation_and_ignores_unmasked_reconstruction(
     mask = _mask()
     loss = _pixel(agent, weight=2.0)
     batch = _batch()
-    out, metrics = loss(batch, agent)
+    out, metrics = run_loss(loss, batch, agent)
 
     obs = batch.obs.float().flatten(0, 1)
     keep = (~mask).float().repeat(B, 1, 1, 1)
@@ -335,10 +335,10 @@ def test_pixel_loss_equals_hand_computation_and_ignores_unmasked_reconstruction(
     decode = loss.pixel_decoder.forward
     visible = (~mask).repeat(B, 1, 1, 1).expand(B * T, C, H, H)
     loss.pixel_decoder.forward = lambda z: torch.where(visible, decode(z) + 50.0, decode(z))
-    again, _ = loss(batch, agent)
+    again, _ = run_loss(loss, batch, agent)
     assert again.item() == pytest.approx(out.item(), rel=1e-6)
     loss.pixel_decoder.forward = lambda z: torch.where(visible, decode(z), decode(z) + 50.0)
-    assert loss(batch, agent)[0].item() > 100 * out.item()
+    assert run_loss(loss, batch, agent)[0].item() > 100 * out.item()
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -363,14 +363,7 @@ def test_bad_parameters_name_themselves(build, match):
         build()
 
 
-def test_pixel_loss_setup_and_length_errors():
-    assert isinstance(FakeAgent(), AuxHost)
-    with pytest.raises(RuntimeError, match="setup"):
-        PixelMLRLoss()(_batch(), FakeAgent())
-    agent = FakeAgent()
-    agent.observation_shape = None
-    with pytest.raises(ConfigError, match="observation_shape"):
-        PixelMLRLoss().setup(agent)
+def test_pixel_loss_length_error():
     loss = _pixel(FakeAgent(), sequence_length=20)
     with pytest.raises(ConfigError, match="losses.pixel_mlr.sequence_length = 20"):
-        loss(_batch(), FakeAgent())
+        run_loss(loss, _batch(), FakeAgent())

@@ -11,6 +11,7 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import loss_context, run_loss, step_targets
 from torch import nn
 
 from mlr_registry.agents.sac import SAC
@@ -47,7 +48,8 @@ def make_transitions(b: int = 4, seed: int = 1):
 
 
 class FakeHost(nn.Module):
-    """An AuxHost whose encoder and crop are chosen by the test."""
+    """A fake agent whose encoder and crop are chosen by the test (its LossContext: conftest's
+    ``loss_context``)."""
 
     discrete_actions = False
     projector = None
@@ -98,7 +100,7 @@ def test_registered_with_curl_defaults():
     component = lookup("loss", "curl")
     assert component.target is CURLLoss and component.selector == "losses.curl"
     params = component.parameters()
-    assert params == {"weight": 1.0, "target_tau": 0.05, "augmentation": "crop"}
+    assert params == {"weight": 1.0, "target_tau": 0.05, "augmentation": "crop", "lr_warmup": 0}
 
 
 def test_bilinear_logits_shape_formula_and_row_max():
@@ -114,8 +116,8 @@ def test_bilinear_logits_shape_formula_and_row_max():
 def test_constant_embeddings_give_log_b():
     loss = CURLLoss(augmentation="augment")
     host = FakeHost(ConstantEncoder(8), 8)
-    loss.setup(host)
-    value, metrics = loss(make_sequences(b=6), host)
+    loss.setup(loss_context(host))
+    value, metrics = run_loss(loss, make_sequences(b=6), host)
     assert value.item() == pytest.approx(math.log(6), rel=1e-6)
     assert float(metrics["curl_loss"]) == pytest.approx(math.log(6), rel=1e-6)
 
@@ -126,14 +128,14 @@ def test_labels_are_the_diagonal():
     b, d = 6, 16
     host = FakeHost(PixelProbe(d), d, crop=lambda obs: obs)
     loss = CURLLoss()
-    loss.setup(host)
+    loss.setup(loss_context(host))
     with torch.no_grad():
         loss.W.copy_(50.0 * torch.eye(d))
     obs = torch.zeros(b, 1, 9, 4, 4, dtype=torch.uint8)
     obs.view(b, -1)[:, :d] = (255 * torch.eye(b, d)).to(torch.uint8)  # frame i lights pixel i
     batch = Batch(obs=obs, action=torch.zeros(b, 1, A), reward=torch.zeros(b, 1),
                   done=torch.zeros(b, 1, dtype=torch.bool))
-    value, metrics = loss(batch, host)
+    value, metrics = run_loss(loss, batch, host)
     assert value.item() < 1e-6 and metrics["curl_accuracy"] == 1.0
     q = host.encoder(obs[:, 0].float() / 255)
     flipped = F.cross_entropy(bilinear_logits(q, q.flip(0), loss.W), torch.arange(b))
@@ -157,7 +159,7 @@ def test_views_are_independent_crops_of_the_agent():
 def test_gradients_reach_the_encoder_and_W_not_the_key_encoder():
     loss = CURLLoss()
     agent = make_agent([loss])
-    value, _ = loss(make_sequences(), agent)
+    value, _ = run_loss(loss, make_sequences(), agent)
     value.backward()
     assert loss.W.grad is not None and loss.W.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.critic.encoder.parameters())
@@ -172,7 +174,7 @@ def test_key_encoder_ema_with_tau():
     with torch.no_grad():
         for p in agent.critic.encoder.parameters():
             p.add_(4.0)
-    loss.update_targets()
+    step_targets(loss)
     for b0, pk in zip(before, loss.key_encoder.parameters(), strict=True):
         torch.testing.assert_close(pk, b0 + 1.0)
 
@@ -194,10 +196,10 @@ def test_sac_updates_keep_the_key_encoder_equal_to_the_critic_target_encoder():
 
 
 @pytest.mark.skipif("aux_encoder_extra_adam" not in inspect.signature(SAC).parameters,
-                    reason="needs the sac.py switches aux_warmup = 0 and aux_encoder_extra_adam")
+                    reason="needs the sac.py switch aux_encoder_extra_adam")
 def test_curl_optimizer_settings_constant_lr_and_double_encoder_step():
-    loss = CURLLoss()
-    agent = make_agent([loss], aux_lr=1e-3, aux_lr_scale=1.0, aux_warmup=0, aux_encoder_extra_adam=True)
+    loss = CURLLoss()  # lr_warmup = 0 by default: a constant lr
+    agent = make_agent([loss], aux_lr=1e-3, aux_lr_scale=1.0, aux_encoder_extra_adam=True)
     lrs = []
     for step in range(3):
         lrs.append(agent.update(make_transitions(seed=step), make_sequences(seed=step), step=step)["aux_lr"])
@@ -219,9 +221,9 @@ def test_bad_parameters_are_config_errors(kwargs, match):
 
 def test_agent_without_crop_and_single_sample_batch_are_config_errors():
     with pytest.raises(ConfigError, match="augmentation = 'augment'"):
-        CURLLoss().setup(FakeHost(ConstantEncoder(4), 4))
+        CURLLoss().setup(loss_context(FakeHost(ConstantEncoder(4), 4)))
     loss = CURLLoss(augmentation="augment")
     host = FakeHost(ConstantEncoder(4), 4)
-    loss.setup(host)
+    loss.setup(loss_context(host))
     with pytest.raises(ConfigError, match="at least 2"):
-        loss(make_sequences(b=1), host)
+        run_loss(loss, make_sequences(b=1), host)

@@ -5,8 +5,8 @@ that code, gin files, tests or docs point at is a heading of that file."""
 from __future__ import annotations
 
 import re
-import sys
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest

@@ -65,7 +65,7 @@ def sac_mlr(device: str = "cpu", filters: int = 8, feature: int = 8, hidden: int
     loss = MLRLoss(masker=CubeMasker(patch_size=10, block_size=4, seed=0), sequence_length=8, target_tau=0.05,
                    projector="mlp",
                    predictor="mlp", unnormalized_masked_input=False, init="trunc_normal",
-                   reinit_encoder_linear=True,
+                   reinit_encoder_linear=True, lr_warmup=6000,
                    decoder=functools.partial(TransformerDecoder, init="trunc_normal"))
     return SAC((9, 100, 100), 2, device=device, hidden_dim=hidden, aux_losses=[loss],
                encoder=functools.partial(PixelEncoder, num_filters=filters, feature_dim=feature), **kw)

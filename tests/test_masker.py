@@ -115,20 +115,29 @@ def test_errors():
                                   lambda: FrameMasker(mask_ratio=0.5, seed=3)])
 def test_seeded_masker_stream_is_checkpointed_and_restored(make):
     """A resumed run masks as the uninterrupted one: the trainers save the seeded maskers'
-    generator states with the checkpoint and load them into the rebuilt maskers."""
+    generator states with the checkpoint (through the agent's aux_rng_state(), which asks each
+    loss's rng_state()) and load them into the rebuilt maskers."""
     from types import SimpleNamespace
 
+    from mlr_registry.losses.auxiliary import load_rng_states, rng_states
+    from mlr_registry.losses.mlr import MLRLoss
     from mlr_registry.training.rng import seeded_generator_states, set_seeded_generator_states
 
+    def agent(masker):  # what the trainers see of an agent: aux_rng_state / load_aux_rng_state
+        losses = [MLRLoss(masker=masker)]
+        return SimpleNamespace(losses=losses, aux_rng_state=lambda: rng_states(losses),
+                               load_aux_rng_state=lambda states: load_rng_states(losses, states))
+
     obs = torch.zeros(2, 4, 1, 8, 8)
-    running = SimpleNamespace(aux_losses=[SimpleNamespace(masker=make())])
-    running.aux_losses[0].masker(obs)  # some masks drawn before the checkpoint
+    running = agent(make())
+    running.losses[0].masker(obs)  # some masks drawn before the checkpoint
     states = seeded_generator_states(running)
     assert list(states) == ["0|cpu"]
-    after = [running.aux_losses[0].masker(obs) for _ in range(3)]
-    resumed = SimpleNamespace(aux_losses=[SimpleNamespace(masker=make())])
+    after = [running.losses[0].masker(obs) for _ in range(3)]
+    resumed = agent(make())
     set_seeded_generator_states(resumed, states)
-    assert all(torch.equal(a, resumed.aux_losses[0].masker(obs)) for a in after)
+    assert all(torch.equal(a, resumed.losses[0].masker(obs)) for a in after)
     fresh = make()
     assert not torch.equal(fresh(obs), after[0]) or not torch.equal(fresh(obs), after[1])  # the stream moved on
-    assert seeded_generator_states(SimpleNamespace(aux_losses=[SimpleNamespace(masker=CubeMasker())])) == {}
+    assert seeded_generator_states(agent(CubeMasker())) == {}
+    assert seeded_generator_states(SimpleNamespace()) == {}  # an agent without aux losses

@@ -6,12 +6,12 @@ import gin
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import loss_context, run_loss, step_targets
 from torch import nn
 
 from mlr_registry.batch import Batch
 from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.errors import ConfigError
-from mlr_registry.losses.auxiliary import AuxHost
 from mlr_registry.losses.mlr import MLRLoss, normalized_squared_distance
 from mlr_registry.maskers.cube import CubeMasker
 
@@ -82,12 +82,8 @@ def _loss(agent: FakeAgent | None = None, **kw) -> tuple[MLRLoss, FakeAgent]:
     kw.setdefault("masker", CubeMasker(patch_size=6, seed=0))
     kw.setdefault("decoder", _small_decoder)
     loss = MLRLoss(**kw)
-    loss.setup(agent)
+    loss.setup(loss_context(agent))
     return loss, agent
-
-
-def test_fake_agent_satisfies_host_protocol():
-    assert isinstance(FakeAgent(), AuxHost)
 
 
 def test_normalized_squared_distance_by_hand():
@@ -103,7 +99,7 @@ def test_loss_equals_hand_computation():
     mask = _fixed_mask()
     loss, agent = _loss(masker=FixedMasker(mask), weight=0.5)
     batch = _batch()
-    out, metrics = loss(batch, agent)
+    out, metrics = run_loss(loss, batch, agent)
 
     obs = batch.obs
     masked = obs.float() * (~mask).float()  # (b t c h w) · (t 1 h w); quirk: no /255
@@ -123,12 +119,12 @@ def test_loss_equals_hand_computation():
 def test_importance_weights_switch_and_absent_weights():
     mask = _fixed_mask()
     loss, agent = _loss(masker=FixedMasker(mask))
-    weighted, metrics = loss(_batch(weights=True), agent)
-    unweighted, _ = loss(_batch(weights=False), agent)
+    weighted, metrics = run_loss(loss, _batch(weights=True), agent)
+    unweighted, _ = run_loss(loss, _batch(weights=False), agent)
     assert unweighted.item() == pytest.approx(float(metrics["mlr_loss"]), rel=1e-6)
     assert weighted.item() != pytest.approx(unweighted.item(), rel=1e-3)
     off, _ = _loss(masker=FixedMasker(mask), use_importance_weights=False)
-    assert off(_batch(weights=True), agent)[0].item() == pytest.approx(unweighted.item(), rel=1e-6)
+    assert run_loss(off, _batch(weights=True), agent)[0].item() == pytest.approx(unweighted.item(), rel=1e-6)
 
 
 def test_quirk_changes_online_input_scale_and_mask_precedes_augment():
@@ -138,14 +134,14 @@ def test_quirk_changes_online_input_scale_and_mask_precedes_augment():
     keep = (~mask).float().repeat(B, 1, 1, 1)  # (b·t 1 h w)
 
     loss, agent = _loss(masker=FixedMasker(mask))  # faithful Atari: [0, 255] masked input
-    loss(batch, agent)
+    run_loss(loss, batch, agent)
     online_in, target_in = agent.augment_inputs  # augment sees the masked frames, then the target
     assert torch.equal(online_in, raw * keep)
     assert online_in.max() > 1.5
     assert torch.allclose(target_in, raw / 255)
 
     loss, agent = _loss(masker=FixedMasker(mask), unnormalized_masked_input=False)
-    loss(batch, agent)
+    run_loss(loss, batch, agent)
     clean_in, _ = agent.augment_inputs
     assert torch.allclose(clean_in * 255, raw * keep, atol=1e-4)
     assert clean_in.max() <= 1.0
@@ -154,20 +150,20 @@ def test_quirk_changes_online_input_scale_and_mask_precedes_augment():
 def test_only_first_sequence_length_steps_are_used():
     batch = _batch(t=26)
     loss, agent = _loss(masker=FixedMasker(_fixed_mask()))
-    a, _ = loss(batch, agent)
+    a, _ = run_loss(loss, batch, agent)
     batch.obs[:, 16:] = 0
     batch.action[:, 16:] = 0
-    b, _ = loss(batch, agent)
+    b, _ = run_loss(loss, batch, agent)
     assert torch.equal(a, b)
     assert agent.augment_inputs[0].shape == (B * 16, C, H, H)
     short, _ = _loss(sequence_length=8, masker=CubeMasker(patch_size=6, seed=0))
-    short(batch, agent)
+    run_loss(short, batch, agent)
     assert agent.augment_inputs[-1].shape == (B * 8, C, H, H)
 
 
 def test_gradients_reach_online_networks_not_targets():
     loss, agent = _loss(agent=FakeAgent(shift=True))
-    out, _ = loss(_batch(), agent)
+    out, _ = run_loss(loss, _batch(), agent)
     out.backward()
     for name, module in (("encoder", agent.encoder), ("projector", agent.projector),
                          ("decoder", loss.decoder), ("predictor", loss.predictor)):
@@ -198,7 +194,7 @@ def test_target_starts_as_copy_and_tau_one_is_exact_hard_copy():
         for p in agent.parameters():
             p.add_(torch.randn_like(p))
     assert not torch.equal(agent.projector.weight, loss.target_projector.weight)
-    loss.update_targets()
+    step_targets(loss)
     for online, target in ((agent.encoder, loss.target_encoder), (agent.projector, loss.target_projector)):
         assert all(torch.equal(a, b) for a, b in zip(online.parameters(), target.parameters(), strict=True))
     assert loss.target_projector.weight.data_ptr() != agent.projector.weight.data_ptr()
@@ -211,10 +207,10 @@ def test_tau_005_ema_numbers():
         loss.target_projector.weight.fill_(3.0)
         agent.encoder[0].bias.fill_(-2.0)
         loss.target_encoder[0].bias.fill_(2.0)
-    loss.update_targets()
+    step_targets(loss)
     assert torch.allclose(loss.target_projector.weight, torch.full_like(agent.projector.weight, 2.9))
     assert torch.allclose(loss.target_encoder[0].bias, torch.full((4,), 1.8))  # .05·−2 + .95·2
-    loss.update_targets()
+    step_targets(loss)
     assert torch.allclose(loss.target_projector.weight, torch.full_like(agent.projector.weight, 2.805))
 
 
@@ -224,12 +220,12 @@ def test_mlp_projector_and_predictor_dmc_mode():
     assert [tuple(m.weight.shape) for m in loss.predictor if isinstance(m, nn.Linear)] == [(7, 144), (144, 7)]
     # The target projector is initialized independently (not a copy of the projector).
     assert not torch.equal(loss.projector[0].weight, loss.target_projector[0].weight)
-    out, _ = loss(_batch(), agent)
+    out, _ = run_loss(loss, _batch(), agent)
     out.backward()
     assert agent.projector.weight.grad is None  # the agent's projector is not used
     assert loss.projector[0].weight.grad is not None
     before = loss.target_projector[0].weight.clone()
-    loss.update_targets()
+    step_targets(loss)
     expected = 0.05 * loss.projector[0].weight + 0.95 * before
     assert torch.allclose(loss.target_projector[0].weight, expected)
 
@@ -246,14 +242,14 @@ def test_trunc_normal_init_and_encoder_reinit():
     assert torch.equal(agent.encoder[0].weight, conv_before)  # convs untouched
     assert torch.equal(loss.target_encoder[0].weight, conv_before)
     assert not torch.equal(agent.encoder[3].weight, loss.target_encoder[3].weight)  # independent draws
-    loss(_batch(), agent)  # runs with a DMC-like (vector) encoder
+    run_loss(loss, _batch(), agent)  # runs with a DMC-like (vector) encoder
 
 
 def test_continuous_actions():
     agent = FakeAgent(num_actions=3, discrete=False)
     loss, agent = _loss(agent=agent)
     assert loss.decoder.discrete_actions is False
-    out, _ = loss(_batch(discrete=False), agent)
+    out, _ = run_loss(loss, _batch(discrete=False), agent)
     out.backward()
     assert loss.decoder.action_embedding.weight.grad is not None
 
@@ -273,7 +269,7 @@ def test_defaults_and_gin_decoder_factory():
             maskers.cube.patch_size = 6
         """)
         loss = MLRLoss()
-        loss.setup(FakeAgent())
+        loss.setup(loss_context(FakeAgent()))
     finally:
         gin.clear_config()
     assert len(loss.decoder.blocks) == 1 and loss.decoder.blocks[0].attn.num_heads == 4
@@ -282,9 +278,6 @@ def test_defaults_and_gin_decoder_factory():
 
 
 def test_errors():
-    agent = FakeAgent()
-    with pytest.raises(RuntimeError, match="setup"):
-        MLRLoss()(_batch(), agent)
     with pytest.raises(ConfigError, match="target_tau"):
         MLRLoss(target_tau=0.0)
     with pytest.raises(ConfigError, match="projector"):
@@ -297,7 +290,7 @@ def test_errors():
         MLRLoss(sequence_length=0)
     loss, agent = _loss()
     with pytest.raises(ConfigError, match="sequence_length = 16"):
-        loss(_batch(t=8), agent)
+        run_loss(loss, _batch(t=8), agent)
     agent.projector = None
-    with pytest.raises(ConfigError, match="no projector"):
-        MLRLoss().setup(agent)
+    with pytest.raises(ConfigError, match="exposes no projector; use losses.mlr.projector = 'mlp'"):
+        MLRLoss().setup(loss_context(agent))

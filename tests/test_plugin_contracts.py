@@ -9,8 +9,8 @@ import torch
 from conftest import REPO, make_distribution, run_cli
 
 from mlr_registry.errors import ConfigError
-from mlr_registry.losses.auxiliary import checked_output
-from mlr_registry.losses.mlr import mask_pixels
+from mlr_registry.losses.auxiliary import LossOutput, checked_output
+from mlr_registry.losses.common import mask_pixels
 
 
 def test_a_mask_of_the_wrong_shape_or_type_is_named():
@@ -29,12 +29,18 @@ def test_a_mask_of_the_wrong_shape_or_type_is_named():
 
 def test_an_auxiliary_loss_output_is_checked():
     loss = torch.nn.Identity()
-    good = (torch.tensor(1.0), {"x": 1.0})
+    good = LossOutput({"loss": torch.tensor(1.0)}, {"x": 1.0})
     assert checked_output(loss, good) is good
-    for bad, said in ((torch.tensor(1.0), "a 0-d tensor"), ((torch.ones(3), {}), "a tuple of 2"), (None, "NoneType")):
+    for bad, said in ((torch.tensor(1.0), "a 0-d tensor"), ((torch.ones(3), {}, 1), "a tuple of 3"),
+                      (None, "NoneType")):
         with pytest.raises(ConfigError, match=f"auxiliary loss Identity returned {said}; an auxiliary loss "
-                                              r"returns \(a 0-d loss tensor, a mapping of metrics\)"):
+                                              r"returns LossOutput\(terms, metrics\)"):
             checked_output(loss, bad)
+    with pytest.raises(ConfigError, match=r"returned LossOutput terms \{'loss': 'Tensor'\}; terms must be"):
+        checked_output(loss, LossOutput({"loss": torch.ones(3)}))
+    with pytest.raises(ConfigError, match=r"returned \(loss, metrics\), the old contract; return "
+                                          r"LossOutput\(terms=\{'loss': \.\.\.\}, metrics=\{\.\.\.\}\)"):
+        checked_output(loss, (torch.tensor(1.0), {"x": 1.0}))
 
 
 def test_an_encoder_that_does_not_take_in_channels_is_one_line(tmp_path):
@@ -52,3 +58,43 @@ def test_an_encoder_that_does_not_take_in_channels_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "error: no_in_channels does not take what its owner passes it: " in proc.stderr
     assert "unexpected keyword argument 'in_channels'" in proc.stderr
+
+
+class OldContractLoss(torch.nn.Module):
+    """A plugin loss written against the previous contract: it takes the agent itself."""
+
+    def setup(self, agent):
+        self.head = torch.nn.Linear(agent.latent_dim, 1)
+
+    def forward(self, batch, agent):
+        loss = self.head(agent.encoder(batch.obs[:, 0].float() / 255)).pow(2).mean()
+        return loss, {"old_loss": loss.detach()}
+
+    def update_targets(self):
+        pass
+
+
+@pytest.mark.parametrize("agent", ["rainbow", "sac"])
+def test_a_loss_on_the_old_contract_is_one_line_naming_the_new_one(agent):
+    from mlr_registry.agents.rainbow import Rainbow
+    from mlr_registry.agents.sac import SAC
+    from mlr_registry.losses.auxiliary import AuxiliaryLoss, check_contract
+
+    class OldSubclass(AuxiliaryLoss):  # subclassing the base class is not enough
+        def setup(self, agent):
+            pass
+
+        def forward(self, batch, agent):
+            raise AssertionError("never called")
+
+    new_contract = (r"setup\(context: LossContext\), forward\(batch, context\) -> LossOutput\(terms, metrics\), "
+                    r"target_networks\(\)")
+    with pytest.raises(ConfigError, match=r"^auxiliary loss OldSubclass uses the old contract \(setup\(agent\), "
+                                          r"forward\(agent\)\); an auxiliary loss now implements " + new_contract):
+        check_contract(OldSubclass())
+    build = (lambda losses: Rainbow((4, 84, 84), 3, aux_losses=losses, hidden_size=8)) if agent == "rainbow" else (
+        lambda losses: SAC((9, 100, 100), 2, aux_losses=losses, hidden_dim=8))
+    with pytest.raises(ConfigError, match=r"^auxiliary loss OldContractLoss is not an AuxiliaryLoss; subclass "
+                                          r"mlr_registry\.losses\.auxiliary\.AuxiliaryLoss: " + new_contract) as err:
+        build([OldContractLoss()])
+    assert str(err.value).splitlines()[0].endswith("target_networks() (mlr_registry/losses/auxiliary.py)")

@@ -20,6 +20,8 @@ def test_pip_installed_example_plugin_is_discovered(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "checkerboard  [mlr-example-plugin]  gin: maskers.checkerboard" in proc.stdout
     assert "      patch_size = 12" in proc.stdout
+    assert "next_latent  [mlr-example-plugin]  gin: losses.next_latent" in proc.stdout
+    assert "      lr_warmup = 0" in proc.stdout
 
     check = """
 import torch
@@ -35,3 +37,4 @@ print("ok", registry.loaded_plugins())
                          env=dict(os.environ, PYTHONPATH=str(target)))
     assert out.returncode == 0, out.stderr
     assert "'example': 'mlr-example-plugin'" in out.stdout
+    assert "'example_loss': 'mlr-example-plugin'" in out.stdout

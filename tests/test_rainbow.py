@@ -18,7 +18,7 @@ from mlr_registry.agents.rainbow import C51Head, Rainbow, scale_grad
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.errors import ConfigError
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
 
 TINY_ENCODER = functools.partial(NatureCNN, channels=(8, 16, 16))
 A = 4
@@ -159,7 +159,7 @@ def test_dueling_head_combination():
 
 def test_projector_shares_the_heads_first_layers_mu_only():
     agent = Rainbow((4, 84, 84), 6)  # full size: 3136 → 2·256
-    assert isinstance(agent, AuxHost)
+    assert isinstance(agent.loss_context, LossContext) and agent.loss_context.projector is agent.projector
     assert agent.latent_dim == 3136 and agent.latent_shape == (64, 7, 7)
     assert agent.projector.out_features == 512
     assert agent.projector.layers[0] is agent.head.value_fc1
@@ -228,32 +228,44 @@ def test_act_epsilon_greedy_is_uniform_at_one_and_mixed_in_between():
 
 # --- updates -------------------------------------------------------------------------------
 
+class LoggedTarget:
+    """A declared target that only logs its updates."""
+
+    def __init__(self, log: list):
+        self.log = log
+
+    def update(self) -> None:
+        self.log.append("update_targets")
+
+
 class StubAux(AuxiliaryLoss):
-    """A test auxiliary loss: a clipped predictor, an unclipped layer, a call log."""
+    """A test auxiliary loss: a clipped predictor, an unclipped layer, a call log. ``observe``
+    (set by a test) is called at each forward and its result kept in ``noise_seen``."""
 
     def __init__(self, weight: float = 1.0, log: list | None = None):
         super().__init__()
         self.weight = weight
         self.log = log if log is not None else []
+        self.observe = None
 
-    def setup(self, agent):
-        self.seen_latent_dim = agent.latent_dim
-        self.predictor = nn.Linear(agent.projector.out_features, 4)
+    def setup(self, context):
+        self.seen_latent_dim = context.latent_dim
+        self.predictor = nn.Linear(context.projector.out_features, 4)
         self.unclipped = nn.Linear(4, 1)
 
-    def forward(self, batch, agent):
+    def forward(self, batch, context):
         self.log.append("forward")
-        self.noise_seen = (agent.head.adv_fc1.epsilon_in.clone(),
-                           agent.target_head.adv_fc1.epsilon_in.clone())
-        z = agent.projector(agent.encoder(agent.augment(batch.obs[:, 1].float() / 255)))
+        if self.observe is not None:
+            self.noise_seen = self.observe()
+        z = context.projector(context.encoder(context.augment(batch.obs[:, 1].float() / 255)))
         loss = self.weight * self.unclipped(self.predictor(z)).pow(2).mean()
-        return loss, {"stub_loss": float(loss.detach())}
+        return LossOutput({"loss": loss}, {"loss": float(loss.detach())})
 
     def grad_clip_groups(self):
         return [list(self.predictor.parameters())]
 
-    def update_targets(self):
-        self.log.append("update_targets")
+    def target_networks(self):
+        return [LoggedTarget(self.log)]
 
 
 def _spy_on_step(agent: Rainbow, log: list, norms: list) -> None:
@@ -302,9 +314,9 @@ def test_update_with_aux_loss_clips_groups_and_moves_targets_before_the_step():
     assert metrics["grad_norm"] > 10 and metrics["grad_norm_aux0_0"] > 10  # norms before clipping
     assert free > 10  # parameters outside every group are not clipped (MLR's predictor)
     assert all(not torch.equal(b, p) for b, p in zip(before, aux.parameters(), strict=True))
-    assert {"rl_loss", "total_loss", "mean_q", "stub_loss", "priority_mean"} <= set(metrics)
+    assert {"rl_loss", "total_loss", "mean_q", "stubaux_loss", "priority_mean"} <= set(metrics)
     assert all(isinstance(v, float) for v in metrics.values())
-    assert float(metrics["total_loss"]) == pytest.approx(float(metrics["rl_loss"] + metrics["stub_loss"]), rel=1e-5)
+    assert float(metrics["total_loss"]) == pytest.approx(float(metrics["rl_loss"] + metrics["stubaux_loss"]), rel=1e-5)
     assert agent.update_count == 1
 
 
@@ -312,6 +324,7 @@ def test_target_is_a_copy_after_each_update_and_keeps_the_previous_noise():
     torch.manual_seed(0)
     aux = StubAux()
     agent = tiny_agent(aux_losses=[aux])
+    aux.observe = lambda: (agent.head.adv_fc1.epsilon_in.clone(), agent.target_head.adv_fc1.epsilon_in.clone())
     batch = make_batch()
     agent.update(batch)
     online = dict(agent.encoder.state_dict(), **agent.head.state_dict())

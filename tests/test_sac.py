@@ -17,7 +17,7 @@ from mlr_registry.agents.sac import SAC, Actor, tanh_gaussian
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder
 from mlr_registry.errors import ConfigError
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
 from mlr_registry.registry import lookup
 
 A = 2
@@ -47,27 +47,38 @@ def make_sequences(t: int = 16, seed: int = 2) -> Batch:
                  done=torch.zeros(B, t, dtype=torch.bool))
 
 
+class CountedTarget:
+    """A declared target that counts its updates in its loss."""
+
+    def __init__(self, loss: StubAux) -> None:
+        self.loss = loss
+
+    def update(self) -> None:
+        self.loss.target_updates += 1
+
+
 class StubAux(AuxiliaryLoss):
     """A linear head on the shared encoder's features of the first frame, squared."""
 
-    def __init__(self) -> None:
+    def __init__(self, lr_warmup: int = 0) -> None:
         super().__init__()
-        self.setup_agents: list = []  # a plain list: registering the agent as a child would loop
+        self.lr_warmup = lr_warmup
+        self.setup_contexts: list[LossContext] = []
         self.calls: list[Batch] = []
         self.target_updates = 0
 
-    def setup(self, agent: AuxHost) -> None:
-        self.setup_agents.append(agent)
-        self.head = nn.Linear(agent.latent_dim, 1)
+    def setup(self, context: LossContext) -> None:
+        self.setup_contexts.append(context)
+        self.head = nn.Linear(context.latent_dim, 1)
 
-    def forward(self, batch: Batch, agent: AuxHost):
+    def forward(self, batch: Batch, context: LossContext) -> LossOutput:
         self.calls.append(batch)
-        x = agent.augment(batch.obs[:, 0].float() / 255.0)
-        loss = self.head(agent.encoder(x)).pow(2).mean()
-        return loss, {"stub_loss": loss.item()}
+        x = context.augment(batch.obs[:, 0].float() / 255.0)
+        loss = self.head(context.encoder(x)).pow(2).mean()
+        return LossOutput({"loss": loss}, {"loss": loss.item()})
 
-    def update_targets(self) -> None:
-        self.target_updates += 1
+    def target_networks(self):
+        return [CountedTarget(self)]
 
 
 def spy_steps(agent: SAC, log: list[str]) -> None:
@@ -85,7 +96,9 @@ def test_registered_and_is_an_aux_host():
     assert lookup("agent", "sac").target is SAC
     assert lookup("encoder", "pixel_encoder").target is PixelEncoder
     agent = make_agent()
-    assert isinstance(agent, AuxHost)
+    context = agent.loss_context
+    assert context.encoder is agent.critic.encoder and context.projector is None and callable(context.crop)
+    assert (context.num_actions, context.discrete_actions, context.latent_shape) == (A, False, (8,))
     assert agent.encoder is agent.critic.encoder
     assert agent.projector is None and agent.discrete_actions is False and agent.num_actions == A
     assert agent.latent_dim == 8 and agent.latent_shape == (8,)
@@ -237,7 +250,7 @@ def test_update_order_and_periods():
     spy_steps(agent, log)
     metrics = agent.update(make_transitions(), make_sequences(), step=0)
     assert log == ["critic", "aux", "actor", "alpha"]
-    assert {"critic_loss", "aux_loss", "actor_loss", "alpha_loss", "alpha", "stub_loss", "aux_lr"} <= set(metrics)
+    assert {"critic_loss", "aux_loss", "actor_loss", "alpha_loss", "alpha", "stubaux_loss", "aux_lr"} <= set(metrics)
     log.clear()
     metrics = agent.update(make_transitions(as_mapping=True), make_sequences(), step=1)
     assert log == ["critic", "aux"] and "actor_loss" not in metrics
@@ -283,9 +296,9 @@ def test_target_ema_only_on_even_steps_with_the_right_taus():
 
 
 def test_aux_optimizer_holds_encoder_and_loss_params_and_follows_the_schedule():
-    aux = StubAux()
-    agent = make_agent(aux_losses=[aux], aux_warmup=2, aux_lr=1e-3, aux_lr_scale=0.5)
-    assert len(aux.setup_agents) == 1 and aux.setup_agents[0] is agent
+    aux = StubAux(lr_warmup=2)
+    agent = make_agent(aux_losses=[aux], aux_lr=1e-3, aux_lr_scale=0.5)
+    assert len(aux.setup_contexts) == 1 and aux.setup_contexts[0] is agent.loss_context
     ids = {id(p) for p in agent.aux_optimizer.param_groups[0]["params"]}
     assert {id(p) for p in agent.critic.encoder.parameters()} <= ids
     assert {id(p) for p in aux.head.parameters()} <= ids
@@ -312,9 +325,9 @@ def test_aux_optimizer_holds_encoder_and_loss_params_and_follows_the_schedule():
 
 def test_aux_gradient_norm_is_clipped():
     class Huge(StubAux):
-        def forward(self, batch, agent):
-            loss, m = super().forward(batch, agent)
-            return 1e6 * loss, m
+        def forward(self, batch, context):
+            out = super().forward(batch, context)
+            return LossOutput({"loss": 1e6 * out.terms["loss"]}, out.metrics)
 
     agent = make_agent(aux_losses=[Huge()], aux_max_grad_norm=0.5)
     norms = []
@@ -342,7 +355,7 @@ def test_with_the_mlr_loss_reinitialized_encoder_fc_and_one_update():
     torch.manual_seed(0)
     loss = MLRLoss(masker=CubeMasker(patch_size=10, block_size=4), target_tau=0.05, projector="mlp",
                    predictor="mlp", unnormalized_masked_input=False, init="trunc_normal",
-                   reinit_encoder_linear=True)
+                   reinit_encoder_linear=True, lr_warmup=6000)
     agent = make_agent(aux_losses=[loss])
     fc, target_fc = agent.critic.encoder.fc.weight, agent.critic_target.encoder.fc.weight
     assert not torch.equal(fc, target_fc) and fc.abs().max() <= 0.02  # docs/faithfulness.md#dmc-initialisation
@@ -381,7 +394,7 @@ def test_checkpoint_round_trip_resumes_identically():
     ({"critic_beta": 1.0}, "critic_beta"), ({"actor_log_std_min": 2.0}, "actor_log_std_min"),
     ({"actor_update_period": 0}, "actor_update_period"), ({"critic_tau": 0.0}, "critic_tau"),
     ({"encoder_tau": 1.5}, "encoder_tau"), ({"image_size": 101}, "image_size"),
-    ({"aux_warmup": -1}, "aux_warmup"), ({"aux_max_grad_norm": 0.0}, "aux_max_grad_norm"),
+    ({"aux_max_grad_norm": 0.0}, "aux_max_grad_norm"),
     ({"aux_lr_scale": -1.0}, "aux_lr_scale"), ({"device": "nope"}, "device"),
 ])
 def test_bad_parameters_are_config_errors(kwargs, match):

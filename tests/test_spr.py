@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_loss, step_targets
 from torch import nn
 
 from mlr_registry.agents.rainbow import Rainbow
@@ -116,7 +117,7 @@ def test_loss_value_is_masked_sum_over_steps_weighted_by_importance():
     batch = make_batch(b=4)
     batch.done[1, 3] = True  # sample 1 keeps k = 1, 2
     batch.weights = torch.tensor([1.0, 0.5, 2.0, 1.0])
-    value, metrics = loss(batch, agent)
+    value, metrics = run_loss(loss, batch, agent)
     d = manual_distances(agent, loss, batch).detach()
     mask = torch.ones(4, 5)
     mask[1, 2:] = 0
@@ -128,7 +129,7 @@ def test_loss_value_is_masked_sum_over_steps_weighted_by_importance():
     assert float(metrics["spr_cosine"]) == pytest.approx(cos.item(), rel=1e-5)
     # importance weights off: plain mean over the batch
     loss.use_importance_weights = False
-    value, _ = loss(batch, agent)
+    value, _ = run_loss(loss, batch, agent)
     torch.testing.assert_close(value.detach(), 2.0 * (d * mask).sum(1).mean(), rtol=1e-5, atol=1e-6)
 
 
@@ -140,10 +141,10 @@ def test_loss_is_zero_when_the_dynamics_reproduce_the_target():
     loss.rollout = lambda z, a: z[:, None].expand(-1, a.shape[1], -1, -1, -1)  # type: ignore[method-assign]
     batch = make_batch(b=3)
     batch.obs[:] = batch.obs[:, :1]  # the same frame at every step
-    value, metrics = loss(batch, agent)
+    value, metrics = run_loss(loss, batch, agent)
     assert value.item() == pytest.approx(0.0, abs=1e-6) and float(metrics["spr_cosine"]) == pytest.approx(1.0)
     batch = make_batch(b=3)  # real future frames differ: positive loss, at most 4 per step
-    value, _ = loss(batch, agent)
+    value, _ = run_loss(loss, batch, agent)
     assert 0.0 < value.item() <= 4.0 * 5
 
 
@@ -155,7 +156,7 @@ def test_training_the_loss_alone_drives_it_down():
     opt = torch.optim.Adam(params, lr=3e-3)
     first = None
     for _ in range(40):
-        value, _ = loss(batch, agent)
+        value, _ = run_loss(loss, batch, agent)
         first = value.item() if first is None else first
         opt.zero_grad()
         value.backward()
@@ -166,7 +167,7 @@ def test_training_the_loss_alone_drives_it_down():
 def test_gradients_reach_encoder_projector_dynamics_and_predictor_not_targets():
     loss = SPRLoss()
     agent = tiny_agent([loss])
-    value, _ = loss(make_batch(), agent)
+    value, _ = run_loss(loss, make_batch(), agent)
     value.backward()
     for name, module in (("encoder", agent.encoder), ("transition", loss.transition_model),
                          ("predictor", loss.predictor)):
@@ -185,7 +186,7 @@ def test_update_targets_hard_copy_and_ema():
     with torch.no_grad():
         for p in [*agent.encoder.parameters(), *agent.projector.parameters()]:
             p.add_(1.0)
-    loss.update_targets()
+    step_targets(loss)
     for po, pt in zip(agent.encoder.parameters(), loss.target_encoder.parameters(), strict=True):
         torch.testing.assert_close(po, pt)
     ema = SPRLoss(target_tau=0.25)
@@ -194,7 +195,7 @@ def test_update_targets_hard_copy_and_ema():
     with torch.no_grad():
         for p in agent.projector.parameters():
             p.add_(4.0)
-    ema.update_targets()
+    step_targets(ema)
     for b0, pt in zip(before, ema.target_projector.parameters(), strict=True):
         torch.testing.assert_close(pt, b0 + 1.0)  # 0.25 of the way to online = before + 4
 
@@ -215,7 +216,7 @@ def test_batch_too_short_and_vector_latent_are_config_errors():
     loss = SPRLoss(jumps=5)
     agent = tiny_agent([loss])
     with pytest.raises(ConfigError, match="needs 6 steps"):
-        loss(make_batch(t=5), agent)
+        run_loss(loss, make_batch(t=5), agent)
 
     class VectorEncoder(nn.Module):
         output_dim = 32

@@ -84,3 +84,16 @@ def test_target_update_copies_at_tau_one_and_averages_below():
     target_update(online, target, 1.0)  # parameters and buffers copied
     for key, value in online.state_dict().items():
         assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_declared_target_network_updates_as_its_rule_says():
+    from mlr_registry.target_network import TargetNetwork, ema_update, hard_update
+
+    for tau, exact_at_one, rule in ((1.0, True, hard_update), (1.0, False, lambda o, t: ema_update(o, t, 1.0)),
+                                    (0.05, True, lambda o, t: ema_update(o, t, 0.05))):
+        online, target = _pair()
+        expected = copy.deepcopy(target)
+        rule(online, expected)
+        TargetNetwork(online, target, tau, exact_at_one).update()
+        for a, b in zip(expected.state_dict().values(), target.state_dict().values(), strict=True):
+            assert torch.equal(a, b)

@@ -25,10 +25,23 @@ from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.fast_path import FastPath, compile_targets
-from mlr_registry.losses.auxiliary import AuxiliaryLoss, checked_output
+from mlr_registry.losses.auxiliary import (
+    AuxiliaryLoss,
+    LossContext,
+    check_contract,
+    checked_output,
+    load_rng_states,
+    loss_names,
+    prefixed,
+    rng_states,
+)
 from mlr_registry.registry import register
 
 PRIORITY_EPS = 1e-6  # rlpyt's EPS: the KL priority's clamps
+
+
+def _no_augmentation(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -88,16 +101,19 @@ class QHeadProjector(nn.Module):
 
 @register("agent", "rainbow")
 class Rainbow(nn.Module):
-    """SPR-style Rainbow with auxiliary losses (an ``AuxHost`` for ``losses/auxiliary.py``).
+    """SPR-style Rainbow with auxiliary losses (described to them by a ``LossContext``,
+    ``losses/auxiliary.py``).
 
     Args:
         observation_shape: (c h w) of one observation; supplied by the trainer.
         num_actions: size of the (minimal) action set; supplied by the trainer.
         encoder: factory called as ``encoder(in_channels=c)``, returning an (n c h w) → (n d)
             module with ``output_dim`` (and ``output_shape``); default :class:`NatureCNN`.
-        aux_losses: auxiliary objectives (gin passes instances); each is ``setup(self)`` after
-            the networks exist and is optimized with the RL loss by the one Adam.
-            Empty: the paper's "Baseline".
+        aux_losses: auxiliary objectives (gin passes instances); each is
+            ``setup(self.loss_context)`` after the networks exist and is optimized with the RL
+            loss by the one Adam at a constant lr (a loss's ``lr_warmup`` must be 0); its
+            metrics are recorded as ``<name>_<metric>`` (``mlr_cosine``). Empty: the paper's
+            "Baseline".
         n_atoms, v_min, v_max: C51 support (51 atoms on [−10, 10]).
         hidden_size: width of both head streams (256, ``dqn_hidden_size``).
         noisy_std: σ0 of all four noisy head layers (0.1).
@@ -184,10 +200,24 @@ class Rainbow(nn.Module):
         self.target_head = copy.deepcopy(self.head).requires_grad_(False)
         self.register_buffer("support", make_support(v_min, v_max, n_atoms), persistent=False)
 
+        self.to(self.device)  # the losses' setup sees the networks on the device
+        self.loss_context = LossContext(
+            encoder=self.encoder, augment=self._augmentation if augment else _no_augmentation,
+            latent_dim=self.latent_dim, latent_shape=self.latent_shape,
+            observation_shape=self.observation_shape,  # type: ignore[arg-type]
+            num_actions=self.num_actions, discrete_actions=True, device=self.device, projector=self.projector)
+        for loss in aux_losses:
+            check_contract(loss)
         self.aux_losses = nn.ModuleList(aux_losses)
+        self.aux_names = loss_names(self.aux_losses)  # metric prefixes: mlr_loss, mlr_cosine
         for loss in self.aux_losses:
-            loss.setup(self)
+            if loss.lr_warmup:
+                raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: rainbow trains "
+                                  "auxiliary losses under its one Adam at a constant lr; set it to 0")
+        for loss in self.aux_losses:
+            loss.setup(self.loss_context)
         self.to(self.device)
+        self.aux_targets = [tuple(loss.target_networks()) for loss in self.aux_losses]
         # One Adam over every trainable parameter, aux losses' included.
         self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=learning_rate,
                                           eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
@@ -219,7 +249,7 @@ class Rainbow(nn.Module):
                 "check its image_size against the env's observation size")
         return actual
 
-    # --- AuxHost ---------------------------------------------------------------------------
+    # --- what the aux losses' context holds ----------------------------------------------------
     @property
     def latent_dim(self) -> int:
         return int(self.head.adv_fc1.in_features)
@@ -337,12 +367,13 @@ class Rainbow(nn.Module):
         # Auxiliary losses; their targets move before the optimizer step (one-update lag).
         total_loss = rl_loss
         aux_metrics: dict[str, Any] = {}
-        for loss in self.aux_losses:
+        for loss, name, targets in zip(self.aux_losses, self.aux_names, self.aux_targets, strict=True):
             with self.fast_path.autocast():
-                aux_loss, metrics = checked_output(loss, loss(batch, self))
-            loss.update_targets()
-            total_loss = total_loss + aux_loss
-            aux_metrics.update(metrics)
+                output = checked_output(loss, loss(batch, self.loss_context))
+            for target in targets:
+                target.update()
+            total_loss = total_loss + output.total()
+            aux_metrics.update(prefixed(name, output.metrics))
 
         total_loss.backward()
         tensors = {"rl_loss": rl_loss.detach(), "total_loss": total_loss.detach(),
@@ -367,6 +398,13 @@ class Rainbow(nn.Module):
         torch._foreach_copy_(target, online)
 
     # --- checkpoints -----------------------------------------------------------------------
+    def aux_rng_state(self) -> dict[str, torch.Tensor]:
+        """The aux losses' own random streams (seeded maskers), keyed ``"<loss index>|<device>"``."""
+        return rng_states(self.aux_losses)
+
+    def load_aux_rng_state(self, states: dict[str, torch.Tensor]) -> None:
+        load_rng_states(self.aux_losses, states)
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything to resume learning: networks (online, target, aux losses), optimizer, count."""
         return {"model": self.state_dict(), "optimizer": self.optimizer.state_dict(),

@@ -3,7 +3,8 @@
 The critic owns THE encoder (the one auxiliary losses shape); the actor has its own encoder whose
 convs are tied to the critic's (its fc + LayerNorm are its own). Auxiliary losses (MLR, or none
 for the baseline) come by gin and are stepped by their own Adam, which also holds the critic
-encoder, after the critic step, with an inverse-square-root warmup schedule (docs/faithfulness.md#dmc-optimisation).
+encoder, after the critic step, with the warm-up schedule each loss declares (``lr_warmup``;
+MLR: an inverse-square-root warm-up, docs/faithfulness.md#dmc-optimisation).
 :meth:`SAC.update` reads top to bottom in the reference's order:
 critic, auxiliary losses, actor + temperature (every 2nd step), target EMAs (every 2nd step).
 
@@ -24,22 +25,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import center_crop, intensity, random_crop
-from mlr_registry.agents.lr_schedule import inverse_sqrt_warmup
+from mlr_registry.agents.lr_schedule import warmup_schedule
 from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.fast_path import FastPath, compile_targets
-from mlr_registry.losses.auxiliary import AuxiliaryLoss, checked_output
+from mlr_registry.losses.auxiliary import (
+    AuxiliaryLoss,
+    LossContext,
+    check_contract,
+    checked_output,
+    load_rng_states,
+    loss_names,
+    prefixed,
+    rng_states,
+)
 from mlr_registry.registry import register
 from mlr_registry.target_network import ema_update
 
 LOG_PROB_EPS = 1e-6  # the reference's squash correction eps
-
-
-def _constant_lr(step: int) -> float:
-    """The aux lr multiplier with ``aux_warmup = 0``: always 1."""
-    return 1.0
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
@@ -113,9 +118,28 @@ def _field(transitions: Any, name: str) -> torch.Tensor:
 AUX_INTENSITY_SCALE = 0.05
 
 
+def aux_augmentation(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The aux branch's augmentation: an independent random ``size`` crop per image (offsets
+    0..h−size inclusive, kornia's ``RandomCrop``), then intensity ×(1 + 0.05·clamp(N(0,1), ±2)).
+    (n c h w) float → (n c size size)."""
+    return intensity(random_crop(x, size), AUX_INTENSITY_SCALE)
+
+
+def batch_crop(obs: torch.Tensor, size: int, exclusive: bool) -> torch.Tensor:
+    """The SAC batch's random crop, independent per image: offsets 0..h−size−1 when
+    ``exclusive`` (cropping the last row and column off first makes the inclusive
+    ``random_crop`` draw exactly the reference's range), else 0..h−size."""
+    h, w = obs.shape[-2:]
+    if h == size and w == size:
+        return obs
+    if exclusive:
+        obs = obs[..., : h - 1, : w - 1]
+    return random_crop(obs, size)
+
+
 @register("agent", "sac")
 class SAC(nn.Module):
-    """SAC with auxiliary losses (an ``AuxHost`` for ``losses/auxiliary.py``).
+    """SAC with auxiliary losses (described to them by a ``LossContext``, ``losses/auxiliary.py``).
 
     Args:
         observation_shape: (c h w) of one observation (9, 100, 100); supplied by the trainer.
@@ -125,9 +149,11 @@ class SAC(nn.Module):
             critic and actor), returning a module with ``forward(x, detach_conv=False)`` (x in
             [0, 1]), ``output_dim`` and ``copy_conv_weights_from(other)``; default
             :class:`PixelEncoder`, which initializes itself as the reference's ``weight_init``.
-        aux_losses: auxiliary objectives (gin passes instances); each is ``setup(self)`` after
-            the networks are built and initialized (so MLR's ``reinit_encoder_linear`` re-draws
-            the critic encoder's fc afterwards, docs/faithfulness.md#dmc-initialisation). Empty: the baseline.
+        aux_losses: auxiliary objectives (gin passes instances); each is
+            ``setup(self.loss_context)`` after the networks are built and initialized (so MLR's
+            ``reinit_encoder_linear`` re-draws the critic encoder's fc afterwards,
+            docs/faithfulness.md#dmc-initialisation). Metrics are recorded as
+            ``<name>_<metric>`` (``mlr_cosine``). Empty: the baseline.
         hidden_dim: width of the actor trunk and both Q MLPs (1024).
         discount: γ (0.99). not_done comes from replay (always 1 on DMC).
         init_temperature: initial α; log α is learned (0.1).
@@ -146,11 +172,15 @@ class SAC(nn.Module):
             reference's numpy ``randint(0, 16)`` never uses 16) or 0..h−size (False).
         aux_lr, aux_lr_scale: the aux optimizer's lr is ``aux_lr_scale·aux_lr`` (the yamls'
             ``auxiliary_task_lr`` 1e-3, or 2e-4 for cheetah, times the hard-coded 0.5).
-            Adam betas (0.9, 0.999), no weight decay.
-        aux_warmup: warmup updates of the aux lr schedule (:func:`inverse_sqrt_warmup`, 6000);
-            0 = a constant aux lr, no schedule (CURL: its encoder and CPC Adams have none).
-        aux_max_grad_norm: grad-norm clip over all aux-optimizer parameters, the critic encoder
-            included (10).
+            Adam betas (0.9, 0.999), no weight decay. Each loss's parameters follow the lr
+            schedule the loss declares (``lr_warmup``: the inverse-sqrt warm-up of
+            :func:`~mlr_registry.agents.lr_schedule.inverse_sqrt_warmup` over that many updates,
+            0 = constant; ``losses.mlr.lr_warmup = 6000`` in gin/dmc_mlr.gin); the critic
+            encoder follows the longest warm-up among the losses. The ``aux_lr`` metric is the
+            lr of the group that holds the encoder.
+        aux_max_grad_norm: grad-norm clip over all aux-optimizer parameters as one, the critic
+            encoder included (10; the DMC reference clips its MTM module whole, so the losses'
+            ``grad_clip_groups`` do not apply here).
         aux_encoder_extra_adam: CURL QUIRK: CURL's ``encoder_optimizer`` (critic encoder) and
             ``cpc_optimizer`` (W + the same encoder) both step on the contrastive gradient, so
             the encoder takes two Adam steps per aux update. True adds that second Adam over the
@@ -187,7 +217,7 @@ class SAC(nn.Module):
                  actor_update_period: int = 2, target_update_period: int = 2,
                  critic_tau: float = 0.01, encoder_tau: float = 0.05, image_size: int = 84,
                  crop_offsets_exclusive: bool = True, aux_lr: float = 1e-3, aux_lr_scale: float = 0.5,
-                 aux_warmup: int = 6000, aux_max_grad_norm: float = 10.0,
+                 aux_max_grad_norm: float = 10.0,
                  aux_encoder_extra_adam: bool = False, precision: str = "fp32",
                  compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
                  compile_scope: str = "networks", channels_last: bool | str = False,
@@ -218,7 +248,6 @@ class SAC(nn.Module):
         if crop_offsets_exclusive and (h, w) != (image_size, image_size) and min(h, w) - 1 < image_size:
             raise ConfigError(f"sac.crop_offsets_exclusive = True needs both observation sides above "
                               f"image_size = {image_size} (got {h}x{w}); set it False or match the sizes")
-        check_range("sac.aux_warmup", aux_warmup, 0)
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError) as exc:
@@ -234,13 +263,23 @@ class SAC(nn.Module):
 
         self._build_networks(encoder, c, int(hidden_dim), float(init_temperature),
                              float(actor_log_std_min), float(actor_log_std_max))
+        self.loss_context = LossContext(
+            encoder=self.critic.encoder, augment=functools.partial(aux_augmentation, size=self.image_size),
+            latent_dim=self.latent_dim, latent_shape=self.latent_shape,
+            observation_shape=self.observation_shape, num_actions=self.num_actions, discrete_actions=False,
+            device=self.device, projector=None,
+            crop=functools.partial(batch_crop, size=self.image_size, exclusive=self.crop_offsets_exclusive))
+        for loss in aux_losses:
+            check_contract(loss)
         self.aux_losses = nn.ModuleList(aux_losses)
+        self.aux_names = loss_names(self.aux_losses)  # metric prefixes: mlr_loss, mlr_cosine
         for loss in self.aux_losses:
-            loss.setup(self)
+            loss.setup(self.loss_context)
         self.to(self.device)
+        self.aux_targets = [target for loss in self.aux_losses for target in loss.target_networks()]
 
         self._build_optimizers(actor_lr, critic_lr, actor_beta, critic_beta, alpha_lr, alpha_beta,
-                               aux_lr_scale * aux_lr, aux_warmup, aux_encoder_extra_adam)
+                               aux_lr_scale * aux_lr, aux_encoder_extra_adam)
         self._build_fast_path(precision, compile, compile_mode, compile_scope, channels_last, cudnn_benchmark)
 
     def _build_networks(self, encoder: Callable[..., nn.Module], c: int, hidden_dim: int, init_temperature: float,
@@ -265,10 +304,10 @@ class SAC(nn.Module):
         self.to(self.device)
 
     def _build_optimizers(self, actor_lr: float, critic_lr: float, actor_beta: float, critic_beta: float,
-                          alpha_lr: float, alpha_beta: float, aux_lr: float, aux_warmup: int,
-                          aux_encoder_extra_adam: bool) -> None:
+                          alpha_lr: float, alpha_beta: float, aux_lr: float, aux_encoder_extra_adam: bool) -> None:
         """The actor's, critic's and α's Adams; with aux losses the aux Adam (``aux_lr`` already
-        scaled by ``aux_lr_scale``) and its warm-up schedule."""
+        scaled by ``aux_lr_scale``), one parameter group per warm-up the losses declare, and its
+        schedule."""
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, betas=(actor_beta, 0.999))
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr,
                                                  betas=(critic_beta, 0.999))
@@ -280,16 +319,24 @@ class SAC(nn.Module):
         self.aux_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.aux_encoder_optimizer: torch.optim.Optimizer | None = None
         if len(self.aux_losses) > 0:
+            # Group 0: the losses with the longest warm-up, then the critic encoder; with one
+            # loss (or one warm-up) a single group, as the reference's one Adam.
+            warmups = [int(loss.lr_warmup) for loss in self.aux_losses]
+            order = [max(warmups)] + [w for w in dict.fromkeys(warmups) if w != max(warmups)]
+            groups: dict[int, list[nn.Parameter]] = {w: [] for w in order}
             seen: set[int] = set()
-            for p in [*self.aux_losses.parameters(), *self.critic.encoder.parameters()]:
+            members = [(w, p) for loss, w in zip(self.aux_losses, warmups, strict=True) for p in loss.parameters()]
+            members += [(order[0], p) for p in self.critic.encoder.parameters()]
+            for warmup, p in members:
                 if p.requires_grad and id(p) not in seen:
                     seen.add(id(p))
-                    self.aux_parameters.append(p)
-            self.aux_optimizer = torch.optim.Adam(self.aux_parameters, lr=aux_lr,
+                    groups[warmup].append(p)
+            group_warmups = [w for w in order if groups[w]]
+            self.aux_parameters = [p for w in group_warmups for p in groups[w]]
+            self.aux_optimizer = torch.optim.Adam([{"params": groups[w]} for w in group_warmups], lr=aux_lr,
                                                   betas=(0.9, 0.999))
-            schedule = (functools.partial(inverse_sqrt_warmup, warmup=aux_warmup) if aux_warmup > 0
-                        else _constant_lr)
-            self.aux_scheduler = torch.optim.lr_scheduler.LambdaLR(self.aux_optimizer, schedule)
+            self.aux_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.aux_optimizer, [warmup_schedule(w) for w in group_warmups])
             if aux_encoder_extra_adam:
                 self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
                                                               lr=aux_lr, betas=(0.9, 0.999))
@@ -325,7 +372,7 @@ class SAC(nn.Module):
                               f"output_dim {declared}")
         return actual
 
-    # --- AuxHost ---------------------------------------------------------------------------
+    # --- what the aux losses' context holds ----------------------------------------------------
     @property
     def encoder(self) -> nn.Module:
         """The critic's encoder: the one the RL loss and auxiliary losses train."""
@@ -344,21 +391,12 @@ class SAC(nn.Module):
         return self.log_alpha.exp()
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """The aux branch's augmentation: an independent random
-        image_size crop per image (offsets 0..h−size inclusive, kornia's ``RandomCrop``), then
-        intensity ×(1 + 0.05·clamp(N(0,1), ±2)). (n c h w) float → (n c size size)."""
-        return intensity(random_crop(x, self.image_size), AUX_INTENSITY_SCALE)
+        """The aux branch's augmentation (:func:`aux_augmentation` at ``image_size``)."""
+        return aux_augmentation(x, self.image_size)
 
     def crop(self, obs: torch.Tensor) -> torch.Tensor:
-        """The SAC batch's random crop, independent per image: offsets 0..h−size−1 when
-        ``crop_offsets_exclusive`` (cropping the last row and column off first makes the
-        inclusive ``random_crop`` draw exactly the reference's range), else 0..h−size."""
-        h, w = obs.shape[-2:]
-        if h == self.image_size and w == self.image_size:
-            return obs
-        if self.crop_offsets_exclusive:
-            obs = obs[..., : h - 1, : w - 1]
-        return random_crop(obs, self.image_size)
+        """The SAC batch's random crop (:func:`batch_crop` at ``image_size``)."""
+        return batch_crop(obs, self.image_size, self.crop_offsets_exclusive)
 
     # --- acting ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -481,11 +519,11 @@ class SAC(nn.Module):
         """Aux losses, backward, clip → (summed loss, their metrics, pre-clip grad norm)."""
         aux_total = torch.zeros((), device=self.device)
         aux_metrics: dict[str, Any] = {}
-        for loss in self.aux_losses:
+        for loss, name in zip(self.aux_losses, self.aux_names, strict=True):
             with self.fast_path.autocast():
-                value, metrics = checked_output(loss, loss(sequences, self))
-            aux_total = aux_total + value
-            aux_metrics.update(metrics)
+                output = checked_output(loss, loss(sequences, self.loss_context))
+            aux_total = aux_total + output.total()
+            aux_metrics.update(prefixed(name, output.metrics))
         aux_total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.aux_parameters, self.aux_max_grad_norm)
         return aux_total.detach(), aux_metrics, norm
@@ -505,10 +543,10 @@ class SAC(nn.Module):
                 "entropy": -log_pi.detach().mean(), "log_std_mean": log_std.detach().mean()}
 
     def _targets_phase(self) -> None:
-        """The critic target's EMAs, then each aux loss's."""
+        """The critic target's EMAs, then the targets each aux loss declares."""
         self.soft_update_targets()
-        for loss in self.aux_losses:
-            loss.update_targets()
+        for target in self.aux_targets:
+            target.update()
 
     @torch.no_grad()
     def soft_update_targets(self) -> None:
@@ -521,6 +559,13 @@ class SAC(nn.Module):
             ema_update(online, target, tau)
 
     # --- checkpoints -----------------------------------------------------------------------
+    def aux_rng_state(self) -> dict[str, torch.Tensor]:
+        """The aux losses' own random streams (seeded maskers), keyed ``"<loss index>|<device>"``."""
+        return rng_states(self.aux_losses)
+
+    def load_aux_rng_state(self, states: dict[str, torch.Tensor]) -> None:
+        load_rng_states(self.aux_losses, states)
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything to resume learning: networks (actor, critic, critic target, log α, aux
         losses and their targets), the four optimizers and the aux lr schedule."""

@@ -12,9 +12,9 @@ One update (docs/faithfulness.md#atari-mlr-loss for Atari, docs/faithfulness.md#
    PER importance weight of the sample, averaged over all b·t entries (every timestep, no
    terminal masking), times ``weight``.
 
-The target encoder (and projector) follow the online ones by EMA in :meth:`update_targets`;
-the agent decides when to call it (Rainbow: right after this forward, before its optimizer
-step, which gives the reference's one-update lag; SAC: every 2nd step).
+The target encoder (and projector) follow the online ones by EMA: :meth:`target_networks`
+declares them and the agent decides when to update them (Rainbow: right after this forward,
+before its optimizer step, which gives the reference's one-update lag; SAC: every 2nd step).
 
 Atari and DMC differ only in parameters here; the DMC gin file sets ``target_tau = 0.05``,
 ``projector = "mlp"``, ``predictor = "mlp"``, ``unnormalized_masked_input = False``,
@@ -24,13 +24,12 @@ Ablations (gin/ablations/): ``distance = "mse"`` (plain latent MSE instead of th
 distance), ``projector = "none"`` / ``predictor = "none"`` (identity heads), and any registered
 decoder (``decoders.mlp``: no temporal context; ``decoders.none``: no decoder). The pixel-target
 variant is its own loss, ``losses.pixel_mlr`` (losses/pixel_reconstruction.py), built from the
-helpers below (``sequence_window``, ``mask_pixels``, ``importance_weighted``, ...).
+helpers of losses/common.py (``sequence_window``, ``mask_pixels``, ``importance_weighted``, ...).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from einops import rearrange
@@ -39,113 +38,31 @@ from torch import nn
 from mlr_registry.batch import Batch
 from mlr_registry.decoders.transformer import TransformerDecoder, trunc_normal_init
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
+from mlr_registry.losses.common import (
+    build_decoder,
+    check_decoder_factory,
+    check_sequence_length,
+    decoder_clip_groups,
+    frozen_copy,
+    importance_weighted,
+    load_masker_rng_state,
+    mask_pixels,
+    masker_rng_state,
+    mean_squared_error,
+    mlp,
+    normalized_squared_distance,
+    output_size,
+    sequence_window,
+)
 from mlr_registry.maskers.cube import CubeMasker
 from mlr_registry.registry import register
-from mlr_registry.target_network import target_update
+from mlr_registry.target_network import TargetNetwork
 
 PROJECTORS = ("agent", "mlp", "none")
 PREDICTORS = ("linear", "mlp", "none")
 DISTANCES = ("cosine", "mse")
 INITS = ("torch_default", "trunc_normal")
-
-
-def normalized_squared_distance(p: torch.Tensor, z: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """``(n f), (n f) -> (n)``: ``‖p/max(‖p‖,eps) − z/max(‖z‖,eps)‖²`` summed over features, in
-    float32 (``F.normalize`` with ``eps``; equals 2 − 2·cos when both norms exceed eps)."""
-    p, z = p.float(), z.float()
-    p = p / p.norm(dim=-1, keepdim=True).clamp_min(eps)
-    z = z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
-    return (p - z).pow(2).sum(dim=-1)
-
-
-def mean_squared_error(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``(n f), (n f) -> (n)``: ``mean_f (p − z)²`` in float32, no normalization (the "mse"
-    distance ablation: the latents' scale now matters, so the encoder could shrink it)."""
-    return (p.float() - z.float()).pow(2).mean(dim=-1)
-
-
-# --- shared by the masked-sequence objectives (this loss and losses.pixel_mlr) ---------------
-
-def check_sequence_length(name: str, value: int) -> None:
-    """``value`` must be an integer >= 1 (``name`` is the gin parameter, for the message)."""
-    check_range(name, value, 1, integer=True)
-
-
-def check_decoder_factory(name: str, decoder: object) -> None:
-    if not callable(decoder):
-        raise ConfigError(f"{name} = {decoder!r} must be a decoder factory, e.g. "
-                          "@decoders.transformer (without parentheses)")
-
-
-def build_decoder(factory: Callable[..., nn.Module], agent: AuxHost) -> nn.Module:
-    """The decoder sized from the agent ("widths follow the encoder")."""
-    return factory(dim=int(agent.latent_dim), num_actions=int(agent.num_actions),
-                   discrete_actions=bool(agent.discrete_actions))
-
-
-def sequence_window(batch: Batch, length: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``length`` steps: obs ``(b t c h w)`` uint8 and actions ``(b t)`` or ``(b t a)``.
-    ``name`` is the loss's sequence_length parameter, for the error message."""
-    if batch.obs.shape[1] < length:
-        raise ConfigError(f"{name} = {length} but the batch holds only "
-                          f"{batch.obs.shape[1]} steps; sample longer sequences from replay")
-    return batch.obs[:, :length], batch.action[:, :length]
-
-
-def mask_pixels(obs: torch.Tensor, masker: Callable[[torch.Tensor], torch.Tensor],
-                unnormalized: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``obs (b t c h w) uint8 -> (mask (b t 1 h w) bool, masked (b t c h w) float)``: masked
-    pixels are zeroed on the raw pixels, before any augmentation; ``masked`` is
-    in [0, 255] when ``unnormalized`` (the Atari quirk), else in [0, 1]."""
-    mask = masker(obs)  # True = zeroed
-    expected = (*obs.shape[:2], 1, *obs.shape[3:])
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != expected:
-        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ConfigError(f"masker {type(masker).__name__} returned {got} for observations {tuple(obs.shape)}; "
-                          f"a masker returns a bool mask (b t 1 h w) = {expected}, True where pixels are zeroed")
-    masked = obs.masked_fill(mask, 0).float()
-    if not unnormalized:
-        masked = masked / 255.0
-    return mask, masked
-
-
-def importance_weighted(per_sample: torch.Tensor, batch: Batch, use: bool) -> torch.Tensor:
-    """``per_sample (b ...)`` times the PER importance weight of its sequence,
-    when ``use`` and the batch has weights; unchanged otherwise."""
-    if not use or batch.weights is None:
-        return per_sample
-    w = batch.weights.to(per_sample)
-    return per_sample * w.reshape(-1, *([1] * (per_sample.dim() - 1)))
-
-
-def decoder_clip_groups(decoder: nn.Module) -> list[list[nn.Parameter]]:
-    """The decoder's ``block_parameters()`` (its transformer blocks: docs/faithfulness.md#atari-optimisation), or
-    all its parameters when it has no such method; no group when that is empty."""
-    blocks = getattr(decoder, "block_parameters", decoder.parameters)
-    group = list(blocks())
-    return [group] if group else []
-
-
-def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, out))
-
-
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    target = copy.deepcopy(module)
-    target.requires_grad_(False)
-    return target
-
-
-def _output_size(module: nn.Module, in_features: int) -> int:
-    """Width of a projector's output: its ``out_features`` if it says, else one dry run."""
-    size = getattr(module, "out_features", None)
-    if isinstance(size, int):
-        return size
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    with torch.no_grad():
-        return int(module(torch.zeros(1, in_features, device=device)).shape[-1])
 
 
 @register("loss", "mlr")
@@ -159,20 +76,20 @@ class MLRLoss(AuxiliaryLoss):
                  projection_hidden: int = 100, predictor: str = "linear",
                  unnormalized_masked_input: bool = True, use_importance_weights: bool = True,
                  normalize_eps: float = 1e-3, init: str = "torch_default",
-                 reinit_encoder_linear: bool = False, distance: str = "cosine") -> None:
+                 reinit_encoder_linear: bool = False, distance: str = "cosine", lr_warmup: int = 0) -> None:
         """
         Args:
             masker: a masker instance (gin: ``@maskers.cube()``), ``obs (b t c h w) -> mask
                 (b t 1 h w)``. None (default) builds ``CubeMasker()`` here, so gin bindings of
                 ``maskers.cube`` apply.
             decoder: a decoder factory (gin: ``@decoders.transformer``, no parentheses), called
-                in :meth:`setup` as ``decoder(dim=agent.latent_dim, num_actions=...,
+                in :meth:`setup` as ``decoder(dim=context.latent_dim, num_actions=...,
                 discrete_actions=...)``; its other parameters come from gin.
             weight: factor on the loss. 1 in both papers (Atari: added to the RL loss;
                 DMC: its own optimizer).
             sequence_length: K+1 consecutive steps used, from the start of the sampled
                 sequence: 16 (``--jumps 15``) in both papers; an ablation axis.
-            target_tau: EMA weight on the online networks in :meth:`update_targets`
+            target_tau: EMA weight on the online networks of :meth:`target_networks`
                 (target ← tau·online + (1−tau)·target). Atari 1 = hard copy; DMC 0.05
                 (0.1 walker).
             projector: "agent" = the agent's own ``projector`` online (Atari: the Q-head's first
@@ -204,6 +121,10 @@ class MLRLoss(AuxiliaryLoss):
             distance: "cosine" (both papers): ``‖p/‖p‖ − z/‖z‖‖²`` = 2 − 2·cos per step;
                 "mse" (ablation): ``mean_f (p − z)²``, no normalization, in float32. The
                 ``mlr_cosine`` metric is the cosine similarity either way.
+            lr_warmup: updates of the inverse-sqrt warm-up of an agent that gives aux losses
+                their own optimizer (SAC; 6000 in the DMC reference's ``MTMSacAgent``,
+                docs/faithfulness.md#dmc-optimisation); 0 = a constant lr. Rainbow trains the
+                loss at its one constant lr and refuses a warm-up.
         """
         super().__init__()
         check_range("losses.mlr.weight", weight, 0.0)
@@ -211,6 +132,7 @@ class MLRLoss(AuxiliaryLoss):
         check_range("losses.mlr.target_tau", target_tau, 0.0, 1.0, low_open=True)
         check_range("losses.mlr.projection_hidden", projection_hidden, 1)
         check_range("losses.mlr.normalize_eps", normalize_eps, 0.0, low_open=True)
+        check_range("losses.mlr.lr_warmup", lr_warmup, 0, integer=True)
         for name, value, allowed in (("projector", projector, PROJECTORS),
                                      ("predictor", predictor, PREDICTORS), ("init", init, INITS),
                                      ("distance", distance, DISTANCES)):
@@ -239,27 +161,28 @@ class MLRLoss(AuxiliaryLoss):
         self.init = init
         self.reinit_encoder_linear = bool(reinit_encoder_linear)
         self.distance = distance
-        # (online encoder, online projector): the modules the targets track. A plain tuple, so
-        # the agent's modules are not registered here (no duplicates in optimizers/state_dicts).
-        self._online: tuple[nn.Module, nn.Module] | None = None
+        self.lr_warmup = int(lr_warmup)
+        # The declared targets (encoder, projector); a plain tuple, so the agent's modules they
+        # refer to are not registered here (no duplicates in optimizers or state_dicts).
+        self._targets: tuple[TargetNetwork, ...] = ()
 
-    def setup(self, agent: AuxHost) -> None:
-        d = int(agent.latent_dim)
-        self.decoder = build_decoder(self.decoder_factory, agent)
-        self.target_encoder = _frozen_copy(agent.encoder)
+    def setup(self, context: LossContext) -> None:
+        d = int(context.latent_dim)
+        self.decoder = build_decoder(self.decoder_factory, context)
+        self.target_encoder = frozen_copy(context.encoder)
         if self.reinit_encoder_linear:  # after the copy: the two get independent draws (DMC)
-            trunc_normal_init(agent.encoder)
+            trunc_normal_init(context.encoder)
             trunc_normal_init(self.target_encoder)
         if self.projector_kind == "agent":
-            if getattr(agent, "projector", None) is None:
+            if context.projector is None:
                 raise ConfigError("losses.mlr.projector = 'agent' but the agent exposes no projector; "
                                   "use losses.mlr.projector = 'mlp'")
-            online_projector = agent.projector
-            self.target_projector = _frozen_copy(online_projector)
-            p = _output_size(online_projector, d)
+            online_projector = context.projector
+            self.target_projector = frozen_copy(online_projector)
+            p = output_size(online_projector, d)
         elif self.projector_kind == "mlp":
-            self.projector = _mlp(d, self.projection_hidden, d)
-            self.target_projector = _mlp(d, self.projection_hidden, d).requires_grad_(False)
+            self.projector = mlp(d, self.projection_hidden, d)
+            self.target_projector = mlp(d, self.projection_hidden, d).requires_grad_(False)
             online_projector, p = self.projector, d
         else:  # "none"
             self.projector, self.target_projector = nn.Identity(), nn.Identity()
@@ -267,7 +190,7 @@ class MLRLoss(AuxiliaryLoss):
         if self.predictor_kind == "linear":
             self.predictor = nn.Linear(p, p)
         elif self.predictor_kind == "mlp":
-            self.predictor = _mlp(p, self.projection_hidden, p)
+            self.predictor = mlp(p, self.projection_hidden, p)
         else:  # "none"
             self.predictor = nn.Identity()
         if self.init == "trunc_normal":
@@ -275,21 +198,10 @@ class MLRLoss(AuxiliaryLoss):
                            self.projector if self.projector_kind == "mlp" else None):
                 if module is not None:
                     trunc_normal_init(module)
-        # Place the new networks beside the agent's encoder.
-        param = next(agent.encoder.parameters(), None)
-        if param is not None:
-            for name in ("decoder", "target_encoder", "target_projector", "predictor", "projector"):
-                module = getattr(self, name, None)
-                if isinstance(module, nn.Module):
-                    module.to(param.device)
-        self._online = (agent.encoder, online_projector)
+        self._targets = (TargetNetwork(context.encoder, self.target_encoder, self.target_tau),
+                         TargetNetwork(online_projector, self.target_projector, self.target_tau))
 
-    def _online_projector(self, agent: AuxHost) -> nn.Module:
-        return agent.projector if self.projector_kind == "agent" else self.projector
-
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
-        if self._online is None:
-            raise RuntimeError("MLRLoss.setup(agent) must be called before the loss is used")
+    def forward(self, batch: Batch, context: LossContext) -> LossOutput:
         T = self.sequence_length
         obs, actions = sequence_window(batch, T, "losses.mlr.sequence_length")  # (b t c h w) uint8
         b = obs.shape[0]
@@ -297,14 +209,15 @@ class MLRLoss(AuxiliaryLoss):
         # Online branch: mask raw pixels, then augment (the reference's order).
         _, masked = mask_pixels(obs, self.masker, self.unnormalized_masked_input)  # (b t c h w)
         masked = rearrange(masked, "b t c h w -> (b t) c h w")
-        latents = agent.encoder(agent.augment(masked)).reshape(b * T, -1)  # (n d)
+        latents = context.encoder(context.augment(masked)).reshape(b * T, -1)  # (n d)
         decoded = self.decoder(rearrange(latents, "(b t) d -> b t d", b=b), actions)  # (b t d)
-        pred = self.predictor(self._online_projector(agent)(rearrange(decoded, "b t d -> (b t) d")))
+        projector = context.projector if self.projector_kind == "agent" else self.projector
+        pred = self.predictor(projector(rearrange(decoded, "b t d -> (b t) d")))
 
         # Target branch: unmasked frames, their own augmentation draw, no gradient.
         with torch.no_grad():
             target_in = rearrange(obs, "b t c h w -> (b t) c h w").float() / 255.0
-            target_latents = self.target_encoder(agent.augment(target_in)).reshape(b * T, -1)
+            target_latents = self.target_encoder(context.augment(target_in)).reshape(b * T, -1)
             target = self.target_projector(target_latents)  # (n p)
 
         if self.distance == "cosine":
@@ -318,26 +231,25 @@ class MLRLoss(AuxiliaryLoss):
         with torch.no_grad():  # cosine = 1 − L/2 (exact when both norms exceed eps)
             nsd = per_step if self.distance == "cosine" else normalized_squared_distance(
                 pred, target, self.normalize_eps)
-            metrics = {"mlr_loss": per_step.mean(), "mlr_cosine": 1.0 - 0.5 * nsd.mean()}
-        return loss, metrics
+            metrics = {"loss": per_step.mean(), "cosine": 1.0 - 0.5 * nsd.mean()}
+        return LossOutput({"loss": loss}, metrics)
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
         """The decoder's transformer blocks, clipped on their own (docs/faithfulness.md#atari-optimisation). The
         predictor and action embedding are left unclipped; the Atari projector is the agent's
         and is clipped with its stem. A decoder without ``block_parameters()`` is clipped
         whole; one without parameters (``decoders.none``) gives no group."""
-        if self._online is None:
-            raise RuntimeError("MLRLoss.setup(agent) must be called before grad_clip_groups()")
         return decoder_clip_groups(self.decoder)
 
-    @torch.no_grad()
-    def update_targets(self) -> None:
+    def target_networks(self) -> Sequence[TargetNetwork]:
         """target ← tau·online + (1−tau)·target for the encoder and the projector.
 
         tau = 1 is an exact hard copy of parameters and buffers (Atari's ``load_state_dict``);
         tau < 1 averages parameters only (DMC's ``soft_update_params``)."""
-        if self._online is None:
-            raise RuntimeError("MLRLoss.setup(agent) must be called before update_targets()")
-        encoder, projector = self._online
-        for online, target in ((encoder, self.target_encoder), (projector, self.target_projector)):
-            target_update(online, target, self.target_tau)
+        return self._targets
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return masker_rng_state(self.masker)
+
+    def load_rng_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_masker_rng_state(self.masker, state)

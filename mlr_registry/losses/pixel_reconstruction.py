@@ -6,7 +6,7 @@ space"; an ablation axis: docs/faithfulness.md#ablation-axes) is tested by keepi
 MLR up to the decoder and changing only what is reconstructed:
 
 1. the same window of ``sequence_length`` steps, the same masker, masked pixels zeroed on the
-   raw frames before augmentation (``mask_pixels`` of losses/mlr.py);
+   raw frames before augmentation (``mask_pixels`` of losses/common.py);
 2. the same online encoder and the same predictive latent decoder (``decoders.transformer`` by
    default) over the online latents and actions;
 3. then a small conv decoder (:class:`ConvPixelDecoder`) maps each decoded latent back to the
@@ -16,7 +16,7 @@ MLR up to the decoder and changing only what is reconstructed:
 
 The target is the frame under the **same** augmentation draw as the online input (MAE
 reconstructs its augmented input): masked frames, clean frames and the mask are stacked along
-channels and go through ``agent.augment`` once, then are split again. This needs the agent's
+channels and go through the agent's ``augment`` once, then are split again. This needs the agent's
 augmentation to treat channels alike (true of the random shift / crop and the per-image
 intensity factor of both agents); the intensity factor (±10 % at most) then scales the target
 too, so targets may slightly exceed 1. The online input is drawn exactly as in MLR.
@@ -24,7 +24,7 @@ too, so targets may slightly exceed 1. The online input is drawn exactly as in M
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +34,16 @@ from torch import nn
 from mlr_registry.batch import Batch
 from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
-from mlr_registry.losses.mlr import (
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
+from mlr_registry.losses.common import (
     build_decoder,
     check_decoder_factory,
     check_sequence_length,
     decoder_clip_groups,
     importance_weighted,
+    load_masker_rng_state,
     mask_pixels,
+    masker_rng_state,
     sequence_window,
 )
 from mlr_registry.maskers.cube import CubeMasker
@@ -107,7 +109,7 @@ class PixelMLRLoss(AuxiliaryLoss):
                  decoder: Callable[..., nn.Module] = TransformerDecoder, weight: float = 1.0,
                  sequence_length: int = 16, unnormalized_masked_input: bool = True,
                  use_importance_weights: bool = True, decoder_channels: int = 32,
-                 start_size: int = 7) -> None:
+                 start_size: int = 7, lr_warmup: int = 0) -> None:
         """
         Args:
             masker: as ``losses.mlr.masker`` (gin: ``@maskers.cube()``); None builds
@@ -127,12 +129,14 @@ class PixelMLRLoss(AuxiliaryLoss):
                 first conv width.
             start_size: side of the first map a vector latent (DMC) is projected to; 7 mirrors
                 the Atari encoder's 7×7 map. Unused for conv latents.
+            lr_warmup: as ``losses.mlr.lr_warmup`` (SAC's aux optimizer; 0 = a constant lr).
         """
         super().__init__()
         check_range("losses.pixel_mlr.weight", weight, 0.0)
         check_sequence_length("losses.pixel_mlr.sequence_length", sequence_length)
         for name, value in (("decoder_channels", decoder_channels), ("start_size", start_size)):
             check_range(f"losses.pixel_mlr.{name}", value, 1, integer=True)
+        check_range("losses.pixel_mlr.lr_warmup", lr_warmup, 0, integer=True)
         check_decoder_factory("losses.pixel_mlr.decoder", decoder)
         self.masker = masker if masker is not None else CubeMasker()
         self.decoder_factory = decoder
@@ -142,44 +146,33 @@ class PixelMLRLoss(AuxiliaryLoss):
         self.use_importance_weights = bool(use_importance_weights)
         self.decoder_channels = decoder_channels
         self.start_size = start_size
-        self._ready = False
+        self.lr_warmup = int(lr_warmup)
 
-    def setup(self, agent: AuxHost) -> None:
-        """Builds the latent decoder and the conv decoder. The output size is what
-        ``agent.augment`` makes of an observation (``agent.observation_shape``): 84×84 on
+    def setup(self, context: LossContext) -> None:
+        """Builds the latent decoder and the conv decoder. The output size is what the agent's
+        ``augment`` makes of an observation (``context.observation_shape``): 84×84 on
         Atari, the 84 crop of DMC's 100×100 frames."""
-        shape = getattr(agent, "observation_shape", None)
-        if shape is None or len(shape) != 3:
-            raise ConfigError(f"losses.pixel_mlr needs the agent's observation_shape (c, h, w); "
-                              f"{type(agent).__name__} gives {shape!r}")
-        c, h, w = (int(s) for s in shape)
-        param = next(agent.encoder.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
+        c, h, w = (int(s) for s in context.observation_shape)
         with torch.no_grad():
-            probe = agent.augment(torch.zeros(1, 2 * c + 1, h, w, device=device))
+            probe = context.augment(torch.zeros(1, 2 * c + 1, h, w, device=context.device))
         if probe.dim() != 4 or probe.shape[1] != 2 * c + 1:
-            raise ConfigError(f"losses.pixel_mlr: {type(agent).__name__}.augment must keep the channels of "
+            raise ConfigError(f"losses.pixel_mlr: the agent's augment must keep the channels of "
                               f"(n {2 * c + 1} {h} {w}) inputs, got {tuple(probe.shape)}")
-        self.decoder = build_decoder(self.decoder_factory, agent)
-        self.pixel_decoder = ConvPixelDecoder(agent.latent_shape, c, (int(probe.shape[2]), int(probe.shape[3])),
+        self.decoder = build_decoder(self.decoder_factory, context)
+        self.pixel_decoder = ConvPixelDecoder(context.latent_shape, c, (int(probe.shape[2]), int(probe.shape[3])),
                                               self.decoder_channels, self.start_size)
-        self.decoder.to(device)
-        self.pixel_decoder.to(device)
-        self._ready = True
 
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
-        if not self._ready:
-            raise RuntimeError("PixelMLRLoss.setup(agent) must be called before the loss is used")
+    def forward(self, batch: Batch, context: LossContext) -> LossOutput:
         obs, actions = sequence_window(batch, self.sequence_length, "losses.pixel_mlr.sequence_length")
         b, _, c = obs.shape[:3]
         mask, masked = mask_pixels(obs, self.masker, self.unnormalized_masked_input)  # mask before augment
 
         # One augmentation draw for [masked input | clean target | mask], channel-stacked.
         views = torch.cat([masked, obs.float() / 255.0, mask.to(masked.dtype)], dim=2)  # (b t 2c+1 h w)
-        views = agent.augment(rearrange(views, "b t c h w -> (b t) c h w"))  # (n 2c+1 H W)
+        views = context.augment(rearrange(views, "b t c h w -> (b t) c h w"))  # (n 2c+1 H W)
         online_in, target, mask_aug = views.split([c, c, 1], dim=1)
 
-        latents = agent.encoder(online_in).reshape(online_in.shape[0], -1)  # (n d)
+        latents = context.encoder(online_in).reshape(online_in.shape[0], -1)  # (n d)
         decoded = self.decoder(rearrange(latents, "(b t) d -> b t d", b=b), actions)  # (b t d)
         recon = self.pixel_decoder(rearrange(decoded, "b t d -> (b t) d"))  # (n c H W)
 
@@ -188,11 +181,15 @@ class PixelMLRLoss(AuxiliaryLoss):
                                    rearrange(mask_aug > 0.5, split, b=b))  # (b)
         loss = self.weight * importance_weighted(per_seq, batch, self.use_importance_weights).mean()
         # Its own key: a pixel MSE, not comparable with the latent mlr_loss curve.
-        return loss, {"pixel_mlr_loss": per_seq.detach().mean()}
+        return LossOutput({"loss": loss}, {"loss": per_seq.detach().mean()})
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
         """The latent decoder's blocks, as MLR; the conv decoder takes
         the predictor's place and, like it, is not clipped."""
-        if not self._ready:
-            raise RuntimeError("PixelMLRLoss.setup(agent) must be called before grad_clip_groups()")
         return decoder_clip_groups(self.decoder)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        return masker_rng_state(self.masker)
+
+    def load_rng_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_masker_rng_state(self.masker, state)

@@ -23,7 +23,7 @@ K = 5 steps) and SPR's paper (λ = 2 on Σ_k −cos, up to a constant), so ``wei
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,10 @@ from torch import nn
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import renormalize
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import AuxHost, AuxiliaryLoss, Metrics
-from mlr_registry.losses.mlr import normalized_squared_distance
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
+from mlr_registry.losses.common import frozen_copy, normalized_squared_distance, output_size
 from mlr_registry.registry import register
-from mlr_registry.target_network import target_update
+from mlr_registry.target_network import TargetNetwork
 
 NORMS = ("bn", "ln", "in", "none")
 PREDICTORS = ("linear", "none")
@@ -100,10 +100,6 @@ class TransitionModel(nn.Module):
         return renormalize(out, self.renormalize_eps) if self.renormalize else out
 
 
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module).requires_grad_(False)
-
-
 @register("loss", "spr")
 class SPRLoss(AuxiliaryLoss):
     """The SPR loss; owns the transition model, predictor, target encoder and target projector.
@@ -116,7 +112,7 @@ class SPRLoss(AuxiliaryLoss):
                  transition_hidden: int | None = None, transition_blocks: int = 0, norm: str = "bn",
                  residual: bool = False, renormalize: bool = True, renormalize_eps: float = 0.0,
                  predictor: str = "linear", use_importance_weights: bool = True,
-                 normalize_eps: float = 1e-3) -> None:
+                 normalize_eps: float = 1e-3, lr_warmup: int = 0) -> None:
         """
         Args:
             weight: factor on ``Σ_k`` of the per-step distance. 1 reproduces SPR: its code puts
@@ -125,7 +121,7 @@ class SPRLoss(AuxiliaryLoss):
                 gradient. Added to the RL loss under the agent's one optimizer (Atari).
             jumps: K, the number of predicted future steps (5, SPR ``--jumps 5``). The batch must
                 hold K+1 steps (the Atari replay holds ``sequence_length + n_step`` = 26).
-            target_tau: EMA weight on the online encoder and projector in :meth:`update_targets`
+            target_tau: EMA weight on the online encoder and projector of :meth:`target_networks`
                 (target ← tau·online + (1−tau)·target). SPR with augmentation runs
                 ``--momentum-tau 1``: the target is a hard copy of the online networks, refreshed
                 right after this forward (a one-update lag, as in SPR's ``do_spr_loss``). SPR's
@@ -144,9 +140,12 @@ class SPRLoss(AuxiliaryLoss):
             use_importance_weights: multiply each sample's loss by the PER weight ``batch.weights``
                 (SPR does); ignored when the batch has no weights.
             normalize_eps: eps of the L2 normalization (1e-3, SPR's ``spr_loss``).
+            lr_warmup: as ``losses.mlr.lr_warmup`` (an agent with an aux optimizer of its own);
+                0 = a constant lr, as SPR.
         """
         super().__init__()
         check_range("losses.spr.weight", weight, 0.0)
+        check_range("losses.spr.lr_warmup", lr_warmup, 0, integer=True)
         for name, value, low in (("jumps", jumps, 1), ("transition_blocks", transition_blocks, 0)):
             check_range(f"losses.spr.{name}", value, low, integer=True)
         if transition_hidden is not None:
@@ -171,40 +170,34 @@ class SPRLoss(AuxiliaryLoss):
         self.predictor_kind = predictor
         self.use_importance_weights = bool(use_importance_weights)
         self.normalize_eps = float(normalize_eps)
-        # (online encoder, online projector) the targets track: a plain tuple, so the agent's
-        # modules are not registered here (no duplicates in optimizers or state_dicts).
-        self._online: tuple[nn.Module, nn.Module] | None = None
+        self.lr_warmup = int(lr_warmup)
+        # The declared targets (encoder, projector); a plain tuple, so the agent's modules they
+        # refer to are not registered here (no duplicates in optimizers or state_dicts).
+        self._targets: tuple[TargetNetwork, ...] = ()
         self._latent_shape: tuple[int, int, int] = (0, 0, 0)
 
-    def setup(self, agent: AuxHost) -> None:
-        shape = tuple(int(s) for s in agent.latent_shape)
-        if len(shape) != 3 or shape[0] * shape[1] * shape[2] != int(agent.latent_dim):
+    def setup(self, context: LossContext) -> None:
+        shape = tuple(int(s) for s in context.latent_shape)
+        if len(shape) != 3 or shape[0] * shape[1] * shape[2] != int(context.latent_dim):
             raise ConfigError(f"losses.spr needs a spatial latent (C, H, W) whose size is the encoder's "
                               f"output_dim; the agent's encoder gives latent_shape {shape} and latent_dim "
-                              f"{agent.latent_dim}")
-        if not agent.discrete_actions:
+                              f"{context.latent_dim}")
+        if not context.discrete_actions:
             raise ConfigError("losses.spr feeds actions as one-hot planes and needs discrete actions")
-        if getattr(agent, "projector", None) is None:
+        if context.projector is None:
             raise ConfigError("losses.spr uses the agent's projector (SPR's q_l1 head), but the agent exposes none")
         self._latent_shape = shape  # type: ignore[assignment]
         c = shape[0]
         self.transition_model = TransitionModel(
-            c, int(agent.num_actions), self.transition_hidden or c, self.transition_blocks, self.norm,
+            c, int(context.num_actions), self.transition_hidden or c, self.transition_blocks, self.norm,
             self.residual, self.renormalize, self.renormalize_eps)
-        projector = agent.projector
-        p = getattr(projector, "out_features", None)
-        if not isinstance(p, int):
-            with torch.no_grad():
-                p = int(projector(torch.zeros(1, int(agent.latent_dim),
-                                              device=next(agent.encoder.parameters()).device)).shape[-1])
+        projector = context.projector
+        p = output_size(projector, int(context.latent_dim))
         self.predictor = nn.Linear(p, p) if self.predictor_kind == "linear" else nn.Identity()
-        self.target_encoder = _frozen_copy(agent.encoder)
-        self.target_projector = _frozen_copy(projector)
-        param = next(agent.encoder.parameters(), None)
-        if param is not None:
-            for module in (self.transition_model, self.predictor, self.target_encoder, self.target_projector):
-                module.to(param.device)
-        self._online = (agent.encoder, projector)
+        self.target_encoder = frozen_copy(context.encoder)
+        self.target_projector = frozen_copy(projector)
+        self._targets = (TargetNetwork(context.encoder, self.target_encoder, self.target_tau),
+                         TargetNetwork(projector, self.target_projector, self.target_tau))
 
     def rollout(self, latent: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """``(b C H W)`` latent at t = 0, ``(b K)`` actions a_0..a_{K−1} → ``(b K C H W)`` predicted
@@ -223,9 +216,7 @@ class SPRLoss(AuxiliaryLoss):
         it too)."""
         return (done.long().cumsum(dim=1)[:, 1:] == 0).float()
 
-    def forward(self, batch: Batch, agent: AuxHost) -> tuple[torch.Tensor, Metrics]:
-        if self._online is None:
-            raise RuntimeError("SPRLoss.setup(agent) must be called before the loss is used")
+    def forward(self, batch: Batch, context: LossContext) -> LossOutput:
         K = self.jumps
         if batch.obs.shape[1] < K + 1:
             raise ConfigError(f"losses.spr.jumps = {K} needs {K + 1} steps per sample, but the batch holds "
@@ -233,17 +224,18 @@ class SPRLoss(AuxiliaryLoss):
         obs = batch.obs[:, :K + 1]  # (b K+1 c h w) uint8
         b = obs.shape[0]
         C, H, W = self._latent_shape
-        encoder, projector = self._online
+        encoder, projector = context.encoder, context.projector
+        assert projector is not None  # checked in setup
 
         # Online: encode t = 0 (its own augmentation draw), roll the dynamics K steps.
-        z0 = encoder(agent.augment(obs[:, 0].float() / 255.0)).view(b, C, H, W)
+        z0 = encoder(context.augment(obs[:, 0].float() / 255.0)).view(b, C, H, W)
         predicted = self.rollout(z0, batch.action[:, :K])  # (b K C H W)
         pred = self.predictor(projector(rearrange(predicted, "b k c h w -> (b k) (c h w)")))  # (n p)
 
         # Target: the real frames t = 1..K through the target encoder and projector.
         with torch.no_grad():
             frames = rearrange(obs[:, 1:], "b k c h w -> (b k) c h w").float() / 255.0
-            target = self.target_projector(self.target_encoder(agent.augment(frames)))  # (n p)
+            target = self.target_projector(self.target_encoder(context.augment(frames)))  # (n p)
 
         dist = rearrange(normalized_squared_distance(pred, target, self.normalize_eps),
                          "(b k) -> b k", b=b)  # (b K) float32
@@ -256,25 +248,18 @@ class SPRLoss(AuxiliaryLoss):
 
         with torch.no_grad():  # cosine over the kept terms: 1 − L/2
             kept = mask.sum()
-            metrics = {"spr_loss": per_sample.mean(),
-                       "spr_cosine": 1.0 - 0.5 * (dist * mask).sum() / kept.clamp_min(1.0),
-                       "spr_kept_fraction": kept / mask.numel()}
-        return loss, metrics
+            metrics = {"loss": per_sample.mean(),
+                       "cosine": 1.0 - 0.5 * (dist * mask).sum() / kept.clamp_min(1.0),
+                       "kept_fraction": kept / mask.numel()}
+        return LossOutput({"loss": loss}, metrics)
 
     def grad_clip_groups(self) -> list[list[nn.Parameter]]:
         """The transition model, clipped on its own (SPR clips ``dynamics_model`` separately from
         the stem); the predictor is not clipped, as in SPR."""
-        if self._online is None:
-            raise RuntimeError("SPRLoss.setup(agent) must be called before grad_clip_groups()")
         return [list(self.transition_model.parameters())]
 
-    @torch.no_grad()
-    def update_targets(self) -> None:
+    def target_networks(self) -> Sequence[TargetNetwork]:
         """target ← tau·online + (1−tau)·target for the encoder and the projector; tau = 1 copies
         parameters and buffers exactly (rlpyt's ``update_state_dict``), tau < 1 averages
         parameters."""
-        if self._online is None:
-            raise RuntimeError("SPRLoss.setup(agent) must be called before update_targets()")
-        encoder, projector = self._online
-        for online, target in ((encoder, self.target_encoder), (projector, self.target_projector)):
-            target_update(online, target, self.target_tau)
+        return self._targets

@@ -1,6 +1,6 @@
 """The run's random streams: seeding, and their state for checkpoints (Python's, numpy's and
-torch's global generators, numpy ``Generator`` objects, and the aux-loss maskers' own seeded
-generators), so that a resumed run draws exactly what the uninterrupted one would."""
+torch's global generators, numpy ``Generator`` objects, and the aux losses' own seeded
+generators, which the agent exposes), so that a resumed run draws exactly what the uninterrupted one would."""
 
 from __future__ import annotations
 
@@ -56,19 +56,15 @@ def set_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None
 
 
 def seeded_generator_states(agent: Any) -> dict[str, torch.Tensor]:
-    """States of the seeded generators (``masker.generators``, a :class:`SeededGenerators`) of the
-    agent's aux-loss maskers, keyed ``"<loss index>|<device>"``; maskers built without a ``seed``
-    draw from torch's global RNG, which the checkpoint holds anyway."""
-    states = {}
-    for i, loss in enumerate(getattr(agent, "aux_losses", [])):
-        generators = getattr(getattr(loss, "masker", None), "generators", None)
-        for device, state in (generators.state_dict() if generators is not None else {}).items():
-            states[f"{i}|{device}"] = state
-    return states
+    """The states of the agent's aux losses' own generators (seeded maskers), keyed
+    ``"<loss index>|<device>"``, as the agent's ``aux_rng_state()`` gives them; {} for an
+    agent without that method (no aux losses of its own). Maskers built without a ``seed`` draw
+    from torch's global RNG, which the checkpoint holds anyway."""
+    state = getattr(agent, "aux_rng_state", None)
+    return dict(state()) if callable(state) else {}
 
 
 def set_seeded_generator_states(agent: Any, states: Mapping[str, torch.Tensor]) -> None:
-    losses = list(getattr(agent, "aux_losses", []))
-    for key, state in states.items():
-        index, device = key.split("|", 1)
-        losses[int(index)].masker.generators.load_state_dict({device: state})
+    """Restore what :func:`seeded_generator_states` returned (the agent's ``load_aux_rng_state``)."""
+    if states:
+        agent.load_aux_rng_state(states)
