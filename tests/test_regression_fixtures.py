@@ -19,7 +19,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import regression_fixtures as fixtures  # noqa: E402
 
-
 # Compared at the thread count they were pinned at (fixtures.PIN_THREADS says why), in a fresh
 # interpreter without the thread settings torch's kernels read at import.
 THREADS = fixtures.PIN_THREADS
