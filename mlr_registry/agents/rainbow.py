@@ -28,7 +28,7 @@ from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import (
     AuxiliaryLoss,
     LossContext,
-    check_contract,
+    attach,
     checked_output,
     load_rng_states,
     loss_names,
@@ -38,6 +38,13 @@ from mlr_registry.losses.auxiliary import (
 from mlr_registry.registry import register
 
 PRIORITY_EPS = 1e-6  # rlpyt's EPS: the KL priority's clamps
+
+
+def _constant_lr(loss: AuxiliaryLoss) -> None:
+    """Rainbow trains its aux losses under its one constant-lr Adam: a warm-up cannot apply."""
+    if loss.lr_warmup:
+        raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: rainbow trains "
+                          "auxiliary losses under its one Adam at a constant lr; set it to 0")
 
 
 def _no_augmentation(x: torch.Tensor) -> torch.Tensor:
@@ -206,16 +213,8 @@ class Rainbow(nn.Module):
             latent_dim=self.latent_dim, latent_shape=self.latent_shape,
             observation_shape=self.observation_shape,  # type: ignore[arg-type]
             num_actions=self.num_actions, discrete_actions=True, device=self.device, projector=self.projector)
-        for loss in aux_losses:
-            check_contract(loss)
-        self.aux_losses = nn.ModuleList(aux_losses)
-        self.aux_names = loss_names(self.aux_losses)  # metric prefixes: mlr_loss, mlr_cosine
-        for loss in self.aux_losses:
-            if loss.lr_warmup:
-                raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: rainbow trains "
-                                  "auxiliary losses under its one Adam at a constant lr; set it to 0")
-        for loss in self.aux_losses:
-            loss.setup(self.loss_context)
+        # metric prefixes: mlr_loss, mlr_cosine
+        self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context, check=_constant_lr)
         self.to(self.device)
         self.aux_targets = [tuple(loss.target_networks()) for loss in self.aux_losses]
         # One Adam over every trainable parameter, aux losses' included.

@@ -34,10 +34,9 @@ from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import (
     AuxiliaryLoss,
     LossContext,
-    check_contract,
+    attach,
     checked_output,
     load_rng_states,
-    loss_names,
     prefixed,
     rng_states,
 )
@@ -269,12 +268,8 @@ class SAC(nn.Module):
             observation_shape=self.observation_shape, num_actions=self.num_actions, discrete_actions=False,
             device=self.device, projector=None,
             crop=functools.partial(batch_crop, size=self.image_size, exclusive=self.crop_offsets_exclusive))
-        for loss in aux_losses:
-            check_contract(loss)
-        self.aux_losses = nn.ModuleList(aux_losses)
-        self.aux_names = loss_names(self.aux_losses)  # metric prefixes: mlr_loss, mlr_cosine
-        for loss in self.aux_losses:
-            loss.setup(self.loss_context)
+        # metric prefixes: mlr_loss, mlr_cosine
+        self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context)
         self.to(self.device)
         self.aux_targets = [target for loss in self.aux_losses for target in loss.target_networks()]
 

@@ -180,6 +180,24 @@ def prefixed(name: str, metrics: Metrics) -> dict[str, Any]:
     return {f"{name}_{key}": value for key, value in metrics.items()}
 
 
+def attach(losses: Sequence[nn.Module], context: LossContext,
+           check: Callable[[AuxiliaryLoss], None] | None = None) -> tuple[nn.ModuleList, list[str]]:
+    """What both agents do with the losses gin gives them: check each against the contract, name
+    them (:func:`loss_names`), apply the agent's own ``check`` to each, then ``setup(context)``.
+    Returns the losses as a ModuleList (for the agent's state dict) and their metric prefixes; the
+    agent then moves the new modules to its device."""
+    for loss in losses:
+        check_contract(loss)
+    modules = nn.ModuleList(losses)
+    names = loss_names(modules)
+    if check is not None:
+        for loss in modules:
+            check(loss)
+    for loss in modules:
+        loss.setup(context)
+    return modules, names
+
+
 def rng_states(losses: Sequence[AuxiliaryLoss]) -> dict[str, torch.Tensor]:
     """Every loss's :meth:`~AuxiliaryLoss.rng_state`, keyed ``"<loss index>|<device>"`` (the
     checkpoints' format)."""
