@@ -24,6 +24,7 @@ from mlr_registry.agents.rainbow import Rainbow
 from mlr_registry.agents.sac import SAC
 from mlr_registry.batch import Batch
 from mlr_registry.decoders.transformer import TransformerDecoder
+from mlr_registry.execution import Execution
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.maskers.cube import CubeMasker
 
@@ -48,7 +49,14 @@ def _skip_unless_runnable(benchmark, path: str) -> None:
         pytest.skip("torch.compile benchmarks run on CUDA only (inductor takes minutes per compilation on a CPU)")
 
 
-def _time(benchmark, agent, step, path: str) -> dict[str, float]:
+def _executed(agent, path: str):
+    """``agent`` with the path's execution settings applied, as the trainer applies them."""
+    execution = Execution(**PATHS[path])
+    execution.apply(agent)
+    return agent, execution
+
+
+def _time(benchmark, execution, step, path: str) -> dict[str, float]:
     def timed():
         metrics = step()
         _sync()
@@ -56,7 +64,7 @@ def _time(benchmark, agent, step, path: str) -> dict[str, float]:
 
     timed()  # warm-up: compilation, Adam state, cuDNN autotuning
     metrics = benchmark.pedantic(timed, rounds=ROUNDS, iterations=1)
-    benchmark.extra_info.update(device=DEVICE, path=path, **agent.fast_path.describe())
+    benchmark.extra_info.update(device=DEVICE, path=path, **execution.describe())
     if benchmark.stats is not None:
         benchmark.extra_info["updates_per_s"] = 1.0 / benchmark.stats.stats.mean
     assert all(math.isfinite(v) for v in metrics.values())
@@ -72,14 +80,14 @@ def test_bench_fast_path_rainbow_update(benchmark, path, objective):
     b, t, num_actions = 32, 26, 6
     torch.manual_seed(0)
     aux = [MLRLoss(masker=CubeMasker())] if objective == "mlr" else []
-    agent = Rainbow((4, 84, 84), num_actions, device=DEVICE, aux_losses=aux, **PATHS[path])
+    agent, execution = _executed(Rainbow((4, 84, 84), num_actions, device=DEVICE, aux_losses=aux), path)
     g = torch.Generator().manual_seed(0)
     batch = Batch(obs=torch.randint(0, 256, (b, t, 4, 84, 84), dtype=torch.uint8, generator=g),
                   action=torch.randint(0, num_actions, (b, t), generator=g), reward=torch.zeros(b, t),
                   done=torch.zeros(b, t, dtype=torch.bool), returns=torch.randn(b, 16, generator=g),
                   done_n=torch.zeros(b, 16, dtype=torch.bool), weights=torch.ones(b),
                   indices=torch.arange(b)).to(DEVICE)
-    metrics = _time(benchmark, agent, lambda: agent.update(batch), path)
+    metrics = _time(benchmark, execution, lambda: agent.update(batch), path)
     assert ("mlr_loss" in metrics) == (objective == "mlr") and "rl_loss" in metrics
 
 
@@ -96,8 +104,8 @@ def test_bench_fast_path_sac_update(benchmark, path, objective):
                    decoder=functools.partial(TransformerDecoder, init="trunc_normal"), target_tau=0.05,
                    projector="mlp", predictor="mlp", unnormalized_masked_input=False, init="trunc_normal",
                    reinit_encoder_linear=True, lr_warmup=6000)
-    agent = SAC((9, 100, 100), num_actions, device=DEVICE, aux_losses=[loss] if objective == "mlr" else [],
-                **PATHS[path])
+    agent, execution = _executed(SAC((9, 100, 100), num_actions, device=DEVICE,
+                                     aux_losses=[loss] if objective == "mlr" else []), path)
     b, sb, st = 512, 128, 16
     transitions = {"obs": torch.randint(0, 256, (b, 9, 100, 100), dtype=torch.uint8, device=DEVICE),
                    "next_obs": torch.randint(0, 256, (b, 9, 100, 100), dtype=torch.uint8, device=DEVICE),
@@ -107,5 +115,5 @@ def test_bench_fast_path_sac_update(benchmark, path, objective):
                       action=torch.rand(sb, st, num_actions, device=DEVICE) * 2 - 1,
                       reward=torch.zeros(sb, st, device=DEVICE), done=torch.zeros(sb, st, dtype=torch.bool,
                                                                                    device=DEVICE))
-    metrics = _time(benchmark, agent, lambda: agent.update(transitions, sequences, 0), path)
+    metrics = _time(benchmark, execution, lambda: agent.update(transitions, sequences, 0), path)
     assert {"critic_loss", "actor_loss"} <= set(metrics) and ("mlr_loss" in metrics) == (objective == "mlr")

@@ -31,6 +31,16 @@ RENAMED_PARAMETERS: dict[tuple[str, str, str], str] = {
     ("agent", "sac", "aux_warmup"): "each auxiliary loss declares its own warm-up: losses.<name>.lr_warmup "
                                     "(e.g. losses.mlr.lr_warmup = 6000; 0 = a constant lr)",
 }
+# How a run executes is configured once, for the whole run (mlr_registry/execution).
+_EXECUTION = "how a run executes is set once for the run: execution.{new} (see docs/gpu.md)"
+for _agent in ("rainbow", "sac"):
+    for _name in ("precision", "compile", "compile_mode", "compile_scope", "channels_last", "cudnn_benchmark"):
+        RENAMED_PARAMETERS[("agent", _agent, _name)] = _EXECUTION.format(new=_name)
+for _replay in ("prioritized_sequence", "uniform_sequence"):
+    RENAMED_PARAMETERS[("replay", _replay, "compile")] = _EXECUTION.format(new="replay_compile")
+for _trainer, _names in (("atari100k", ("overlap_env_step", "pipeline_updates")), ("dmc", ("overlap_env_step",))):
+    for _name in _names:
+        RENAMED_PARAMETERS[("trainer", _trainer, _name)] = _EXECUTION.format(new=_name)
 
 
 def _location(message: str) -> str:

@@ -1,4 +1,4 @@
-"""Stepping the Atari env while the step's updates run (``trainers.atari100k.overlap_env_step``),
+"""Stepping the Atari env while the step's updates run (``execution.overlap_env_step``),
 and queueing a step's updates before its action is read back (``pipeline_updates``), change
 nothing but wall time: every logged metric is identical, step for step."""
 
@@ -33,7 +33,7 @@ def test_overlapped_env_step_gives_identical_metrics(game):
     files = ("gin/atari_mlr.gin",)
     base = (*tiny_bindings(files, []), *LONGER, *GAMES[game])
     gin.clear_config()
-    switches = ("", "trainers.atari100k.overlap_env_step = True", "trainers.atari100k.pipeline_updates = True")
+    switches = ("", "execution.overlap_env_step = True", "execution.pipeline_updates = True")
     runs = [train_in_process(*files, bindings=(*base, *filter(None, [switch]))) for switch in switches]
     reference, overlapped, pipelined = ({k: v for k, v in run.history.items() if not k.startswith("throughput/")}
                                         for run in runs)
@@ -57,7 +57,7 @@ def test_overlap_needs_a_replay_that_can_wait_for_the_reward(switch):
 
     files = ("gin/atari_baseline.gin",)
     bindings = (*tiny_bindings(files, []), f"trainers.atari100k.replay = @replays.whole_steps_only_{switch}",
-                f"trainers.atari100k.{switch} = True")
+                f"execution.{switch} = True")
     config.parse([REPO / f for f in files], bindings)
     try:
         with pytest.raises(ConfigError, match=f"{switch} = True needs a replay.*WholeStepsOnly.*set {switch} = False"):

@@ -1,4 +1,4 @@
-"""Overlapping the DMC env step with the update (``trainers.dmc.overlap_env_step``) changes
+"""Overlapping the DMC env step with the update (``execution.overlap_env_step``) changes
 nothing but wall time: every logged metric is identical, step for step."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def test_overlapped_env_step_gives_identical_metrics():
     registry.load_all()
     files = ("gin/dmc_mlr.gin",)
     base = (*tiny_bindings(files, []), "trainers.dmc.eval_every = 80")
-    runs = [train_in_process(*files, bindings=(*base, f"trainers.dmc.overlap_env_step = {flag}"))
+    runs = [train_in_process(*files, bindings=(*base, f"execution.overlap_env_step = {flag}"))
             for flag in (False, True)]
     reference, overlapped = ({k: v for k, v in run.history.items() if not k.startswith("throughput/")}
                              for run in runs)
@@ -30,7 +30,7 @@ def test_an_interrupted_overlapped_run_frees_rendering_on_the_env_thread():
     the env thread; from any other thread dm_control refuses, with a traceback at exit."""
     import threading
 
-    with tiny_trainer("gin/dmc_mlr.gin", bindings=("trainers.dmc.overlap_env_step = True",)) as trainer:
+    with tiny_trainer("gin/dmc_mlr.gin", bindings=("execution.overlap_env_step = True",)) as trainer:
         freed_on, release = [], trainer.env.release_rendering
 
         def recording_release():
@@ -54,7 +54,7 @@ def test_interrupts_reach_the_main_thread_not_the_env_thread():
     import signal
     import threading
 
-    with tiny_trainer("gin/dmc_mlr.gin", bindings=("trainers.dmc.overlap_env_step = True",)) as trainer:
+    with tiny_trainer("gin/dmc_mlr.gin", bindings=("execution.overlap_env_step = True",)) as trainer:
         masks, step = {}, trainer.env.step
 
         def recording_step(action):

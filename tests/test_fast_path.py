@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlr_registry import fast_path
 from mlr_registry.agents.rainbow import Rainbow
 from mlr_registry.agents.sac import SAC
 from mlr_registry.batch import Batch
@@ -33,7 +32,8 @@ from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.encoders.pixel_encoder import PixelEncoder
 from mlr_registry.errors import ConfigError
-from mlr_registry.fast_path import FastPath, compile_targets
+from mlr_registry.execution import Execution, compilation
+from mlr_registry.execution.compilation import CompiledStep, compile_targets
 from mlr_registry.losses.mlr import MLRLoss
 from mlr_registry.maskers.cube import CubeMasker
 
@@ -44,11 +44,20 @@ COMPILE_TOL = 1e-5
 
 # --- builders --------------------------------------------------------------------------------
 
+def executed(agent: nn.Module, **settings) -> nn.Module:
+    """``agent`` with ``Execution(**settings)`` applied, as the trainer applies it; the Execution
+    is kept as ``agent.execution`` for the assertions."""
+    agent.execution = Execution(**settings)
+    agent.execution.apply(agent)
+    return agent
+
+
 def rainbow_mlr(device: str = "cpu", channels=(4, 8, 4), hidden: int = 32, seq: int = 4, **kw) -> Rainbow:
     torch.manual_seed(0)
     loss = MLRLoss(masker=CubeMasker(seed=0, block_size=seq // 2), sequence_length=seq)
-    return Rainbow((4, 84, 84), 4, encoder=functools.partial(NatureCNN, channels=channels), hidden_size=hidden,
-                   n_step=3, aux_losses=[loss], device=device, **kw)
+    agent = Rainbow((4, 84, 84), 4, encoder=functools.partial(NatureCNN, channels=channels), hidden_size=hidden,
+                    n_step=3, aux_losses=[loss], device=device)
+    return executed(agent, **kw)
 
 
 def rainbow_batch(b: int = 4, t: int = 5, device: str = "cpu") -> Batch:
@@ -67,8 +76,9 @@ def sac_mlr(device: str = "cpu", filters: int = 8, feature: int = 8, hidden: int
                    predictor="mlp", unnormalized_masked_input=False, init="trunc_normal",
                    reinit_encoder_linear=True, lr_warmup=6000,
                    decoder=functools.partial(TransformerDecoder, init="trunc_normal"))
-    return SAC((9, 100, 100), 2, device=device, hidden_dim=hidden, aux_losses=[loss],
-               encoder=functools.partial(PixelEncoder, num_filters=filters, feature_dim=feature), **kw)
+    agent = SAC((9, 100, 100), 2, device=device, hidden_dim=hidden, aux_losses=[loss],
+                encoder=functools.partial(PixelEncoder, num_filters=filters, feature_dim=feature))
+    return executed(agent, **kw)
 
 
 def sac_data(b: int = 4, t: int = 8, device: str = "cpu"):
@@ -176,63 +186,85 @@ def assert_fp32_master_state(agent: nn.Module, optimizers) -> None:
 
 # --- the switch itself -----------------------------------------------------------------------
 
+def on_device(device: str = "cpu", **settings) -> Execution:
+    """``Execution(**settings)`` applied to a component that only has a device."""
+    execution = Execution(**settings)
+    execution.apply(types.SimpleNamespace(device=torch.device(device)))
+    return execution
+
+
 def test_defaults_are_the_reference_path():
-    path = FastPath("rainbow", CPU)
-    assert path.precision == "fp32" and path.dtype is None and not path.compile_enabled
-    assert path.describe() == {"precision": "fp32", "compile": "off"}
-    with path.autocast():
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    execution = on_device()
+    assert execution.precision == "fp32" and execution.dtype is None and not execution.compile_enabled
+    assert execution.describe() == {"precision": "fp32", "compile": "off"}
     agent = rainbow_mlr()
-    assert agent.fast_path.describe() == {"precision": "fp32", "compile": "off"}
+    assert agent.execution.describe() == {"precision": "fp32", "compile": "off"}
     assert agent.encoder._compiled_call_impl is None
+    # nothing is wrapped: the agent's own methods and forwards run, as the class defines them
+    assert "forward" not in vars(agent.encoder) and "update" not in vars(agent) and "act" not in vars(agent)
 
 
-def test_bf16_autocast_on_cpu_and_auto_choices():
-    path = FastPath("sac", CPU, precision="bf16")
-    assert path.precision == "bf16" and path.notes == {}
-    with path.autocast():
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32  # only inside the context
+def test_bf16_autocasts_the_declared_networks_and_hands_back_float32():
+    agent = rainbow_mlr(precision="bf16")
+    assert agent.execution.precision == "bf16" and agent.execution.notes == {}
+    x = torch.rand(2, 4, 84, 84)
+    latent = agent.encoder(x)
+    assert latent.dtype == torch.float32  # computed in bf16, handed back as float32
+    assert not torch.equal(latent, rainbow_mlr().encoder(x))  # bf16 rounding: it did run in bf16
+    assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32  # only inside the modules
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 'auto' switching off on a CPU is expected: no warning
-        auto = FastPath("sac", CPU, precision="auto", compile="auto")
+        auto = on_device(precision="auto", compile="auto")
     assert auto.precision == "fp32" and not auto.compile_enabled
     assert "CUDA only" in auto.notes["precision"] and "CUDA only" in auto.notes["compile"]
-    assert auto.describe()["compile_note"].startswith("sac.compile = 'auto' runs eagerly")
+    assert auto.describe()["compile_note"].startswith("execution.compile = 'auto' runs eagerly")
     with pytest.warns(RuntimeWarning, match="CUDA graphs"):
-        assert not FastPath("sac", CPU, compile=True, compile_mode="reduce-overhead").compile_enabled
+        assert not on_device(compile=True, compile_mode="reduce-overhead").compile_enabled
+
+
+def test_an_autocast_network_copied_runs_its_own_weights():
+    """The wrapper is bound to its module: a deep copy (a target network made later) computes
+    with the copy's weights, not the original's."""
+    agent = rainbow_mlr(precision="bf16")
+    copy = __import__("copy").deepcopy(agent.encoder)
+    with torch.no_grad():
+        for p in copy.parameters():
+            p.mul_(0.5)
+    x = torch.rand(1, 4, 84, 84)
+    out = copy(x)
+    assert out.dtype == torch.float32 and not torch.allclose(out, agent.encoder(x))
+    agent.encoder.load_state_dict(copy.state_dict())
+    assert torch.equal(agent.encoder(x), out)
 
 
 def test_cudnn_benchmark_is_set_for_cuda_only_and_reported(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
-    auto = FastPath("rainbow", CPU, cudnn_benchmark="auto")
+    auto = on_device(cudnn_benchmark="auto")
     assert not auto.cudnn_benchmark and "needs a CUDA device" in auto.notes["cudnn_benchmark"]
     assert "cudnn_benchmark" not in auto.describe() and torch.backends.cudnn.benchmark is False
     with pytest.warns(RuntimeWarning, match="cudnn_benchmark = True is off"):
-        FastPath("sac", CPU, cudnn_benchmark=True)
+        on_device(cudnn_benchmark=True)
     assert torch.backends.cudnn.benchmark is False
-    # a CUDA agent sets the process-wide flag (no CUDA call is needed for it: fp32, no compile)
-    on = FastPath("rainbow", torch.device("cuda"), cudnn_benchmark="auto")
+    # on a CUDA device it sets the process-wide flag (no CUDA call is needed for it: fp32, no compile)
+    on = on_device("cuda", cudnn_benchmark="auto")
     assert on.cudnn_benchmark and torch.backends.cudnn.benchmark is True
     assert on.describe()["cudnn_benchmark"] == "on" and "cudnn_benchmark" not in on.notes
-    FastPath("sac", torch.device("cuda"))  # another agent's default leaves it on
+    on_device("cuda")  # another run's default leaves it on
     assert torch.backends.cudnn.benchmark is True
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"precision": "fp16"}, "rainbow.precision = 'fp16'; expected one of fp32, bf16, auto"),
-    ({"compile": "yes"}, "rainbow.compile = 'yes'; expected False, True or 'auto'"),
-    ({"compile_mode": "fast"}, "rainbow.compile_mode = 'fast'"),
-    ({"compile_scope": "everything"}, "rainbow.compile_scope = 'everything'; expected one of networks, update"),
-    ({"channels_last": "nhwc"}, "rainbow.channels_last = 'nhwc'; expected False, True or 'auto'"),
-    ({"cudnn_benchmark": "fast"}, "rainbow.cudnn_benchmark = 'fast'; expected False, True or 'auto'"),
+    ({"precision": "fp16"}, "execution.precision = 'fp16'; expected one of fp32, bf16, auto"),
+    ({"compile": "yes"}, "execution.compile = 'yes'; expected False, True or 'auto'"),
+    ({"compile_mode": "fast"}, "execution.compile_mode = 'fast'"),
+    ({"compile_scope": "everything"}, "execution.compile_scope = 'everything'; expected one of networks, update"),
+    ({"channels_last": "nhwc"}, "execution.channels_last = 'nhwc'; expected False, True or 'auto'"),
+    ({"cudnn_benchmark": "fast"}, "execution.cudnn_benchmark = 'fast'; expected False, True or 'auto'"),
+    ({"replay_compile": 1}, "execution.replay_compile = 1; expected False, True or 'auto'"),
 ])
 def test_bad_values_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        FastPath("rainbow", CPU, **kwargs)
-    with pytest.raises(ConfigError, match=match.replace("rainbow", "sac")):
-        SAC((9, 100, 100), 2, hidden_dim=8, encoder=functools.partial(PixelEncoder, num_filters=4, feature_dim=4),
-            **kwargs)
+        Execution(**kwargs)
 
 
 def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly():
@@ -244,8 +276,8 @@ def test_compile_without_a_cxx_compiler_warns_and_runs_eagerly():
             pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler found .*no-such-compiler"):
         agent = rainbow_mlr(compile=True)
     assert inductor_config.cpp.cxx != ("no-such-compiler++",)
-    assert not agent.fast_path.compile_enabled and agent.encoder._compiled_call_impl is None
-    assert "no C++ compiler" in agent.fast_path.describe()["compile_note"]
+    assert not agent.execution.compile_enabled and agent.encoder._compiled_call_impl is None
+    assert "no C++ compiler" in agent.execution.describe()["compile_note"]
 
 
 def test_compile_targets_skip_random_and_parameter_free_children():
@@ -308,9 +340,9 @@ def test_sac_mlr_bf16_matches_fp32_losses_and_gradients():
 # --- parity: compiled vs eager ---------------------------------------------------------------
 
 def test_rainbow_mlr_compiled_matches_eager(monkeypatch):
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     ref, fast = rainbow_mlr(), rainbow_mlr(compile=True)
-    assert fast.fast_path.compile_enabled and fast.encoder._compiled_call_impl is not None
+    assert fast.execution.compile_enabled and fast.encoder._compiled_call_impl is not None
     assert fast.aux_losses[0].decoder._compiled_call_impl is not None
     assert fast.state_dict().keys() == ref.state_dict().keys()  # in place: checkpoints unchanged
     batch = rainbow_batch()
@@ -322,7 +354,7 @@ def test_rainbow_mlr_compiled_matches_eager(monkeypatch):
 
 
 def test_sac_mlr_compiled_matches_eager(monkeypatch):
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     ref, fast = sac_mlr(), sac_mlr(compile=True)
     assert fast.critic.encoder._compiled_call_impl is not None
     assert fast.actor.forward.__self__ is fast.actor and fast.actor._compiled_call_impl is None  # sampling eager
@@ -336,14 +368,14 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):
     def broken_backend(gm, example_inputs):
         raise RuntimeError("simulated: no code generator on this machine")
 
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", broken_backend)
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", broken_backend)
     agent = rainbow_mlr(compile=True)
-    assert agent.fast_path.compile_enabled
-    with pytest.warns(RuntimeWarning, match="rainbow.compile turned off: compilation failed .*simulated"):
+    assert agent.execution.compile_enabled
+    with pytest.warns(RuntimeWarning, match="execution.compile turned off: compilation failed .*simulated"):
         metrics = run_rainbow(agent, rainbow_batch(), seed=7)
     assert math.isfinite(metrics["total_loss"]) and agent.update_count == 1
-    assert not agent.fast_path.compile_enabled and agent.encoder._compiled_call_impl is None
-    assert "simulated" in agent.fast_path.describe()["compile_note"]
+    assert not agent.execution.compile_enabled and agent.encoder._compiled_call_impl is None
+    assert "simulated" in agent.execution.describe()["compile_note"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_rainbow(agent, rainbow_batch(), seed=8)  # eager from now on, no further warning
@@ -368,8 +400,8 @@ def test_channels_last_keeps_parameters_and_checkpoints_and_matches_nchw():
     assert all(w.is_contiguous() for w in _conv_weights(ref))
     optimized = {id(p) for group in nhwc.optimizer.param_groups for p in group["params"]}
     assert {id(w) for w in weights if w.requires_grad} <= optimized
-    assert nhwc.fast_path.describe()["memory_format"] == "channels_last"
-    assert "memory_format" not in ref.fast_path.describe()
+    assert nhwc.execution.describe()["memory_format"] == "channels_last"
+    assert "memory_format" not in ref.execution.describe()
     batch = rainbow_batch()
     for seed in (7, 8):
         m_ref, m_nhwc = run_rainbow(ref, batch, seed), run_rainbow(nhwc, batch, seed)
@@ -397,7 +429,7 @@ def test_sac_channels_last_matches_nchw_and_auto_stays_off_on_a_cpu():
             assert m_nhwc[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     auto = sac_mlr(channels_last="auto")
     assert all(w.is_contiguous() for w in _conv_weights(auto))
-    assert "CUDA only" in auto.fast_path.describe()["channels_last_note"]
+    assert "CUDA only" in auto.execution.describe()["channels_last_note"]
 
 
 # --- whole-update capture (compile_scope = 'update') ------------------------------------------
@@ -408,19 +440,20 @@ def assert_params_close(ref: nn.Module, fast: nn.Module, atol: float) -> None:
 
 
 def test_update_scope_compiles_phases_not_modules(monkeypatch):
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     agent = rainbow_mlr(compile=True, compile_scope="update")
     assert agent.encoder._compiled_call_impl is None  # networks stay eager modules
-    assert agent._learn.compiled is not None and agent._learn.fn == agent._learn_phase
-    assert agent.fast_path.describe()["compile"] == "aot_eager/default/update"
+    assert isinstance(agent._learn_phase, CompiledStep) and agent._learn_phase.compiled is not None
+    assert agent.execution.describe()["compile"] == "aot_eager/default/update"
     sac = sac_mlr(compile=True, compile_scope="update")
-    assert all(step.compiled is not None for step in (sac._critic, sac._aux, sac._actor_and_alpha, sac._targets))
+    assert all(step.compiled is not None for step in (sac._critic_phase, sac._aux_phase, sac._actor_and_alpha_phase,
+                                                      sac._targets_phase))
     eager = rainbow_mlr(compile_scope="update")  # compile off: the scope changes nothing
-    assert eager._learn.compiled is None and eager.fast_path.describe()["compile"] == "off"
+    assert not isinstance(eager._learn_phase, CompiledStep) and eager.execution.describe()["compile"] == "off"
 
 
 def test_rainbow_mlr_whole_update_compiled_matches_eager(monkeypatch):
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     ref, fast = rainbow_mlr(), rainbow_mlr(compile=True, compile_scope="update")
     batch = rainbow_batch()
     for seed in (7, 8, 9):  # later updates run on the compiled Adam's earlier steps
@@ -430,7 +463,7 @@ def test_rainbow_mlr_whole_update_compiled_matches_eager(monkeypatch):
             assert m_fast[key] == pytest.approx(value, rel=COMPILE_TOL, abs=COMPILE_TOL), key
         torch.testing.assert_close(fast.last_priorities, ref.last_priorities, rtol=COMPILE_TOL, atol=COMPILE_TOL)
     assert_params_close(ref, fast, COMPILE_TOL)
-    assert fast.update_count == 3 and fast.fast_path.compile_enabled
+    assert fast.update_count == 3 and fast.execution.compile_enabled
 
 
 def test_whole_update_capture_keeps_bf16_autocast(monkeypatch):
@@ -440,7 +473,7 @@ def test_whole_update_capture_keeps_bf16_autocast(monkeypatch):
     rounds its fused ops in another order), and a last-bit difference may move a value across a
     bf16 rounding boundary: the second update is compared within one bf16 unit, rel 2**-8 (it
     measured 6e-4 on mlr_cosine, 1.1e-4 on grad_norm_aux0_0)."""
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     ref = rainbow_mlr(precision="bf16")
     fast = rainbow_mlr(precision="bf16", compile=True, compile_scope="update")
     batch = rainbow_batch()
@@ -450,11 +483,11 @@ def test_whole_update_capture_keeps_bf16_autocast(monkeypatch):
             assert m_fast[key] == pytest.approx(value, rel=rel, abs=1e-4), key
     fp32 = run_rainbow(rainbow_mlr(), batch, 7)["rl_loss"]
     assert run_rainbow(rainbow_mlr(precision="bf16", compile=True, compile_scope="update"), batch, 7)["rl_loss"] != fp32
-    assert fast.fast_path.describe() == {"precision": "bf16", "compile": "aot_eager/default/update"}
+    assert fast.execution.describe() == {"precision": "bf16", "compile": "aot_eager/default/update"}
 
 
 def test_sac_mlr_whole_update_compiled_matches_eager(monkeypatch):
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     ref, fast = sac_mlr(), sac_mlr(compile=True, compile_scope="update")
     data = sac_data()
     aux_lrs = []
@@ -466,7 +499,7 @@ def test_sac_mlr_whole_update_compiled_matches_eager(monkeypatch):
         aux_lrs.append(m_fast["aux_lr"])
     assert len(set(aux_lrs)) == 4  # the warmup moved the aux lr every step (its Adam steps eagerly)
     assert_params_close(ref, fast, COMPILE_TOL)
-    assert fast.fast_path.compile_enabled
+    assert fast.execution.compile_enabled
 
 
 @pytest.fixture
@@ -479,7 +512,7 @@ def compiled_graphs(monkeypatch) -> list:
         graphs.append(gm)
         return gm.forward
 
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", counting_backend)
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", counting_backend)
     return graphs
 
 
@@ -488,7 +521,7 @@ def test_acting_on_one_observation_is_compiled_and_picks_the_eager_actions(compi
     whole-update path: one graph per noise setting, the same actions as eager acting, ε draws
     still eager. Batches (evaluation) stay eager rather than compile once per batch size."""
     ref, fast = rainbow_mlr(), rainbow_mlr(compile=True, compile_scope="update")
-    assert fast._act_one.compiled is not None and fast._act_one.fn == fast._greedy_actions
+    assert fast._greedy_actions.compiled is not None and fast._greedy_actions.single_only
     g = torch.Generator().manual_seed(5)
     batch = rainbow_batch()
     graphs_per_round = []
@@ -520,8 +553,8 @@ def test_sac_acting_on_one_observation_is_compiled_and_matches_eager(compiled_gr
     batches stay eager."""
     ref, fast = sac_mlr(), sac_mlr(compile=True, compile_scope="update")
     fast.load_state_dict(ref.state_dict())
-    assert fast._act_one.compiled is not None and fast._act_one.fn == fast._policy
-    assert fast._greedy_one.compiled is not None and fast._greedy_one.fn == fast._mean_policy
+    assert fast._policy.compiled is not None and fast._policy.single_only
+    assert fast._mean_policy.compiled is not None and fast._mean_policy.single_only
     g = torch.Generator().manual_seed(5)
     for i in range(4):
         obs = torch.randint(0, 256, (9, 100, 100), dtype=torch.uint8, generator=g)
@@ -562,11 +595,11 @@ def test_a_compile_failure_after_a_stepped_phase_rolls_back_to_the_eager_update(
             raise RuntimeError("simulated: this phase cannot be compiled")
         return gm.forward
 
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", backend)
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", backend)
     ref, fast = sac_mlr(), sac_mlr(compile=True, compile_scope="update")
     for agent in (ref, fast):
         agent.aux_losses[0].masker.generators.seed = None  # masks from the torch RNG, which is rolled back
-    critic = fast._critic
+    critic = fast._critic_phase
 
     def critic_then_flag(*args):
         nonlocal critic_done
@@ -574,11 +607,11 @@ def test_a_compile_failure_after_a_stepped_phase_rolls_back_to_the_eager_update(
         critic_done = True
         return out
 
-    fast._critic = critic_then_flag
+    fast._critic_phase = critic_then_flag
     data = sac_data()
-    with pytest.warns(RuntimeWarning, match="sac.compile turned off: compilation failed .*simulated"):
+    with pytest.warns(RuntimeWarning, match="execution.compile turned off: compilation failed .*simulated"):
         m_fast = run_sac(fast, data, seed=7)
-    assert critic_done and not fast.fast_path.compile_enabled
+    assert critic_done and not fast.execution.compile_enabled
     assert m_fast == run_sac(ref, data, seed=7)
     for p, q in zip(ref.parameters(), fast.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -590,20 +623,20 @@ def test_rainbow_mlr_whole_update_with_inductor_matches_eager():
     """The real code generator on the whole update (about a minute of compilation on a CPU):
     with ``fallback_random`` inductor draws eager's random numbers, so three updates give
     eager's metrics and parameters up to float summation order (seen: ≤ 3e-6 relative)."""
-    reason = fast_path.compile_unsupported_reason(CPU)
+    reason = compilation.compile_unsupported_reason(CPU)
     if reason:
         pytest.skip(reason)
     from torch._inductor import config as inductor_config
 
     ref, fast = rainbow_mlr(), rainbow_mlr(compile=True, compile_scope="update")
-    assert fast.fast_path.describe()["compile"] == "inductor/default/update"
+    assert fast.execution.describe()["compile"] == "inductor/default/update"
     batch = rainbow_batch()
     with inductor_config.patch(fallback_random=True):
         for seed in (7, 8, 9):
             m_ref, m_fast = run_rainbow(ref, batch, seed), run_rainbow(fast, batch, seed)
             for key, value in m_ref.items():
                 assert m_fast[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
-    assert fast.fast_path.compile_enabled  # no fall-back to eager happened
+    assert fast.execution.compile_enabled  # no fall-back to eager happened
     assert_params_close(ref, fast, 1e-5)
 
 
@@ -615,14 +648,14 @@ def test_cuda_graph_steps_start_a_new_step_and_hand_out_clones(monkeypatch):
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     pool = torch.arange(3.0)  # stands in for the graph's static output buffer
-    graphed = fast_path.CompiledStep(lambda: None, lambda: ({"rl_loss": pool[0]}, [pool[1:]], pool), graphs=True)
+    graphed = CompiledStep(lambda: None, lambda: ({"rl_loss": pool[0]}, [pool[1:]], pool), graphs=True)
     metrics, (tail,), priorities = graphed()
     assert marks == [1]
     pool.add_(10.0)  # the next replay
     assert float(metrics["rl_loss"]) == 0.0 and tail.tolist() == [1.0, 2.0] and priorities.tolist() == [0.0, 1.0, 2.0]
-    plain = fast_path.CompiledStep(lambda: None, lambda: pool, graphs=False)
+    plain = CompiledStep(lambda: None, lambda: pool, graphs=False)
     assert plain() is pool and marks == [1]
-    eager = fast_path.CompiledStep(lambda: pool, None, graphs=True)  # compilation off: fn itself
+    eager = CompiledStep(lambda: pool, None, graphs=True)  # compilation off: fn itself
     assert eager() is pool and marks == [1]
 
 
@@ -643,8 +676,8 @@ def test_gpu_rainbow_mlr_bf16_and_inductor_parity():
         assert assert_grads_aligned(ref, fast) >= 4
         assert_fp32_master_state(fast, [fast.optimizer])
     compiled = rainbow_mlr("cuda", compile=True, **big)
-    if not compiled.fast_path.compile_enabled:
-        pytest.skip(compiled.fast_path.notes["compile"])
+    if not compiled.execution.compile_enabled:
+        pytest.skip(compiled.execution.notes["compile"])
     # TF32 and kernel choices differ between eager and inductor on a GPU: a looser bound than CPU's
     assert_losses_close(m_ref, run_rainbow(compiled, batch, seed=7), 1e-3, 1e-4)
     from torch._inductor import config as inductor_config
@@ -652,7 +685,7 @@ def test_gpu_rainbow_mlr_bf16_and_inductor_parity():
     whole = rainbow_mlr("cuda", compile=True, compile_scope="update", **big)
     with inductor_config.patch(fallback_random=True):  # eager's random draws inside the graphs
         assert_losses_close(m_ref, run_rainbow(whole, batch, seed=7), 1e-3, 1e-4)
-    assert whole.fast_path.compile_enabled
+    assert whole.execution.compile_enabled
 
 
 @cuda
@@ -679,12 +712,12 @@ def test_gpu_whole_update_under_cuda_graphs_matches_eager(agent):
 
         def run(agent, step):
             return run_sac(agent, data, 7 + step, step)
-    if not fast.fast_path.compile_enabled:
-        pytest.skip(fast.fast_path.notes["compile"])
+    if not fast.execution.compile_enabled:
+        pytest.skip(fast.execution.notes["compile"])
     with inductor_config.patch(fallback_random=True):
         for step in range(3):
             assert_losses_close(run(ref, step), run(fast, step), 1e-3, 1e-4)
-    assert fast.fast_path.compile_enabled and fast.fast_path.describe()["compile"] == "inductor/reduce-overhead/update"
+    assert fast.execution.compile_enabled and fast.execution.describe()["compile"] == "inductor/reduce-overhead/update"
 
 
 @cuda
@@ -697,8 +730,8 @@ def test_gpu_compiled_acting_picks_the_eager_actions(mode):
     ref = rainbow_mlr("cuda", **big)
     run_rainbow(ref, rainbow_batch(b=16, t=11, device="cuda"), seed=7)  # a noise sample, moved weights
     fast = rainbow_mlr("cuda", compile=True, compile_scope="update", compile_mode=mode, **big)
-    if not fast.fast_path.compile_enabled:
-        pytest.skip(fast.fast_path.notes["compile"])
+    if not fast.execution.compile_enabled:
+        pytest.skip(fast.execution.notes["compile"])
     fast.load_state_dict(ref.state_dict())
     g = torch.Generator().manual_seed(11)
     compared = 0
@@ -712,7 +745,7 @@ def test_gpu_compiled_acting_picks_the_eager_actions(mode):
         if float(top2[0] - top2[1]) > 1e-2:
             assert torch.equal(fast.act(obs, greedy=greedy), expected), i
             compared += 1
-    assert compared >= 20 and fast.fast_path.compile_enabled and fast._act_one.compiled is not None
+    assert compared >= 20 and fast.execution.compile_enabled and fast._greedy_actions.compiled is not None
 
 
 @cuda
@@ -733,12 +766,12 @@ def test_gpu_sac_mlr_whole_update_inductor_parity():
     data = sac_data(b=32, device="cuda")
     ref = sac_mlr("cuda", 32, 50, 256)
     whole = sac_mlr("cuda", 32, 50, 256, compile=True, compile_scope="update")
-    if not whole.fast_path.compile_enabled:
-        pytest.skip(whole.fast_path.notes["compile"])
+    if not whole.execution.compile_enabled:
+        pytest.skip(whole.execution.notes["compile"])
     with inductor_config.patch(fallback_random=True):
         for step in range(2):
             assert_losses_close(run_sac(ref, data, 7 + step, step), run_sac(whole, data, 7 + step, step), 1e-3, 1e-4)
-    assert whole.fast_path.compile_enabled
+    assert whole.execution.compile_enabled
 
 
 # --- end to end: the trainers with whole-update capture -------------------------------------
@@ -758,15 +791,15 @@ def test_smoke_run_with_whole_update_capture_logs_the_eager_runs_metrics(monkeyp
     different function or random draw would differ at O(1)."""
     from conftest import train_in_process
 
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", "aot_eager")
     from torch._dynamo.utils import counters
 
     eager = train_in_process(gin_file, bindings=budget)
     graphs_before = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*compile turned off")  # no fall-back to eager
-        whole = train_in_process(gin_file, bindings=(*budget, f"agents.{agent}.compile = True",
-                                                     f"agents.{agent}.compile_scope = 'update'"))
+        whole = train_in_process(gin_file, bindings=(*budget, "execution.compile = True",
+                                                     "execution.compile_scope = 'update'"))
     assert counters["stats"]["unique_graphs"] > graphs_before  # the update phases were compiled
     compared = [k for k in eager.history if not k.startswith("throughput/")]
     assert whole.history.keys() == eager.history.keys() and "train/mlr_loss" in compared

@@ -14,9 +14,9 @@ import pytest
 from conftest import RecordingTracker
 
 from mlr_registry import ablations, config, registry
-from mlr_registry.agents.rainbow import Rainbow
 from mlr_registry.dry_run import tiny_bindings
 from mlr_registry.errors import ConfigError
+from mlr_registry.execution import Execution
 from mlr_registry.training.experiment import experiment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,16 +91,16 @@ def test_gin_file_builds_and_runs_a_few_steps(base, name):
 
 def test_atari_fast_config_captures_cuda_graphs():
     # measured on an H100 (README): 99 vs 65.5 updates/s in a game; DMC's SAC is not measured yet
-    assert _query(["gin/fast/atari_mlr_fast.gin"], "agents.rainbow.compile_mode") == "reduce-overhead"
-    assert _query(["gin/fast/dmc_mlr_fast.gin"], "agents.sac.compile_mode") == "default"
+    assert _query(["gin/fast/atari_mlr_fast.gin"], "execution.compile_mode") == "reduce-overhead"
+    assert _query(["gin/fast/dmc_mlr_fast.gin"], "execution.compile_mode") == "default"
 
 
 def test_dmc_fast_config_keeps_convolutions_channels_last_on_cuda():
     # measured on an H100 (README): DMC's update 30.4 vs 38.7 ms; Atari's got slower, so stays NCHW
-    assert _query(["gin/fast/dmc_mlr_fast.gin"], "agents.sac.channels_last") == "auto"
-    with pytest.raises(ValueError, match="channels_last"):  # unbound there: the agent's default, NCHW
-        _query(["gin/fast/atari_mlr_fast.gin"], "agents.rainbow.channels_last")
-    assert inspect.signature(Rainbow).parameters["channels_last"].default is False
+    assert _query(["gin/fast/dmc_mlr_fast.gin"], "execution.channels_last") == "auto"
+    with pytest.raises(ValueError, match="channels_last"):  # unbound there: the default, NCHW
+        _query(["gin/fast/atari_mlr_fast.gin"], "execution.channels_last")
+    assert inspect.signature(Execution).parameters["channels_last"].default is False
 
 
 def _query(files: list[str], selector: str):

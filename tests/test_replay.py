@@ -440,13 +440,15 @@ def test_state_dict_round_trip_with_weights_only_load(cls):
         small(cls, capacity=70).load_state_dict(state)
 
 
-# --- GPU fast path: compiled batch assembly and sum-tree descent / write-back -----------------
+# --- execution.replay_compile: compiled batch assembly and sum-tree descent / write-back -------
 
 def _filled_pair(cls, monkeypatch, backend="aot_eager"):
-    from mlr_registry import fast_path
+    from mlr_registry.execution import Execution, compilation
 
-    monkeypatch.setattr(fast_path, "DEFAULT_COMPILE_BACKEND", backend)
-    replays = [cls(capacity=600, seed=1), cls(capacity=600, seed=1, compile=True)]
+    monkeypatch.setattr(compilation, "DEFAULT_COMPILE_BACKEND", backend)
+    replays = [cls(capacity=600, seed=1), cls(capacity=600, seed=1)]
+    replays[1].execution = Execution(replay_compile=True)  # kept for the assertions
+    replays[1].execution.apply_replay(replays[1])
     g = torch.Generator().manual_seed(0)
     for i in range(700):  # wraps once; episodes end inside sampled windows
         obs = torch.randint(0, 255, (4, 84, 84), dtype=torch.uint8, generator=g)
@@ -458,7 +460,7 @@ def _filled_pair(cls, monkeypatch, backend="aot_eager"):
 @pytest.mark.parametrize("cls", [PrioritizedSequenceReplay, UniformSequenceReplay])
 def test_compiled_replay_gives_the_same_batches_and_priorities(cls, monkeypatch):
     eager, fast = _filled_pair(cls, monkeypatch)
-    assert fast.fast_path.describe()["compile"] == "aot_eager/default/update"
+    assert fast.execution.describe()["replay_compile"] == "aot_eager/default/update"
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         a, b = eager.sample(32), fast.sample(32)
@@ -478,21 +480,17 @@ def test_a_replay_that_cannot_compile_samples_the_eager_batch(monkeypatch):
         raise RuntimeError("simulated: no code generator")
 
     eager, fast = _filled_pair(PrioritizedSequenceReplay, monkeypatch, backend=broken)
-    with pytest.warns(RuntimeWarning, match="replays.prioritized_sequence.compile turned off.*simulated"):
+    with pytest.warns(RuntimeWarning, match="execution.replay_compile turned off.*simulated"):
         b = fast.sample(32)
     assert torch.equal(b.indices, eager.sample(32).indices)  # the generator was rolled back first
-    assert fast.fast_path.describe()["compile"] == "off"
+    assert fast.execution.describe()["replay_compile"] == "off"
 
 
 def test_replays_and_envs_import_nothing_of_the_agents():
-    """DESIGN.md: envs and replay know nothing of agents (the replay's compiled data path uses
-    mlr_registry.fast_path, which the agents share; its old name mlr_registry.agents.fast_path is
-    the same module)."""
+    """DESIGN.md: envs and replay know nothing of agents (the execution layer compiles what a
+    replay declares, from outside)."""
     code = ("import sys, mlr_registry.replay.sequence_replay, mlr_registry.replay.transition_replay, "
             "mlr_registry.envs.atari, mlr_registry.envs.catch; "
             "print(sorted(m for m in sys.modules if m.startswith('mlr_registry.agents')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    import mlr_registry.agents.fast_path as old_name
-    from mlr_registry import fast_path
-    assert old_name is fast_path and old_name.FastPath is fast_path.FastPath

@@ -104,7 +104,7 @@ def _only_run(cwd: Path):
 @pytest.mark.parametrize("name, args, loss", [
     ("atari", ATARI, "train/mlr_loss"), ("dmc", DMC, "train/critic_loss"),
     # the fast config's loop: the env steps beside the updates; checkpoints fall between steps
-    ("atari_overlapped", [*ATARI, "--bind", "trainers.atari100k.overlap_env_step = True"], "train/mlr_loss")])
+    ("atari_overlapped", [*ATARI, "--bind", "execution.overlap_env_step = True"], "train/mlr_loss")])
 def test_kill_9_and_resume_equals_uninterrupted(tmp_path, name, args, loss):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()

@@ -1,5 +1,5 @@
 """Host↔device transfers that never wait for the GPU (``mlr_registry/transfer.py``), and the
-pipelined Atari loop built on them (``trainers.atari100k.pipeline_updates``).
+pipelined Atari loop built on them (``execution.pipeline_updates``).
 
 On the CPU the helpers must give exactly ``torch.as_tensor``'s values; on CUDA (when present)
 ``torch.cuda.set_sync_debug_mode('error')`` turns any host wait into an error."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import RecordingTracker, tiny_trainer
 
-from mlr_registry.transfer import HostCopy, to_device
+from mlr_registry.execution.transfer import HostCopy, to_device
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -59,7 +59,7 @@ def test_gpu_transfers_queue_behind_the_work_without_waiting():
 CATCH = ("trainers.atari100k.env = @envs.catch", "envs.catch.grid = 5", "envs.catch.image_size = 60",
          "encoders.nature_cnn.image_size = 60", "trainers.atari100k.num_env_steps = 80",
          "trainers.atari100k.learning_starts = 40", "trainers.atari100k.log_every = 40",
-         "trainers.atari100k.device = 'cuda'", "trainers.atari100k.pipeline_updates = True")
+         "trainers.atari100k.device = 'cuda'", "execution.pipeline_updates = True")
 
 
 @cuda

@@ -5,7 +5,7 @@
 #      windows of throughput/updates_per_s, acting included, give its projected wall time), with
 #      the GPU's utilisation sampled every second; with NO_CUDAGRAPHS_SECONDS > 0, the same game
 #      again without CUDA graphs (compile_mode 'default'; the fast config captures them); with
-#      PIPELINED_SECONDS > 0, again with trainers.atari100k.pipeline_updates = True; with
+#      PIPELINED_SECONDS > 0, again with execution.pipeline_updates = True; with
 #      DMC_SECONDS > 0, a DMC game (DMC_TASK, default cheetah_run) on gin/fast/dmc_mlr_fast.gin;
 #      with DMC_GRAPHS_SECONDS > 0, the same with CUDA graphs (agents.sac.compile_mode
 #      'reduce-overhead', which the DMC fast config does not use yet); with DMC_VARIANT_SECONDS
@@ -86,7 +86,7 @@ if [ "${NO_CUDAGRAPHS_SECONDS:-0}" -gt 0 ]; then
 fi
 # The same with the step's updates queued before its action is read back, when PIPELINED_SECONDS > 0.
 if [ "${PIPELINED_SECONDS:-0}" -gt 0 ]; then
-  game game_pipelined "$PIPELINED_SECONDS" "trainers.atari100k.pipeline_updates = True"
+  game game_pipelined "$PIPELINED_SECONDS" "execution.pipeline_updates = True"
 fi
 # A DMC game (cheetah-run by default) on gin/fast/dmc_mlr_fast.gin, when DMC_SECONDS > 0: needs
 # the DMC wheels (DMC=1 tools/gpu_wheels.sh) and EGL's loaders in .gl/ (unpacked above).
@@ -101,7 +101,7 @@ fi
 # convolutions: see benchmarks/gpu/gpu_profile_dmc.py), when DMC_VARIANT_SECONDS > 0.
 if [ "${DMC_VARIANT_SECONDS:-0}" -gt 0 ]; then
   DMC_TASK=$DMC_GAME_TASK game game_dmc_variant "$DMC_VARIANT_SECONDS" \
-    "${DMC_VARIANT:-agents.sac.cudnn_benchmark = True}"
+    "${DMC_VARIANT:-execution.cudnn_benchmark = True}"
 fi
 
 bench() {

@@ -34,15 +34,16 @@ from torch.profiler import ProfilerActivity, profile
 from mlr_registry.agents.rainbow import Rainbow
 from mlr_registry.decoders.transformer import TransformerDecoder
 from mlr_registry.encoders.nature_cnn import NatureCNN
+from mlr_registry.execution import Execution
+from mlr_registry.execution.transfer import HostCopy
 from mlr_registry.losses.mlr import MLRLoss
-from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
-from mlr_registry.transfer import HostCopy
+from mlr_registry.replay.prioritized_sequence_replay import PrioritizedSequenceReplay
 
 A, STORED, BATCH, SHAPE = 6, 5000, 32, (4, 84, 84)
 
 
 FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
-# name -> (agent switches, decoder attention)
+# name -> (execution settings, decoder attention)
 VARIANTS = {"fast": ({**FAST}, "auto"),
             "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto"),
             "sdpa": ({**FAST}, "sdpa"), "channels_last": ({**FAST, "channels_last": True}, "auto"),
@@ -59,13 +60,16 @@ def build_agent(device: str, variant: str, objective: str = "mlr", tiny: bool = 
     switches, attention = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
     aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []
-    agent = Rainbow(SHAPE, A, device=device, aux_losses=aux, **small, **(switches if device == "cuda" else {}))
+    agent = Rainbow(SHAPE, A, device=device, aux_losses=aux, **small)
+    agent.execution = Execution(**(switches if device == "cuda" else {}))  # kept for the printout
+    agent.execution.apply(agent)
     return agent
 
 
 def build_replay(device: str) -> PrioritizedSequenceReplay:
     """The trainer's replay (compiled on CUDA, as the fast config) holding STORED steps."""
-    replay = PrioritizedSequenceReplay(SHAPE, device=device, seed=0, compile=device == "cuda")
+    replay = PrioritizedSequenceReplay(SHAPE, device=device, seed=0)
+    Execution(replay_compile=device == "cuda").apply_replay(replay)
     frames = torch.randint(0, 256, (64, *SHAPE), dtype=torch.uint8).numpy()
     for t in range(STORED):
         replay.add(frames[t % 64], t % A, float(t % 3 - 1), t % 500 == 499)
@@ -78,7 +82,7 @@ def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tens
     """One env step of the trainer's loop as the fast config runs it, the emulator excepted: act
     (a host sync for the action), store obs and action, two updates with their priority
     write-backs (the env would step beside them), then the step's reward and done. ``pipelined``:
-    as ``trainers.atari100k.pipeline_updates = True`` runs it, the action stored on the device and
+    as ``execution.pipeline_updates = True`` runs it, the action stored on the device and
     read back after the updates are queued (the host waits for the acting alone)."""
     actions = agent.act(obs, epsilon=0.0, greedy=False)
     action = actions[0] if pipelined else int(actions[0])
@@ -116,7 +120,7 @@ def main() -> None:
     for t in range(2 if args.cpu else 4):  # compilation, Adam state, the first two protected updates
         loop_step(agent, replay, obs, t)
     print(f"{args.objective} {variants[0]}: built and compiled in {time.perf_counter() - t0:.0f}s; "
-          f"fast path {agent.fast_path.describe()}")
+          f"fast path {agent.execution.describe()}")
     per_step = timed(lambda i: loop_step(agent, replay, obs, 10 + i), n)
     print(f"loop without the emulator: {per_step / 2 * 1e3:.2f} ms per update ({2 / per_step:.1f} updates/s)")
     loop_step(agent, replay, obs, 9, pipelined=True)  # the pinned allocator's first blocks
@@ -129,9 +133,13 @@ def main() -> None:
     sample = timed(lambda i: replay.update_priorities(replay.sample(BATCH).indices, agent.last_priorities), n)
     print(f"sample + update_priorities: {sample * 1e3:.2f} ms")
     act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
-    compiled_act, agent._act_one.compiled = agent._act_one.compiled, None  # the eager act, same weights
+    step = agent._greedy_actions  # a CompiledStep where acting compiles, else the method
+    compiled_act = getattr(step, "compiled", None)
+    if compiled_act is not None:
+        step.compiled = None  # the eager act, same weights
     eager_act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
-    agent._act_one.compiled = compiled_act
+    if compiled_act is not None:
+        step.compiled = compiled_act
     print(f"act (with its host sync): {act * 1e3:.2f} ms as the loop runs it "
           f"({'compiled' if compiled_act is not None else 'eager'}), {eager_act * 1e3:.2f} ms eagerly")
     profile_loop(agent, replay, obs, out, args.cpu)
@@ -145,7 +153,7 @@ def main() -> None:
         for _ in range(4):
             other.update(batch)
         results[variant] = timed(lambda i, agent=other: agent.update(batch), n)
-        print(f"{variant}: update alone {results[variant] * 1e3:.2f} ms; fast path {other.fast_path.describe()}")
+        print(f"{variant}: update alone {results[variant] * 1e3:.2f} ms; fast path {other.execution.describe()}")
         other = None  # free its GPU memory before the next variant
     print(f"\n{args.objective} update alone, {device}:")
     for variant, seconds in results.items():

@@ -45,12 +45,12 @@ from mlr_registry.training.experiment import experiment
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = {"fast": (), "reference_draw": ("replays.transition.fixed_size_sequences = False",),
             "cudagraphs": ("agents.sac.compile_mode = 'reduce-overhead'",),
-            "nchw": ("agents.sac.channels_last = False",),
-            "channels_last": ("agents.sac.channels_last = True",),
-            "cudnn_benchmark": ("agents.sac.cudnn_benchmark = True",),
-            "channels_last_cudnn": ("agents.sac.channels_last = True", "agents.sac.cudnn_benchmark = True"),
-            "eager_bf16": ("agents.sac.compile = False",),
-            "eager_fp32": ("agents.sac.compile = False", "agents.sac.precision = 'fp32'")}
+            "nchw": ("execution.channels_last = False",),
+            "channels_last": ("execution.channels_last = True",),
+            "cudnn_benchmark": ("execution.cudnn_benchmark = True",),
+            "channels_last_cudnn": ("execution.channels_last = True", "execution.cudnn_benchmark = True"),
+            "eager_bf16": ("execution.compile = False",),
+            "eager_fp32": ("execution.compile = False", "execution.precision = 'fp32'")}
 # The profiler's names for host calls that wait for the GPU.
 WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
 
@@ -60,9 +60,9 @@ def build_trainer(variant: str, task: str, device: str, tiny: bool):
     no env thread (only the update is measured)."""
     files = [str(REPO / "gin/fast/dmc_mlr_fast.gin"), str(REPO / f"gin/dmc/{task}.gin")]
     bindings = [*VARIANTS[variant], f"trainers.dmc.device = '{device}'", "trainers.dmc.eval_workers = 0",
-                "trainers.dmc.overlap_env_step = False", "trainers.dmc.progress = False"]
+                "execution.overlap_env_step = False", "trainers.dmc.progress = False"]
     if device == "cpu":
-        bindings.append("agents.sac.compile = False")  # inductor's C++ compile: minutes on a CPU
+        bindings.append("execution.compile = False")  # inductor's C++ compile: minutes on a CPU
     if tiny:
         bindings = tiny_bindings(files, bindings)
     gin.clear_config()
@@ -140,7 +140,7 @@ def main() -> None:
             trainer._update(True)
         results[variant] = timed(lambda i, trainer=trainer: trainer._update(True), n)
         print(f"{variant}: built, filled and warmed up in {time.perf_counter() - start:.0f}s; update "
-              f"{results[variant] * 1e3:.2f} ms; fast path {trainer.agent.fast_path.describe()}")
+              f"{results[variant] * 1e3:.2f} ms; fast path {trainer.execution.describe()}")
         if i == 0:
             profiled(trainer, out, args.cpu)
         trainer.close()

@@ -101,3 +101,26 @@ class Augmentation:
 
     def __repr__(self) -> str:
         return f"Augmentation(shift_pad={self.shift_pad}, intensity_scale={self.intensity_scale})"
+
+
+# The aux branch's intensity noise scale (the reference's Intensity(scale=0.05)).
+AUX_INTENSITY_SCALE = 0.05
+
+
+def aux_augmentation(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The aux branch's augmentation: an independent random ``size`` crop per image (offsets
+    0..h−size inclusive, kornia's ``RandomCrop``), then intensity ×(1 + 0.05·clamp(N(0,1), ±2)).
+    (n c h w) float → (n c size size)."""
+    return intensity(random_crop(x, size), AUX_INTENSITY_SCALE)
+
+
+def batch_crop(obs: torch.Tensor, size: int, exclusive: bool) -> torch.Tensor:
+    """The SAC batch's random crop, independent per image: offsets 0..h−size−1 when
+    ``exclusive`` (cropping the last row and column off first makes the inclusive
+    ``random_crop`` draw exactly the reference's range), else 0..h−size."""
+    h, w = obs.shape[-2:]
+    if h == size and w == size:
+        return obs
+    if exclusive:
+        obs = obs[..., : h - 1, : w - 1]
+    return random_crop(obs, size)

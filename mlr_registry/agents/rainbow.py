@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import Augmentation
+from mlr_registry.agents.c51_head import C51Head, QHeadProjector, scale_grad  # noqa: F401 - re-exported
 from mlr_registry.agents.distributional import make_support, project_distribution
 from mlr_registry.agents.metrics import LazyMetrics
-from mlr_registry.agents.noisy import NoisyLinear, reset_noise, set_sampling
+from mlr_registry.agents.noisy import reset_noise, set_sampling
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import (
     AuxiliaryLoss,
     LossContext,
@@ -49,61 +49,6 @@ def _constant_lr(loss: AuxiliaryLoss) -> None:
 
 def _no_augmentation(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """Identity forward, gradient × ``scale`` backward (rlpyt's ``scale_grad``)."""
-    return x * scale + x.detach() * (1 - scale)
-
-
-class C51Head(nn.Module):
-    """Noisy C51 Q head: latent (n d) → logits (n A atoms) (SPR's
-    ``DQNDistributionalDuelingHeadModel``).
-
-    Dueling: value NoisyLinear(d→h) ReLU NoisyLinear(h→atoms); advantage NoisyLinear(d→h) ReLU
-    NoisyLinear(h→A·atoms) + ``advantage_bias`` (atoms, init 0); logits = V + (Adv − mean_a Adv).
-    Without dueling: NoisyLinear(d→h) ReLU NoisyLinear(h→A·atoms) (``value_fc1`` is then unused
-    and absent). The input's gradient is scaled by ``grad_scale``.
-    """
-
-    def __init__(self, latent_dim: int, num_actions: int, n_atoms: int, hidden_size: int,
-                 noisy_std: float, dueling: bool, grad_scale: float):
-        super().__init__()
-        self.num_actions, self.n_atoms = num_actions, n_atoms
-        self.dueling, self.grad_scale = dueling, grad_scale
-        self.adv_fc1 = NoisyLinear(latent_dim, hidden_size, noisy_std)
-        self.adv_fc2 = NoisyLinear(hidden_size, num_actions * n_atoms, noisy_std)
-        if dueling:
-            self.value_fc1 = NoisyLinear(latent_dim, hidden_size, noisy_std)
-            self.value_fc2 = NoisyLinear(hidden_size, n_atoms, noisy_std)
-            self.advantage_bias = nn.Parameter(torch.zeros(n_atoms))
-
-    def first_layers(self) -> list[NoisyLinear]:
-        """The layers MLR's projector shares: [value_fc1, adv_fc1] (dueling) or [adv_fc1]."""
-        return [self.value_fc1, self.adv_fc1] if self.dueling else [self.adv_fc1]
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        x = scale_grad(latent, self.grad_scale)
-        adv = self.adv_fc2(F.relu(self.adv_fc1(x))).view(-1, self.num_actions, self.n_atoms)  # (n A atoms)
-        if not self.dueling:
-            return adv
-        adv = adv + self.advantage_bias
-        value = self.value_fc2(F.relu(self.value_fc1(x))).view(-1, 1, self.n_atoms)  # (n 1 atoms)
-        return value + (adv - adv.mean(dim=1, keepdim=True))
-
-
-class QHeadProjector(nn.Module):
-    """MLR's projector (SPR's ``QL1Head`` with ``q_l1_type=[value, advantage]``; docs/faithfulness.md#atari-mlr-loss):
-    latent (n d) → concat(value_fc1_μ(x), adv_fc1_μ(x)) (n 2h). The SAME layer objects as the
-    head, μ weights only, no ReLU, no gradient scaling."""
-
-    def __init__(self, layers: Sequence[NoisyLinear]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.out_features = sum(layer.out_features for layer in layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([layer.forward_mu(x) for layer in self.layers], dim=-1)
 
 
 @register("agent", "rainbow")
@@ -141,24 +86,16 @@ class Rainbow(nn.Module):
             forward calls do.
         grad_scale_head_input: gradient scale on the head input (2^-0.5, SPR's head).
         device: where the networks live and batches are moved to.
-        precision: "fp32" (default: the reference's arithmetic), "bf16" (autocast around every
-            network forward of update and act, aux losses' included; float32 master weights,
-            losses and C51 projection) or "auto" (bf16 on a bf16-capable GPU). Not in the paper:
-            the GPU fast path of :mod:`mlr_registry.fast_path`.
-        compile: ``torch.compile`` the encoders, Q heads and aux losses' networks in place
-            (False by default; True; "auto" = on CUDA only); falls back to eager with a warning
-            where unsupported. compile_mode: torch.compile's mode ("default"; "reduce-overhead"
-            adds CUDA graphs). compile_scope: "networks" (those modules, in place) or "update"
-            (whole-update capture: augmentation, forwards, losses, backward, clipping and the
-            Adam step as one compiled phase; noise resets, counters and target copies stay eager).
-        channels_last: conv weights (and so activations) in channels-last memory (False by
-            default; True; "auto" = on CUDA only): the same values, no NCHW<->NHWC conversions
-            around cuDNN's convolutions.
-        cudnn_benchmark: cuDNN times its convolution algorithms per input shape and keeps the
-            fastest (False by default; True; "auto" = on CUDA only; process-wide).
+
+    How it executes (precision, compilation, memory format) is not this class's business: the
+    trainer applies :class:`~mlr_registry.execution.Execution` to it, using what it declares
+    here: :meth:`networks`, ``compiled_phases``, ``acting_phases`` and ``rollback_state``.
     """
 
     discrete_actions = True
+    compiled_phases = ("_learn_phase",)  # an update's tensor work, from augmentation to Adam's step
+    acting_phases = ("_greedy_actions",)  # no random draw inside
+    rollback_state = ("checkpoint_state", "load_checkpoint_state")
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int,
                  encoder: Callable[..., nn.Module] = NatureCNN,
@@ -168,10 +105,7 @@ class Rainbow(nn.Module):
                  double_dqn: bool = True, n_step: int = 10, discount: float = 0.99,
                  learning_rate: float = 1e-4, adam_eps: float = 1.5e-4, max_grad_norm: float = 10.0,
                  target_update_period: int = 1, augment: bool = True, target_augmentation: bool = True,
-                 grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu", precision: str = "fp32",
-                 compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_scope: str = "networks", channels_last: bool | str = False,
-                 cudnn_benchmark: bool | str = False):
+                 grad_scale_head_input: float = 2 ** -0.5, device: str = "cpu"):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"rainbow.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -222,17 +156,6 @@ class Rainbow(nn.Module):
                                           eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
         self.update_count = 0
         self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
-        # GPU fast path (off by default): bf16 autocast, compiled networks (no RNG inside them).
-        self.fast_path = FastPath("rainbow", self.device, precision, compile, compile_mode,
-                                  compile_scope=compile_scope, channels_last=channels_last,
-                                  cudnn_benchmark=cudnn_benchmark)
-        self.fast_path.apply_memory_format(self)  # before anything is compiled or steps
-        self.fast_path.compile_modules([self.encoder, self.head, self.target_encoder, self.target_head,
-                                        *compile_targets(self.aux_losses)])
-        self._learn = self.fast_path.compile_step(self._learn_phase)  # itself unless scope 'update'
-        self._act_one = self.fast_path.compile_step(self._greedy_actions)  # no random draw inside
-        self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
-
 
     def _check_encoder(self) -> int:
         """The encoder's output size, checked against a dummy forward (an image_size mismatch
@@ -261,6 +184,10 @@ class Rainbow(nn.Module):
         """Shift + intensity, independent per image (identity when ``augment`` is off)."""
         return self._augmentation(x) if self.use_augmentation else x
 
+    def networks(self) -> list[nn.Module]:
+        """The networks whose forward draws no random number (the noise is resampled outside)."""
+        return [self.encoder, self.head, self.target_encoder, self.target_head]
+
     def stem_parameters(self) -> list[nn.Parameter]:
         """Encoder + Q head (the projector's layers and ``advantage_bias`` included): one clip group."""
         return list(self.encoder.parameters()) + list(self.head.parameters())
@@ -283,10 +210,7 @@ class Rainbow(nn.Module):
             return torch.randint(0, self.num_actions, (b,), device=self.device)
         self.eval()
         set_sampling(self.head, not greedy)
-        # One observation (the training loop's call) runs compiled on the fast path; batches
-        # (evaluation, whose size shrinks as games end) run eagerly instead of compiling per size.
-        policy = self._act_one if b == 1 else self._greedy_actions
-        actions = self.fast_path.run_stateless(policy, obs)  # (b)
+        actions = self._greedy_actions(obs)  # (b)
         if epsilon > 0:
             explore = torch.rand(b, device=self.device) < epsilon
             actions = torch.where(explore, torch.randint_like(actions, self.num_actions), actions)
@@ -294,8 +218,7 @@ class Rainbow(nn.Module):
 
     def _greedy_actions(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 obs (b c h w) -> int64 (b): argmax_a Σ softmax(logits)·z, the noise as set."""
-        with self.fast_path.autocast():
-            logits = self.head(self.encoder(obs.float() / 255.0)).float()  # (b A atoms)
+        logits = self.head(self.encoder(obs.float() / 255.0))  # (b A atoms)
         probs = F.softmax(logits, dim=-1)
         return (probs @ self.support).argmax(dim=-1)
 
@@ -304,9 +227,6 @@ class Rainbow(nn.Module):
         """One gradient step on ``batch`` (obs (b t c h w) uint8 with t > n_step; action (b t);
         returns, done_n (b ≥1); weights (b) or None). Priorities go to ``last_priorities``.
         The metrics stay on the device until read (:class:`LazyMetrics`)."""
-        return self.fast_path.run(self._update, batch)
-
-    def _update(self, batch: Batch) -> LazyMetrics:
         batch = batch.to(self.device)
         if batch.obs.shape[1] <= self.n_step or batch.returns is None or batch.done_n is None:
             raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
@@ -314,7 +234,7 @@ class Rainbow(nn.Module):
         self.train()
         reset_noise(self.head)  # one fresh noise sample per update, online net only
         self.optimizer.zero_grad(set_to_none=True)
-        tensors, aux_metrics, self.last_priorities = self._learn(batch)
+        tensors, aux_metrics, self.last_priorities = self._learn_phase(batch)
         self.update_count += 1
         if self.update_count % self.target_update_period == 0:
             self.copy_to_target()
@@ -322,15 +242,14 @@ class Rainbow(nn.Module):
 
     def _learn_phase(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor]:
         """The update's tensor work, from the augmentations to Adam's step: (metric tensors, aux
-        losses' metrics, KL priorities (b)). One compiled unit under ``compile_scope = 'update'``."""
+        losses' metrics, KL priorities (b))."""
         b = batch.batch_size
         rows = torch.arange(b, device=self.device)
         weights = batch.weights.float() if batch.weights is not None else torch.ones(b, device=self.device)
 
         # RL branch: obs at t = 0, its own augmentation → log p(· | s_0, a_0).
         obs0 = self.augment(batch.obs[:, 0].float() / 255.0)
-        with self.fast_path.autocast():  # networks in bf16 on the fast path; losses in float32
-            logits = self.head(self.encoder(obs0)).float()
+        logits = self.head(self.encoder(obs0))  # (b A atoms)
         log_probs = F.log_softmax(logits, dim=-1)  # (b A atoms)
         log_p = log_probs[rows, batch.action[:, 0]]  # (b atoms)
 
@@ -341,12 +260,10 @@ class Rainbow(nn.Module):
             def next_view() -> torch.Tensor:  # a fresh augmentation per network, as the reference
                 return self.augment(next_obs) if self.target_augmentation else next_obs
 
-            with self.fast_path.autocast():
-                target_logits = self.target_head(self.target_encoder(next_view())).float()  # (b A atoms)
+            target_logits = self.target_head(self.target_encoder(next_view()))  # (b A atoms)
             target_probs = F.softmax(target_logits, dim=-1)
             if self.double_dqn:
-                with self.fast_path.autocast():
-                    online_logits = self.head(self.encoder(next_view())).float()
+                online_logits = self.head(self.encoder(next_view()))
                 online_probs = F.softmax(online_logits, dim=-1)
                 next_action = (online_probs @ self.support).argmax(dim=-1)  # (b)
             else:
@@ -367,8 +284,7 @@ class Rainbow(nn.Module):
         total_loss = rl_loss
         aux_metrics: dict[str, Any] = {}
         for loss, name, targets in zip(self.aux_losses, self.aux_names, self.aux_targets, strict=True):
-            with self.fast_path.autocast():
-                output = checked_output(loss, loss(batch, self.loss_context))
+            output = checked_output(loss, loss(batch, self.loss_context))
             for target in targets:
                 target.update()
             total_loss = total_loss + output.total()

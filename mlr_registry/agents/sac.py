@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlr_registry.agents.augmentation import center_crop, intensity, random_crop
-from mlr_registry.agents.lr_schedule import warmup_schedule
+from mlr_registry.agents.augmentation import aux_augmentation, batch_crop, center_crop
+from mlr_registry.agents.lr_schedule import aux_optimizer
 from mlr_registry.agents.metrics import LazyMetrics
+from mlr_registry.agents.sac_networks import Actor, Critic, tanh_gaussian  # noqa: F401 - re-exported
 from mlr_registry.batch import Batch
-from mlr_registry.encoders.pixel_encoder import PixelEncoder, orthogonal_init
+from mlr_registry.encoders.pixel_encoder import PixelEncoder
 from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.fast_path import FastPath, compile_targets
 from mlr_registry.losses.auxiliary import (
     AuxiliaryLoss,
     LossContext,
@@ -43,97 +43,9 @@ from mlr_registry.losses.auxiliary import (
 from mlr_registry.registry import register
 from mlr_registry.target_network import ema_update
 
-LOG_PROB_EPS = 1e-6  # the reference's squash correction eps
-
-
-def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, out))
-
-
-def tanh_gaussian(mu: torch.Tensor, log_std: torch.Tensor,
-                  noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(b A) mean, log-std and standard-normal noise → (tanh(mu), tanh(pi), log π(tanh(pi))) with
-    pi = mu + noise·std; log π is the diagonal Gaussian log-density of pi minus
-    Σ log(relu(1 − tanh(pi)²) + 1e-6) (the reference's ``gaussian_logprob`` + ``squash``), shape (b)."""
-    pi = mu + noise * log_std.exp()
-    log_pi = (-0.5 * noise.pow(2) - log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * noise.shape[-1]
-    squashed = torch.tanh(pi)
-    log_pi = log_pi - torch.log(F.relu(1 - squashed.pow(2)) + LOG_PROB_EPS).sum(-1)
-    return torch.tanh(mu), squashed, log_pi
-
-
-class Actor(nn.Module):
-    """obs (b c h w) in [0, 1] → tanh-Gaussian policy: encoder → Linear(d, h) ReLU Linear(h, h)
-    ReLU Linear(h, 2A) → mu, log_std; log_std = tanh(raw) mapped affinely into
-    [log_std_min, log_std_max]."""
-
-    def __init__(self, encoder: nn.Module, latent_dim: int, num_actions: int, hidden_dim: int,
-                 log_std_min: float, log_std_max: float):
-        super().__init__()
-        self.encoder = encoder
-        self.trunk = _mlp(latent_dim, hidden_dim, 2 * num_actions)
-        self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        orthogonal_init(self.trunk)
-
-    def distribution(self, obs: torch.Tensor, detach_conv: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b A) mu (pre-tanh) and log_std."""
-        mu, raw = self.trunk(self.encoder(obs, detach_conv=detach_conv)).float().chunk(2, dim=-1)  # fp32 under autocast
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (torch.tanh(raw) + 1)
-        return mu, log_std
-
-    def forward(self, obs: torch.Tensor,
-                detach_conv: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(tanh(mu), tanh(pi) sampled, log π (b), log_std (b A))."""
-        mu, log_std = self.distribution(obs, detach_conv)
-        mean_action, action, log_pi = tanh_gaussian(mu, log_std, torch.randn_like(mu))
-        return mean_action, action, log_pi, log_std
-
-
-class Critic(nn.Module):
-    """Twin Q: encoder → concat(feature, action) → Q1, Q2, each Linear(d+A, h) ReLU Linear(h, h)
-    ReLU Linear(h, 1)."""
-
-    def __init__(self, encoder: nn.Module, latent_dim: int, num_actions: int, hidden_dim: int):
-        super().__init__()
-        self.encoder = encoder
-        self.q1 = _mlp(latent_dim + num_actions, hidden_dim, 1)
-        self.q2 = _mlp(latent_dim + num_actions, hidden_dim, 1)
-        orthogonal_init(self.q1)
-        orthogonal_init(self.q2)
-
-    def forward(self, obs: torch.Tensor, action: torch.Tensor,
-                detach_conv: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """obs (b c h w), action (b A) → Q1, Q2 (b)."""
-        h = torch.cat([self.encoder(obs, detach_conv=detach_conv), action], dim=-1)
-        return self.q1(h).squeeze(-1).float(), self.q2(h).squeeze(-1).float()  # fp32 under autocast
-
 
 def _field(transitions: Any, name: str) -> torch.Tensor:
     return transitions[name] if isinstance(transitions, Mapping) else getattr(transitions, name)
-
-
-# The aux branch's intensity noise scale (the reference's Intensity(scale=0.05)).
-AUX_INTENSITY_SCALE = 0.05
-
-
-def aux_augmentation(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The aux branch's augmentation: an independent random ``size`` crop per image (offsets
-    0..h−size inclusive, kornia's ``RandomCrop``), then intensity ×(1 + 0.05·clamp(N(0,1), ±2)).
-    (n c h w) float → (n c size size)."""
-    return intensity(random_crop(x, size), AUX_INTENSITY_SCALE)
-
-
-def batch_crop(obs: torch.Tensor, size: int, exclusive: bool) -> torch.Tensor:
-    """The SAC batch's random crop, independent per image: offsets 0..h−size−1 when
-    ``exclusive`` (cropping the last row and column off first makes the inclusive
-    ``random_crop`` draw exactly the reference's range), else 0..h−size."""
-    h, w = obs.shape[-2:]
-    if h == size and w == size:
-        return obs
-    if exclusive:
-        obs = obs[..., : h - 1, : w - 1]
-    return random_crop(obs, size)
 
 
 @register("agent", "sac")
@@ -185,25 +97,18 @@ class SAC(nn.Module):
             the encoder takes two Adam steps per aux update. True adds that second Adam over the
             critic encoder (betas (0.9, 0.999), the aux optimizer's current lr), stepped right
             after the aux optimizer on the same (clipped) gradients. False (MLR): one step.
-        precision: "fp32" (default: the reference's arithmetic), "bf16" (autocast around every
-            network forward of update and act, aux losses' included; float32 master weights,
-            Q values, log-probabilities and losses) or "auto" (bf16 on a bf16-capable GPU). Not
-            in the paper: the GPU fast path of :mod:`mlr_registry.fast_path`.
-        compile: ``torch.compile`` the encoders, Q MLPs, actor trunk and aux losses' networks in
-            place (False by default; True; "auto" = on CUDA only; the policy's sampling stays
-            eager); falls back to eager with a warning where unsupported. compile_mode:
-            torch.compile's mode ("default"; "reduce-overhead" adds CUDA graphs).
-            compile_scope: "networks" (those modules, in place) or "update" (whole-update
-            capture: the critic, aux, actor + α and target-EMA phases each compiled whole,
-            their constant-lr Adam steps included; the aux Adam, whose lr warms up, steps eagerly).
-        channels_last: conv weights (and so activations) in channels-last memory (False by
-            default; True; "auto" = on CUDA only): the same values, no NCHW<->NHWC conversions
-            around cuDNN's convolutions.
-        cudnn_benchmark: cuDNN times its convolution algorithms per input shape and keeps the
-            fastest (False by default; True; "auto" = on CUDA only; process-wide).
+
+    How it executes (precision, compilation, memory format) is not this class's business: the
+    trainer applies :class:`~mlr_registry.execution.Execution` to it, using what it declares
+    here: :meth:`networks`, ``compiled_phases``, ``acting_phases`` and ``rollback_state``.
     """
 
     discrete_actions = False
+    # The update's phases (tensor work only) and acting; the aux Adam, whose lr warms up, steps
+    # outside its phase (a changing lr inside compiled code would recompile at every step).
+    compiled_phases = ("_critic_phase", "_aux_phase", "_actor_and_alpha_phase", "_targets_phase")
+    acting_phases = ("_policy", "_mean_policy")
+    rollback_state = ("checkpoint_state", "load_checkpoint_state")
     projector = None  # SAC exposes no projector: MLR on DMC builds its own MLP (projector="mlp")
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, device: str = "cpu",
@@ -217,10 +122,7 @@ class SAC(nn.Module):
                  critic_tau: float = 0.01, encoder_tau: float = 0.05, image_size: int = 84,
                  crop_offsets_exclusive: bool = True, aux_lr: float = 1e-3, aux_lr_scale: float = 0.5,
                  aux_max_grad_norm: float = 10.0,
-                 aux_encoder_extra_adam: bool = False, precision: str = "fp32",
-                 compile: bool | str = False, compile_mode: str = "default",  # noqa: A002 - gin name
-                 compile_scope: str = "networks", channels_last: bool | str = False,
-                 cudnn_benchmark: bool | str = False):
+                 aux_encoder_extra_adam: bool = False):
         super().__init__()
         if len(observation_shape) != 3:
             raise ConfigError(f"sac.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
@@ -275,7 +177,6 @@ class SAC(nn.Module):
 
         self._build_optimizers(actor_lr, critic_lr, actor_beta, critic_beta, alpha_lr, alpha_beta,
                                aux_lr_scale * aux_lr, aux_encoder_extra_adam)
-        self._build_fast_path(precision, compile, compile_mode, compile_scope, channels_last, cudnn_benchmark)
 
     def _build_networks(self, encoder: Callable[..., nn.Module], c: int, hidden_dim: int, init_temperature: float,
                         actor_log_std_min: float, actor_log_std_max: float) -> None:
@@ -314,46 +215,11 @@ class SAC(nn.Module):
         self.aux_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.aux_encoder_optimizer: torch.optim.Optimizer | None = None
         if len(self.aux_losses) > 0:
-            # Group 0: the losses with the longest warm-up, then the critic encoder; with one
-            # loss (or one warm-up) a single group, as the reference's one Adam.
-            warmups = [int(loss.lr_warmup) for loss in self.aux_losses]
-            order = [max(warmups)] + [w for w in dict.fromkeys(warmups) if w != max(warmups)]
-            groups: dict[int, list[nn.Parameter]] = {w: [] for w in order}
-            seen: set[int] = set()
-            members = [(w, p) for loss, w in zip(self.aux_losses, warmups, strict=True) for p in loss.parameters()]
-            members += [(order[0], p) for p in self.critic.encoder.parameters()]
-            for warmup, p in members:
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    groups[warmup].append(p)
-            group_warmups = [w for w in order if groups[w]]
-            self.aux_parameters = [p for w in group_warmups for p in groups[w]]
-            self.aux_optimizer = torch.optim.Adam([{"params": groups[w]} for w in group_warmups], lr=aux_lr,
-                                                  betas=(0.9, 0.999))
-            self.aux_scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.aux_optimizer, [warmup_schedule(w) for w in group_warmups])
+            self.aux_parameters, self.aux_optimizer, self.aux_scheduler = aux_optimizer(
+                self.aux_losses, self.critic.encoder, aux_lr)
             if aux_encoder_extra_adam:
                 self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
                                                               lr=aux_lr, betas=(0.9, 0.999))
-
-    def _build_fast_path(self, precision: str, compile: bool | str, compile_mode: str,  # noqa: A002 - gin name
-                         compile_scope: str, channels_last: bool | str, cudnn_benchmark: bool | str) -> None:
-        # GPU fast path (off by default): bf16 autocast; compiled networks (no RNG inside them,
-        # so the actor's Gaussian sample stays eager) or compiled update phases.
-        self.fast_path = FastPath("sac", self.device, precision, compile, compile_mode,
-                                  compile_scope=compile_scope, channels_last=channels_last,
-                                  cudnn_benchmark=cudnn_benchmark)
-        self.fast_path.apply_memory_format(self)  # before anything is compiled or steps
-        self.fast_path.compile_modules([
-            self.critic.encoder, self.critic.q1, self.critic.q2, self.actor.encoder, self.actor.trunk,
-            self.critic_target.encoder, self.critic_target.q1, self.critic_target.q2,
-            *compile_targets(self.aux_losses)])
-        step = self.fast_path.compile_step  # each phase itself unless compile_scope = 'update'
-        self._critic, self._aux = step(self._critic_phase), step(self._aux_phase)
-        self._actor_and_alpha, self._targets = step(self._actor_and_alpha_phase), step(self._targets_phase)
-        self._act_one = step(self._policy)  # acting on one observation, the training loop's call
-        self._greedy_one = step(self._mean_policy)  # the same for evaluation (compiled when first used)
-        self.fast_path.protect(self.checkpoint_state, self.load_checkpoint_state)
 
     def _check_encoder(self, encoder: nn.Module) -> int:
         """The encoder's output size, checked with a dummy forward at the crop size."""
@@ -381,6 +247,11 @@ class SAC(nn.Module):
     def latent_shape(self) -> tuple[int, ...]:
         return tuple(getattr(self.critic.encoder, "output_shape", (self.latent_dim,)))
 
+    def networks(self) -> list[nn.Module]:
+        """The networks whose forward draws no random number (the policy's sample is outside)."""
+        return [self.critic.encoder, self.critic.q1, self.critic.q2, self.actor.encoder, self.actor.trunk,
+                self.critic_target.encoder, self.critic_target.q1, self.critic_target.q2]
+
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
@@ -405,14 +276,7 @@ class SAC(nn.Module):
         obs = torch.as_tensor(obs, device=self.device)
         single = obs.dim() == 3
         obs = obs[None] if single else obs
-        # One observation runs compiled on the fast path (a training sample's Gaussian draw then
-        # comes from the backend's RNG, as the update's draws do); batches (evaluation) run
-        # eagerly rather than compile once per batch size.
-        if greedy:  # no random draw, as the reference's select_action
-            policy = self._greedy_one if obs.shape[0] == 1 else self._mean_policy
-        else:
-            policy = self._act_one if obs.shape[0] == 1 else self._policy
-        out = self.fast_path.run_stateless(policy, obs)
+        out = self._mean_policy(obs) if greedy else self._policy(obs)  # greedy: no random draw, as the reference
         return out[0] if single else out
 
     def _features(self, obs: torch.Tensor) -> torch.Tensor:
@@ -421,22 +285,20 @@ class SAC(nn.Module):
 
     def _policy(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 obs (b c h w) -> a tanh(pi) sample (b A), from the center crop."""
-        with self.fast_path.autocast():
-            _, action, _, _ = self.actor(self._features(obs))
+        _, action, _, _ = self.actor(self._features(obs))
         return action
 
     def _mean_policy(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 obs (b c h w) -> tanh(mu) (b A), from the center crop, without drawing the noise
         that a sample needs (evaluation leaves torch's random streams as they were)."""
-        with self.fast_path.autocast():
-            mu, _ = self.actor.distribution(self._features(obs))
+        mu, _ = self.actor.distribution(self._features(obs))
         return torch.tanh(mu)
 
     # --- learning --------------------------------------------------------------------------
     def td_target(self, next_obs: torch.Tensor, reward: torch.Tensor, not_done: torch.Tensor) -> torch.Tensor:
         """y = r + not_done·γ·(min(Q1', Q2')(s', a') − α·log π(a'|s')), a' ~ π(s'), Q' from the
         critic target; no gradient. next_obs (b c h w) in [0, 1]; reward, not_done (b)."""
-        with torch.no_grad(), self.fast_path.autocast():
+        with torch.no_grad():
             _, next_action, next_log_pi, _ = self.actor(next_obs)
             q1, q2 = self.critic_target(next_obs, next_action)
             target_v = torch.min(q1, q2) - self.alpha * next_log_pi
@@ -450,24 +312,20 @@ class SAC(nn.Module):
             (b t c h w) uint8, action (b t A)) or None (no aux step). step: agent updates so far;
             actor/α and the target EMAs run when ``step % period == 0``.
         """
-        return self.fast_path.run(self._update, transitions, sequences, step)
-
-    def _update(self, transitions: Any, sequences: Batch | None, step: int) -> LazyMetrics:
         self.train()
         fields = [_field(transitions, name).to(self.device) for name in ("obs", "next_obs", "action", "reward",
                                                                          "not_done")]
         # 1. Critic: MSE of both Q heads to the soft TD target; the full encoder trains.
         self.critic_optimizer.zero_grad(set_to_none=True)
-        obs, tensors = self._critic(*fields)
+        obs, tensors = self._critic_phase(*fields)
 
-        # 2. Auxiliary losses: their own Adam (critic encoder included), clip, lr schedule. The
-        # optimizer steps run eagerly: the lr changes every step of the warmup (a compiled step
-        # would recompile for each new value).
+        # 2. Auxiliary losses: their own Adam (critic encoder included), clip, lr schedule; the
+        # Adam steps outside the phase (its lr changes at every step of the warm-up).
         aux_metrics: dict[str, Any] = {}
         if self.aux_optimizer is not None and sequences is not None:
             lr = self.aux_optimizer.param_groups[0]["lr"]
             self.aux_optimizer.zero_grad(set_to_none=True)
-            aux_total, aux_metrics, tensors["aux_grad_norm"] = self._aux(sequences.to(self.device))
+            aux_total, aux_metrics, tensors["aux_grad_norm"] = self._aux_phase(sequences.to(self.device))
             aux_metrics["aux_lr"] = float(lr)  # the lr of this step
             self.aux_optimizer.step()
             if self.aux_encoder_optimizer is not None:  # CURL's second encoder step, same lr
@@ -485,16 +343,16 @@ class SAC(nn.Module):
             # zero_grad, unread; dropping the stale ones first changes nothing, and under CUDA
             # graphs it must: they live in an earlier phase's graph memory, which is reused.
             self.critic_optimizer.zero_grad(set_to_none=True)
-            tensors.update(self._actor_and_alpha(obs))
+            tensors.update(self._actor_and_alpha_phase(obs))
 
         # 4. Target EMAs (every 2nd step): critic target Q nets and encoder, aux losses' targets.
         if step % self.target_update_period == 0:
-            self._targets()
+            self._targets_phase()
 
         tensors["alpha"] = self.alpha.detach()
         return LazyMetrics(aux_metrics, tensors)  # still on the device: no sync until read
 
-    # The update's phases: tensor work only, each one compiled unit under compile_scope 'update'.
+    # The update's phases: tensor work only.
     def _critic_phase(self, obs: torch.Tensor, next_obs: torch.Tensor, action: torch.Tensor,
                       reward: torch.Tensor, not_done: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Crops, TD target, critic loss, backward, critic Adam step → (cropped obs in [0, 1]
@@ -503,8 +361,7 @@ class SAC(nn.Module):
         next_obs = self.crop(next_obs).float() / 255.0
         action, reward, not_done = action.float(), reward.float().reshape(-1), not_done.float().reshape(-1)
         target_q = self.td_target(next_obs, reward, not_done)
-        with self.fast_path.autocast():  # networks in bf16 on the fast path; Q values and losses fp32
-            q1, q2 = self.critic(obs, action)
+        q1, q2 = self.critic(obs, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
         critic_loss.backward()
         self.critic_optimizer.step()
@@ -515,8 +372,7 @@ class SAC(nn.Module):
         aux_total = torch.zeros((), device=self.device)
         aux_metrics: dict[str, Any] = {}
         for loss, name in zip(self.aux_losses, self.aux_names, strict=True):
-            with self.fast_path.autocast():
-                output = checked_output(loss, loss(sequences, self.loss_context))
+            output = checked_output(loss, loss(sequences, self.loss_context))
             aux_total = aux_total + output.total()
             aux_metrics.update(prefixed(name, output.metrics))
         aux_total.backward()
@@ -525,9 +381,8 @@ class SAC(nn.Module):
 
     def _actor_and_alpha_phase(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Actor loss and step, then the temperature's, on ``obs`` (b c 84 84) in [0, 1]."""
-        with self.fast_path.autocast():
-            _, pi, log_pi, log_std = self.actor(obs, detach_conv=True)
-            actor_q1, actor_q2 = self.critic(obs, pi, detach_conv=True)
+        _, pi, log_pi, log_std = self.actor(obs, detach_conv=True)
+        actor_q1, actor_q2 = self.critic(obs, pi, detach_conv=True)
         actor_loss = (self.alpha.detach() * log_pi - torch.min(actor_q1, actor_q2)).mean()
         actor_loss.backward()
         self.actor_optimizer.step()

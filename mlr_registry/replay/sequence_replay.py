@@ -37,11 +37,11 @@ observation of step k, the last one before the done. ``one_step_done_n = False``
 correct flag: any done in ``t .. t+n−1``. Sanitizing then sets ``done_n`` after the first done
 in both modes, as MLR's ``sanitize_batch`` does.
 
-GPU fast path (``compile``, off by default): ``gather`` (stack rebuilding, n-step returns,
-sanitizing) and the sum tree's descent and priority write-back (a Python loop over the tree's
-17 levels, ~300 small ops per batch eagerly) are each compiled into one graph with
-``torch.compile``. Nothing random happens inside them (the starts are drawn eagerly from this
-replay's generator), so the batches are the same; only the launch overhead goes.
+Compiled phases (``compiled_phases``, compiled by ``execution.replay_compile``, off by default):
+``gather`` (stack rebuilding, n-step returns, sanitizing) and the sum tree's descent and the
+write-back of a batch's priorities (a Python loop over the tree's levels, hundreds of small ops
+per batch eagerly) are each tensor work only. Nothing random happens inside them (the starts are
+drawn from this replay's generator outside them), so compiled, the batches are the same.
 """
 
 from __future__ import annotations
@@ -52,13 +52,7 @@ import torch
 
 from mlr_registry.batch import Batch
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
-from mlr_registry.fast_path import FastPath
-from mlr_registry.registry import register
-from mlr_registry.replay.sum_tree import SumTree
-from mlr_registry.transfer import to_device
-
-PRIORITY_CLAMP = (1e-6, 1e6)  # rlpyt_buffer / algos: KL clamped before ^alpha
-IS_WEIGHT_EPS = 1e-5  # MLR's rlpyt_buffer: (1 / (p + 1e-5)) ** beta
+from mlr_registry.execution.transfer import to_device
 
 
 def _check_device(device: str) -> torch.device:
@@ -81,10 +75,12 @@ class SequenceReplay:
     beta: float = 0.0  # importance-sampling exponent; 0 means all weights are 1
 
     gin_name = "sequence"  # gin name, for messages
+    compiled_phases: tuple[str, ...] = ("gather",)
+    rollback_state = ("_generator.get_state", "_generator.set_state")  # what a sample changes
 
     def __init__(self, observation_shape: tuple[int, int, int], capacity: int, sequence_length: int,
                  n_step: int, discount: float, device: str, seed: int,
-                 compile: bool | str = False, one_step_done_n: bool = True) -> None:  # noqa: A002 - gin name
+                 one_step_done_n: bool = True) -> None:
         shape = tuple(int(v) for v in observation_shape)
         if len(shape) != 3 or min(shape) < 1:
             raise ConfigError(f"observation_shape = {tuple(observation_shape)!r} is invalid; expected "
@@ -130,10 +126,6 @@ class SequenceReplay:
         self._steps = torch.arange(self.seq_steps, device=self.device)  # (T)
         self._frame_offsets = torch.arange(self.frame_stack, device=self.device)  # (c)
         self._lookback = torch.arange(1, fm1 + 1, device=self.device)  # (c-1): steps back
-        # GPU fast path: compiled batch assembly ('auto' = on CUDA only); see the module docstring.
-        self.fast_path = FastPath(f"replays.{self.gin_name}", self.device, compile=compile, compile_scope="update")
-        self.fast_path.protect(self._generator.get_state, self._generator.set_state)
-        self._gather = self.fast_path.compile_step(self.gather)
 
     # ------------------------------------------------------------------ writing
 
@@ -226,11 +218,8 @@ class SequenceReplay:
                 f"replay cannot sample yet: {self._count} steps added, a start needs "
                 f"{self.off_backward + self.off_forward + 1} (off_backward {self.off_backward} = "
                 f"1 + n_step + sequence_length, off_forward {self.off_forward})")
-        return self.fast_path.run(self._sample, batch_size)
-
-    def _sample(self, batch_size: int) -> Batch:
         indices, weights = self._sample_starts(batch_size)
-        return self._gather(indices, weights=weights)
+        return self.gather(indices, weights=weights)
 
     def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices (b,) int64 physical starts, weights (b,) float32)."""
@@ -321,193 +310,13 @@ class SequenceReplay:
         self.set_step(int(state["env_step"]))
 
 
-@register("replay", "prioritized_sequence")
-class PrioritizedSequenceReplay(SequenceReplay):
-    """MLR's replay: sequence starts drawn by priority (PER), docs/faithfulness.md#atari-replay-and-n-step-returns.
-
-    New entries get ``default_priority ** alpha`` (= 1; rlpyt does not use max-priority).
-    ``update_priorities`` stores ``clamp(value, 1e-6, 1e6) ** alpha``; the batch weights are
-    ``(1 / (p + 1e-5)) ** beta`` normalized by the batch maximum, with ``p`` the stored leaf
-    (already ``^alpha``). Beta anneals linearly with :meth:`set_step`.
-    """
-
-    gin_name = "prioritized_sequence"
-
-    def __init__(
-        self,
-        observation_shape: tuple = (4, 84, 84),
-        capacity: int = 100_000,
-        sequence_length: int = 16,
-        n_step: int = 10,
-        discount: float = 0.99,
-        alpha: float = 0.5,
-        beta_start: float = 0.4,
-        beta_end: float = 1.0,
-        beta_anneal_start: int = 2000,
-        beta_anneal_end: int = 100_000,
-        default_priority: float = 1.0,
-        stratified: bool = False,
-        one_step_done_n: bool = True,
-        device: str = "cpu",
-        seed: int = 0,
-        compile: bool | str = False,  # noqa: A002 - gin name
-    ) -> None:
-        """
-        Args:
-            observation_shape: (frame_stack, height, width) of the env's uint8 observation.
-            capacity: steps kept. The reference uses 1e6; both never wrap within the 100k steps
-                of Atari-100k (a wrap happens only after the last of 100,000 adds), so the
-                sampled data are identical. Must exceed ``off_backward + off_forward``.
-            sequence_length: K+1 consecutive steps used by MLR (``--jumps 15`` -> 16).
-            n_step: n of the n-step return (10); each sequence carries n extra steps.
-            discount: gamma of the n-step return (0.99).
-            alpha: priority exponent (0.5, MLR's ``pri_alpha``).
-            beta_start, beta_end: IS exponent annealed linearly (0.4 -> 1.0) ...
-            beta_anneal_start, beta_anneal_end: ... between these env steps (``min_itr_learn``
-                = 2000 and ``pri_beta_steps`` = 100,000), clipped outside.
-            default_priority: priority of new entries before ``^alpha`` (1: delta_clip).
-            one_step_done_n: the bootstrap flag ``done_n`` is the 1-step done, as the pinned
-                rlpyt stores it (True, faithful; see the module docstring); False: any done in
-                the n steps (the correct n-step flag).
-            stratified: draw one start per equal segment of the total priority instead of
-                i.i.d. draws. Off by default: rlpyt's SumTree draws ``np.random.rand(n)``.
-            device: where storage, tree and batches live (the training device).
-            seed: seed of this replay's own torch generator (sampling is reproducible).
-            compile: GPU fast path, not in the reference: ``torch.compile`` the batch assembly
-                and the sum tree's descent and write-back (False; True; "auto" = on CUDA only).
-                The same batches and priorities; falls back to eager with a warning.
-        """
-        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile,
-                         one_step_done_n)
-        check_range("replays.prioritized_sequence.alpha", alpha, 0, 1)
-        check_range("replays.prioritized_sequence.beta_start", beta_start, 0, 1)
-        check_range("replays.prioritized_sequence.beta_end", beta_end, 0, 1)
-        check_range("replays.prioritized_sequence.beta_anneal_start", beta_anneal_start, 0)
-        check_range("replays.prioritized_sequence.beta_anneal_end", beta_anneal_end, beta_anneal_start)
-        check_range("replays.prioritized_sequence.default_priority", default_priority, 0, low_open=True)
-        self.alpha = float(alpha)
-        self.beta_start, self.beta_end = float(beta_start), float(beta_end)
-        self.beta_anneal_start, self.beta_anneal_end = int(beta_anneal_start), int(beta_anneal_end)
-        self.default_priority = float(default_priority)
-        self.stratified = bool(stratified)
-        self.beta = self.beta_start
-        self._tree = SumTree(self.capacity, self.device)
-        # Compiled on the fast path: the descent, and the write-back of a batch's priorities (a
-        # fixed size; the insertions' few leaves per step stay eager, their count varies).
-        self._find = self.fast_path.compile_step(self._tree.find)
-        self._write_priorities = self.fast_path.compile_step(self._tree.update)
-        self._pending: dict[int, float] = {}  # leaf -> priority, written to the tree in one batch
-
-    # rlpyt's SumTree.advance, one step at a time: the new entry and the entry that becomes the
-    # oldest-but-f are off, the entry off_backward steps back gets its full window and turns on.
-    def _on_add(self, n: int) -> None:
-        c = self.capacity
-        self._pending[n % c] = 0.0
-        self._pending[(n + self.off_forward) % c] = 0.0
-        start = n - self.off_backward
-        lo, _ = self._valid_range(n + 1)
-        if start >= lo:
-            self._pending[start % c] = self.default_priority ** self.alpha
-
-    def _flush(self) -> None:
-        if self._pending:
-            leaves = to_device(list(self._pending), self.device, torch.int64)
-            values = to_device(list(self._pending.values()), self.device, torch.float64)
-            self._tree.update(leaves, values)
-            self._pending.clear()
-
-    @property
-    def priorities(self) -> torch.Tensor:
-        """(capacity,) float64 stored leaf priorities (already ``^alpha``; 0 = not sampleable)."""
-        self._flush()
-        return self._tree.leaves
-
-    def set_step(self, env_step: int) -> None:
-        """rlpyt DQN.update_itr_hyperparams: beta linear in the env step, clipped."""
-        super().set_step(env_step)
-        span = self.beta_anneal_end - self.beta_anneal_start
-        if span == 0:
-            progress = float(env_step >= self.beta_anneal_end)
-        else:
-            progress = min(max((env_step - self.beta_anneal_start) / span, 0.0), 1.0)
-        self.beta = progress * self.beta_end + (1.0 - progress) * self.beta_start
-
-    def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        self._flush()
-        indices = self._find(self._tree.masses(batch_size, self._generator, self.stratified))  # (b)
-        priorities = self._tree.get(indices)
-        weights = (1.0 / (priorities + IS_WEIGHT_EPS)) ** self.beta
-        return indices, (weights / weights.max()).to(torch.float32)
-
-    def update_priorities(self, indices: torch.Tensor, values: torch.Tensor) -> None:
-        """Set the priorities of sampled starts (b,) from ``values`` (b,), e.g. the RL KL.
-
-        Entries that stopped being valid since they were sampled (priority 0) stay off.
-        Duplicated indices: one of their values is kept, consistently.
-        """
-        self.fast_path.run(self._update_priorities, indices, values)
-
-    def _update_priorities(self, indices: torch.Tensor, values: torch.Tensor) -> None:
-        self._flush()
-        idx = torch.as_tensor(indices, device=self.device).to(torch.int64).reshape(-1)
-        new = torch.as_tensor(values).detach().to(self.device, torch.float64).reshape(-1)
-        new = new.clamp(*PRIORITY_CLAMP) ** self.alpha
-        self._write_priorities(idx, torch.where(self._tree.get(idx) > 0, new, 0.0))
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["priorities"] = self.priorities.clone()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self._pending.clear()
-        self._tree.set_leaves(state["priorities"].to(self.device, torch.float64))
-
-
-@register("replay", "uniform_sequence")
-class UniformSequenceReplay(SequenceReplay):
-    """The same storage and batches, starts drawn uniformly over the valid ones; weights are 1.
-
-    rlpyt's ``UniformSequenceReplayFrameBuffer``: the same valid range as the prioritized
-    buffer, ``randint`` over it, with replacement. Equivalent to PER with alpha = beta = 0.
-    """
-
-    gin_name = "uniform_sequence"
-
-    def __init__(
-        self,
-        observation_shape: tuple = (4, 84, 84),
-        capacity: int = 100_000,
-        sequence_length: int = 16,
-        n_step: int = 10,
-        discount: float = 0.99,
-        one_step_done_n: bool = True,
-        device: str = "cpu",
-        seed: int = 0,
-        compile: bool | str = False,  # noqa: A002 - gin name
-    ) -> None:
-        """
-        Args:
-            observation_shape: (frame_stack, height, width) of the env's uint8 observation.
-            capacity: steps kept (the reference's 1e6 never wraps in 100k steps either, so the
-                behaviour is identical). Must exceed ``off_backward + off_forward``.
-            sequence_length: K+1 consecutive steps used by MLR (16).
-            n_step: n of the n-step return (10).
-            discount: gamma of the n-step return (0.99).
-            one_step_done_n: ``done_n`` is the 1-step done, as the pinned rlpyt stores it
-                (True, faithful); False: any done in the n steps.
-            device: where storage and batches live.
-            seed: seed of this replay's own torch generator.
-            compile: ``torch.compile`` the batch assembly (False; True; "auto" = on CUDA only).
-        """
-        super().__init__(observation_shape, capacity, sequence_length, n_step, discount, device, seed, compile,
-                         one_step_done_n)
-
-    def _sample_starts(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self._valid_range()
-        starts = torch.randint(lo, hi + 1, (batch_size,), generator=self._generator, device=self.device)
-        return starts % self.capacity, torch.ones(batch_size, dtype=torch.float32, device=self.device)
-
-
-__all__ = ["PrioritizedSequenceReplay", "SequenceReplay", "UniformSequenceReplay"]
+def __getattr__(name: str) -> Any:
+    """The two samplers live in their own modules; importable from here as before (lazily: they
+    import this module)."""
+    if name == "PrioritizedSequenceReplay":
+        from mlr_registry.replay.prioritized_sequence_replay import PrioritizedSequenceReplay
+        return PrioritizedSequenceReplay
+    if name == "UniformSequenceReplay":
+        from mlr_registry.replay.uniform_sequence_replay import UniformSequenceReplay
+        return UniformSequenceReplay
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

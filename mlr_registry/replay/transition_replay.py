@@ -64,8 +64,8 @@ from einops import rearrange
 
 from mlr_registry.batch import Batch
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
+from mlr_registry.execution.transfer import to_device
 from mlr_registry.registry import register
-from mlr_registry.transfer import to_device
 
 MIN_EPISODE_FOR_FULL_CAPACITY = 100  # agent steps per episode the frame ring is sized for
 # fixed_size_sequences draws without a host sync only where a batch short of valid windows is

@@ -25,12 +25,12 @@ import torch
 from mlr_registry.atari_scores import HUMAN_SCORES, human_normalized
 from mlr_registry.envs.atari import AtariEnv
 from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.execution.loop_order import overlapped_step, pipelined_step
+from mlr_registry.execution.transfer import to_device
 from mlr_registry.registry import register
-from mlr_registry.replay.sequence_replay import PrioritizedSequenceReplay
-from mlr_registry.training.env_thread import beside
+from mlr_registry.replay.prioritized_sequence_replay import PrioritizedSequenceReplay
 from mlr_registry.training.evaluation import play_episodes
 from mlr_registry.training.loop_trainer import LoopTrainer, require_agent
-from mlr_registry.transfer import HostCopy, to_device
 
 
 def linear_epsilon(step: int, start_step: int, decay_steps: int, initial: float, final: float) -> float:
@@ -71,11 +71,11 @@ class Atari100kTrainer(LoopTrainer):
 
     ``eval_workers`` (0 = none, -1 = one per core, N) steps the evaluation envs in worker
     processes; the scores are the same bit for bit (``training/evaluation.py``).
-    ``overlap_env_step`` steps the training env on a thread while the step's updates run (the
-    same results, see :meth:`_learn_and_step`); it needs a replay with ``add_pending``.
-    ``pipeline_updates`` queues a step's updates on the device before the host reads that
-    step's action, so the host never waits for the GPU to drain (the same results, see
-    :meth:`_pipelined_step`; it needs ``add_pending`` too, and supersedes ``overlap_env_step``).
+    ``execution.overlap_env_step`` steps the training env on a thread while the step's updates
+    run; ``execution.pipeline_updates`` queues a step's updates on the device before the host
+    reads that step's action, so the host never waits for the GPU to drain (it supersedes
+    ``overlap_env_step``). Both give the same results and need a replay with ``add_pending``
+    (:mod:`mlr_registry.execution.loop_order`).
 
     ``checkpoint_every`` (env steps, 0 = off) sets how often :meth:`train` writes a checkpoint
     when the CLI gives it a :class:`Checkpointer` (every 10k steps: a checkpoint holds the whole
@@ -107,8 +107,6 @@ class Atari100kTrainer(LoopTrainer):
         eval_at_start: bool = False,
         eval_max_steps: int | None = None,
         eval_workers: int = 0,
-        overlap_env_step: bool = False,
-        pipeline_updates: bool = False,
         log_every: int = 1000,
         seed: int = 0,
         device: str = "auto",
@@ -142,12 +140,12 @@ class Atari100kTrainer(LoopTrainer):
         self.eval_at_start = eval_at_start
         self.eval_max_steps = eval_max_steps
         self._setup_run(benchmark, objective, video, video_max_steps, eval_workers, eval_episodes)
-        self.overlap_env_step = bool(overlap_env_step)
-        self.pipeline_updates = bool(pipeline_updates)
+        self.pipeline_updates = self.execution.pipeline_updates
         for name in ("overlap_env_step", "pipeline_updates"):
-            if getattr(self, name) and not all(hasattr(self.replay, m) for m in ("add_pending", "complete_pending")):
+            if getattr(self.execution, name) and not all(hasattr(self.replay, m)
+                                                        for m in ("add_pending", "complete_pending")):
                 raise ConfigError(
-                    f"atari100k.{name} = True needs a replay that stores a step's observation "
+                    f"execution.{name} = True needs a replay that stores a step's observation "
                     f"and action before its reward and done (add_pending / complete_pending); "
                     f"{type(self.replay).__name__} has no such methods: set {name} = False")
 
@@ -183,59 +181,26 @@ class Atari100kTrainer(LoopTrainer):
         return self.eval_max_steps or getattr(self.env, "max_episode_steps", None), "steps"
 
     def _step(self, step: int, obs: np.ndarray) -> tuple[list, tuple]:
-        """Step t: act on ``obs``, then the env step and the updates, in the order the switches
-        choose: ``(update metrics, (next obs, reward, done, info))``."""
+        """Env step t and its updates: ``(update metrics, (next obs, reward, done, info))``, the
+        next obs already reset after a done.
+
+        The reference's order: act on ``obs``, env step, ``replay.add``, updates. The replay
+        stores the observation as acting saw it (already on the device: no second copy).
+        ``execution.pipeline_updates`` and ``execution.overlap_env_step`` run the same step in
+        another order, with the same results (:mod:`mlr_registry.execution.loop_order`).
+        """
         updates = self.updates_per_step if step >= self.learning_starts else 0
         obs_t = to_device(obs, self.device)
         actions = self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)  # (1) on the device
         if self.pipeline_updates and updates:
-            return self._pipelined_step(step, obs_t, actions[0], updates)
-        return self._learn_and_step(step, obs_t, int(actions[0]), updates)
-
-    def _pipelined_step(self, step: int, obs: torch.Tensor, action: torch.Tensor, updates: int) -> tuple[list, tuple]:
-        """Step t with its updates queued before the host reads a_t (``pipeline_updates``).
-
-        The reference reads a_t back (the host waits for the GPU to finish acting), steps the
-        env, then queues the updates; the GPU idles while the host prepares them. Here a_t is
-        copied to the host in stream order (:class:`HostCopy`), stored in the replay on the device,
-        and the updates are queued behind it; the host then waits for the acting kernels alone,
-        steps the env while the GPU runs the updates, and at step t+1 queues acting behind them.
-        The results are the same: acting at t+1 still runs on the weights after step t's updates
-        (stream order), the updates read only what ``add_pending`` stores before them (as with
-        ``overlap_env_step``, see :meth:`_learn_and_step`), and the random draws come in the
-        reference's order. Checked metric for metric by ``tests/test_atari_overlap.py``.
-        """
-        action_host = HostCopy(action)
-        self.replay.add_pending(obs, action)
-        metrics = [self._update() for _ in range(updates)]
-        self.replay.set_step(step)  # after the updates, as in the other paths
-        outcome = self._env_step(int(action_host.result()))
-        self.replay.complete_pending(outcome[1], outcome[2])
-        return metrics, outcome
-
-    def _learn_and_step(self, step: int, obs: torch.Tensor, action: int, updates: int) -> tuple[list, tuple]:
-        """Env step t and its ``updates`` updates: ``(update metrics, (next obs, reward, done, info))``,
-        the next obs already reset after a done. ``obs`` is step t's observation as acting saw it
-        (already on the device: the replay stores it without a second copy).
-
-        The reference's order: env step, ``replay.add``, updates. With ``overlap_env_step`` the
-        env steps on a thread while the updates run, and the results are the same: the updates
-        only need the step's observation and action, which ``replay.add_pending`` stores before
-        them (no batch reads a step's reward or done until ``T + 1`` steps later; see
-        ``SequenceReplay.add_pending``), the env draws only from its own RNG, and the step's
-        reward and done reach the replay (``complete_pending``) before the next step. Checked
-        metric for metric by ``tests/test_atari_overlap.py``.
-        """
+            return pipelined_step(self.replay, step, obs_t, actions[0], self._env_step, self._update, updates)
         executor = self._env_thread() if updates else None
         if executor is not None:
-            self.replay.add_pending(obs, action)
-            metrics, outcome = beside(executor, lambda: self._env_step(action),
-                                      lambda: [self._update() for _ in range(updates)])
-            self.replay.complete_pending(outcome[1], outcome[2])
-            self.replay.set_step(step)
-            return metrics, outcome
+            return overlapped_step(executor, self.replay, step, obs_t, int(actions[0]), self._env_step,
+                                   self._update, updates)
+        action = int(actions[0])
         outcome = self._env_step(action)
-        self.replay.add(obs, action, outcome[1], outcome[2])
+        self.replay.add(obs_t, action, outcome[1], outcome[2])
         metrics = [self._update() for _ in range(updates)]
         # After the updates, as rlpyt's update_itr_hyperparams(itr): step t's updates sample with
         # the importance-sampling exponent beta of step t - 1.

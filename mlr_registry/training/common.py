@@ -1,5 +1,5 @@
-"""Run-level helpers every trainer shares: the device, and the run tags that name what ran
-(registered component names, the objective, the GPU fast path's switches)."""
+"""Run-level helpers every trainer shares: the device, the thread count, and the run tags that
+name what ran (registered component names, the objective)."""
 
 from __future__ import annotations
 
@@ -26,21 +26,6 @@ def registered_name(kind: str, obj: Any) -> str:
 
     by_class = {c.target: c.name for c in registry.components(kind)}
     return by_class.get(type(obj), type(obj).__name__.lower())
-
-
-def fast_path_tags(agent: Any, replay: Any = None) -> dict[str, str]:
-    """What the GPU fast path actually runs, as run tags: the agent's ``fast_path.precision``,
-    ``fast_path.compile`` and the reason of any switch that turned itself off, and the replay's
-    ``fast_path.replay_compile`` (+ note) where it has one; {} for components without."""
-    tags = {}
-    fast = getattr(agent, "fast_path", None)
-    if fast is not None and hasattr(fast, "describe"):
-        tags.update({f"fast_path.{k}": str(v) for k, v in fast.describe().items()})
-    fast = getattr(replay, "fast_path", None)
-    if fast is not None and hasattr(fast, "describe"):
-        tags.update({f"fast_path.replay_{k}": str(v) for k, v in fast.describe().items()
-                     if k.startswith("compile")})
-    return tags
 
 
 def objective_of(agent: Any) -> str:

@@ -24,13 +24,13 @@ import torch
 
 from mlr_registry.envs.dmc import DMCEnv
 from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.execution.env_thread import beside
+from mlr_registry.execution.transfer import to_device
 from mlr_registry.registry import register
 from mlr_registry.replay.transition_replay import TransitionReplay
-from mlr_registry.training.env_thread import beside
 from mlr_registry.training.evaluation import play_episodes
 from mlr_registry.training.loop_trainer import LoopTrainer, require_agent
 from mlr_registry.training.rng import generator_state, set_generator_state
-from mlr_registry.transfer import to_device
 
 EVAL_SEED_OFFSET = 10_000
 
@@ -70,7 +70,6 @@ class DMCTrainer(LoopTrainer):
         video: bool = True,
         video_max_steps: int = 2000,
         checkpoint_every: int = 50_000,
-        overlap_env_step: bool = False,
         eval_workers: int = 0,
         threads: int = 0,
     ):
@@ -78,10 +77,10 @@ class DMCTrainer(LoopTrainer):
         init_steps counts agent steps (the reference multiplies its 1000 by the action repeat).
         checkpoint_every (0 = off) applies when the CLI gives :meth:`train` a Checkpointer; a
         checkpoint holds the whole replay (~3 GB at capacity 100k), hence the sparse default.
-        overlap_env_step: run each env step (physics + rendering, CPU) on a thread while the
-        update runs (GPU), instead of after it. Same results (see :meth:`_update_while_stepping`);
-        off by default, on in ``gin/fast/dmc_mlr_fast.gin``. dm_control renders on its own
-        thread anyway, so stepping from another thread is safe.
+        ``execution.overlap_env_step`` runs each env step (physics + rendering, CPU) on a thread
+        while the update runs (GPU), instead of after it. Same results (see
+        :meth:`_update_while_stepping`). dm_control renders on its own thread anyway, so stepping
+        from another thread is safe.
         eval_workers (0 = the reference's one eval env; -1 = one worker per core; N): play the
         evaluation episodes in lockstep in worker processes (see :meth:`evaluate`).
         progress ('auto' = when stderr is a terminal, True, False): a bar with the rate and ETA.
@@ -111,7 +110,9 @@ class DMCTrainer(LoopTrainer):
         self.eval_at_start = eval_at_start
         self._setup_run(benchmark or f"dmc{num_env_steps // 1000}k", objective, video, video_max_steps,
                         eval_workers, eval_episodes)
-        self.overlap_env_step = bool(overlap_env_step)
+        if self.execution.pipeline_updates:
+            raise ConfigError("execution.pipeline_updates = True applies to the atari100k trainer only; "
+                              "on DMC use execution.overlap_env_step = True")
         self._wants_sequences = len(getattr(self.agent, "aux_losses", [])) > 0
         self._rng = np.random.default_rng(seed)
         self._eval_env = None
@@ -187,7 +188,7 @@ class DMCTrainer(LoopTrainer):
     def _update_while_stepping(self, action: np.ndarray, wants_sequences: bool,
                                executor: ThreadPoolExecutor | None) -> tuple[dict[str, float], tuple]:
         """One update and ``env.step(action)``: in sequence (the reference), or, with
-        ``overlap_env_step``, the env step on its own thread while the update runs. The results are
+        ``execution.overlap_env_step``, the env step on its own thread while the update runs. The results are
         the same: the action was chosen before the update (the reference's order), the update
         reads only the replay (the new transition is added after both), and the env draws from
         its own task RNG, never torch's or numpy's global ones (``tests/test_dmc_overlap.py``

@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from mlr_registry.errors import CheckpointError, ConfigError, check_range
+from mlr_registry.execution import Execution
+from mlr_registry.execution.env_thread import block_interrupts
 from mlr_registry.training.artifacts import CurveTracker, log_run_artifacts
 from mlr_registry.training.checkpoint import Checkpointer
-from mlr_registry.training.common import fast_path_tags, objective_of, registered_name, resolve_device, set_threads
-from mlr_registry.training.env_thread import block_interrupts
+from mlr_registry.training.common import objective_of, registered_name, resolve_device, set_threads
 from mlr_registry.training.evaluation import EnvWorkers, resolve_workers
 from mlr_registry.training.metric_window import MetricWindow
 from mlr_registry.training.progress import check_progress, final_evaluation_note, progress_bar
@@ -127,7 +128,11 @@ class LoopTrainer:
 
     def _setup_run(self, benchmark: str, objective: str | None, video: bool, video_max_steps: int,
                    eval_workers: int, eval_episodes: int) -> None:
-        """What follows the agent's construction: tags, video, evaluation workers."""
+        """What follows the construction of agent and replay: the execution layer (the
+        ``execution.*`` bindings) applied to both, tags, video, evaluation workers."""
+        self.execution = Execution()
+        self.execution.apply(self.agent, self.replay)
+        self.overlap_env_step = self.execution.overlap_env_step
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
         self.video = video
@@ -138,7 +143,7 @@ class LoopTrainer:
     def run_tags(self) -> dict[str, str]:
         return {"benchmark": self.benchmark, "env": str(self.env.game),
                 "agent": registered_name("agent", self.agent), "objective": self.objective,
-                "seed": str(self.seed), **fast_path_tags(self.agent, self.replay)}
+                "seed": str(self.seed), **{f"fast_path.{k}": v for k, v in self.execution.describe().items()}}
 
     # --- the loop ----------------------------------------------------------------------------
 
