@@ -114,4 +114,3 @@ def run_on_ray(ray, specs: list, args: argparse.Namespace) -> tuple[list, bool]:
         signal.signal(signal.SIGTERM, previous)
         ray.shutdown()
     return results + [_killed(spec, since_ms) for spec in pending.values()], interrupted
-

@@ -64,4 +64,3 @@ def _parent_run(tracking_uri: str, experiment: str, name: str, args: argparse.Na
               "cpus_per_trial": str(args.cpus_per_trial), "gpus_per_trial": str(args.gpus_per_trial)}
     parent.start({SWEEP_TAG: name, ROLE_TAG: "parent"}, params)
     return parent, False
-

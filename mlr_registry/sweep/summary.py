@@ -63,4 +63,3 @@ def _summary(results, skipped: dict[str, object], trials: list[Trial]) -> tuple[
                  f"{counts['skipped']} before: skipped), {counts['failed']} failed, {counts['killed']} killed, "
                  f"{counts['not_run']} not run")
     return "\n".join(lines), counts
-
