@@ -35,27 +35,13 @@ Deviation, once the buffer has wrapped: the reference draws starts from the phys
 and oldest transitions; here starts are counted from the oldest stored transition, so a window
 is always a run of consecutive transitions. Before wrapping both are identical.
 
-``fixed_size_sequences`` (the GPU fast path; off by default): the same draw without its host
-sync. Keeping "the first valid ones" needs their count, which the device knows and the host
-must wait for (``nonzero``), so every aux step stalls the host until the GPU has finished the
-queued critic phase, and the batch size varies, which CUDA graphs cannot capture. With the
-switch on, a stable sort puts the valid candidates first, in draw order, and the first
-``batch_size`` rows are taken: the reference's batch exactly whenever at least ``batch_size``
-of the ``2 * batch_size`` candidates are valid. The switch takes this path only where the host
-can bound the chance of fewer by ``SHORT_BATCH_ODDS`` (1e-9 per batch, Hoeffding's inequality
-on a lower bound of the valid share; see :meth:`TransitionReplay._sync_free_draw_is_safe`), and
-draws the reference's way elsewhere (short episodes, long sequences, small batches: the tiny
-smoke configs, or a sequence-length ablation on cartpole). At the DMC defaults (sequences of
-16, episodes of 125 to 500 agent steps, batches of 128) the bound holds from the first aux
-step. Should a short batch happen anyway, its missing rows repeat the valid windows in order,
-and ``short_sequence_batches`` counts it; the DMC trainer logs that count as
-``replay/short_sequence_batches``.
+``fixed_size_sequences`` (the GPU fast path; off by default) draws the same windows without a
+host sync where a batch short of valid windows is out of reach (``sync_free_sequences.py``).
+The SAC batch type is in ``transitions.py``, the checkpoint state in ``transition_state.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 import numpy as np
@@ -63,34 +49,15 @@ import torch
 from einops import rearrange
 
 from mlr_registry.batch import Batch
-from mlr_registry.errors import CheckpointError, ConfigError, check_range
+from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.execution.transfer import to_device
 from mlr_registry.registry import register
+from mlr_registry.replay.sync_free_sequences import SHORT_BATCH_ODDS as SHORT_BATCH_ODDS
+from mlr_registry.replay.sync_free_sequences import SyncFreeSequenceDraw
+from mlr_registry.replay.transition_state import TransitionReplayState
+from mlr_registry.replay.transitions import Transitions
 
 MIN_EPISODE_FOR_FULL_CAPACITY = 100  # agent steps per episode the frame ring is sized for
-# fixed_size_sequences draws without a host sync only where a batch short of valid windows is
-# less likely than this (per batch; a run draws 10^5 to 10^6 batches).
-SHORT_BATCH_ODDS = 1e-9
-
-
-@dataclasses.dataclass
-class Transitions:
-    """A SAC batch of single transitions (uncropped; ``obs``/``next_obs`` may share storage)."""
-
-    obs: torch.Tensor  # (b c h w) uint8
-    action: torch.Tensor  # (b a) float32
-    reward: torch.Tensor  # (b) float32
-    next_obs: torch.Tensor  # (b c h w) uint8
-    not_done: torch.Tensor  # (b) float32: 0 only after a true terminal (never on DMC)
-    indices: torch.Tensor  # (b) int64 replay slots
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.obs.shape[0])
-
-    def to(self, device: torch.device | str) -> Transitions:
-        return Transitions(**{f.name: getattr(self, f.name).to(device, non_blocking=True)
-                              for f in dataclasses.fields(self)})
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -99,7 +66,7 @@ def _check_int(name: str, value: Any, low: int) -> int:
 
 
 @register("replay", "transition")
-class TransitionReplay:
+class TransitionReplay(SyncFreeSequenceDraw, TransitionReplayState):
     """Circular buffer of DMC transitions for SAC batches and MLR sequences (docs/faithfulness.md#dmc-replay)."""
 
     def __init__(
@@ -125,7 +92,7 @@ class TransitionReplay:
             device: where storage and batches live (a 100k buffer takes ~3 GB).
             seed: seeds the sampling generator.
             fixed_size_sequences: ``sample_sequences`` without a host sync, always
-                ``batch_size`` windows (see the module docstring); False = the reference's draw.
+                ``batch_size`` windows (see ``sync_free_sequences.py``); False = the reference's draw.
         """
         shape = tuple(int(v) for v in observation_shape)
         if len(shape) != 3 or min(shape) < 1:
@@ -331,96 +298,3 @@ class TransitionReplay:
         obs = rearrange(frames.unfold(1, self.frame_stack, 1), "b t f h w k -> b t (k f) h w")
         return Batch(obs=obs, action=self._action[windows], reward=self._reward[windows],
                      done=self._real_done[windows], indices=windows[:, 0])
-
-    def _sync_free_draw_is_safe(self, batch_size: int) -> bool:
-        """True where fewer than ``batch_size`` valid windows among ``2 * batch_size`` uniform draws
-        has probability below ``SHORT_BATCH_ODDS``, from what the host knows.
-
-        Consecutive episode ends lie at least ``shortest episode`` transitions apart, so the
-        buffer holds at most ``(size - 1) // shortest + 1`` ends and each invalidates at most
-        ``sequence_length`` starts: p, the valid share of the starts, is at least
-        ``1 - sequence_length * ends / starts``. Each draw is valid with probability p, so by
-        Hoeffding P(valid draws <= batch_size) <= exp(-4 * batch_size * (p - 1/2)^2).
-        """
-        if self._shortest_episode == 0:
-            return True  # no episode has ended: every window is valid
-        ends = (self._size - 1) // self._shortest_episode + 1
-        p = 1.0 - self.sequence_length * ends / self.num_sequence_starts
-        return p > 0.5 and math.exp(-4 * batch_size * (p - 0.5) ** 2) < SHORT_BATCH_ODDS
-
-    def _first_valid_rows(self, valid: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """(b) candidate rows: the first ``batch_size`` valid ones in draw order, computed on the
-        device; short of valid ones, the valid ones again (in order), counted (with none valid,
-        the first candidate, invalid: the bound puts both below ``SHORT_BATCH_ODDS``)."""
-        order = torch.sort((~valid).to(torch.uint8), stable=True).indices  # (2b): valid first
-        n_valid = valid.sum()
-        self._short_batches += n_valid < batch_size
-        return order[torch.arange(batch_size, device=self.device) % n_valid.clamp(min=1)]
-
-    def _episodes_from_ends(self) -> tuple[int, int]:
-        """(open episode's first logical index, shortest gap between stored episode ends), for a
-        checkpoint that predates them: the gaps are the stored episodes' lengths, and an episode
-        cut by the buffer's start only ever looks shorter (a conservative bound)."""
-        oldest = self._count - self._size
-        slots = (oldest + np.arange(self._size)) % self.capacity
-        ends = oldest + np.flatnonzero(self._real_done[torch.from_numpy(slots).to(self.device)].cpu().numpy())
-        bounds = np.concatenate([[oldest - 1], ends])
-        shortest = int(np.diff(bounds).min()) if len(ends) else 0
-        return (int(bounds[-1]) + 1, shortest)
-
-    @property
-    def short_sequence_batches(self) -> int:
-        """How many ``sample_sequences`` batches had fewer valid windows than asked for and were
-        filled with repeats (``fixed_size_sequences`` only; reading it waits for the GPU)."""
-        return int(self._short_batches)
-
-    # --- checkpointing -------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Tensors and ints only (``torch.load(weights_only=True)`` safe)."""
-        n = min(self._count, self.capacity)
-        nf = min(self._frame_count, self.frames_capacity)
-        last = (torch.from_numpy(self._last_next_obs) if self._last_next_obs is not None
-                else torch.zeros(self.observation_shape, dtype=torch.uint8))
-        return {
-            "capacity": self.capacity, "frame_stack": self.frame_stack, "action_dim": self.action_dim,
-            "observation_shape": torch.tensor(self.observation_shape),
-            "sequence_length": self.sequence_length,
-            "count": self._count, "size": self._size, "frame_count": self._frame_count,
-            "episode_open": int(self._episode_open), "last_next_obs": last.clone(),
-            "frames": self._frames[:nf].clone(), "frame_index": self._frame_index[:n].clone(),
-            "action": self._action[:n].clone(), "reward": self._reward[:n].clone(),
-            "not_done": self._not_done[:n].clone(), "real_done": self._real_done[:n].clone(),
-            "rng_state": self._generator.get_state(),
-            "short_sequence_batches": self._short_batches.clone(),
-            "episode_start": self._episode_start, "shortest_episode": self._shortest_episode,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("capacity", "frame_stack", "action_dim", "sequence_length"):
-            if int(state[key]) != getattr(self, key):
-                raise CheckpointError(f"replay checkpoint has {key} = {int(state[key])}, "
-                                      f"this replay has {getattr(self, key)}")
-        shape = tuple(int(v) for v in state["observation_shape"])
-        if shape != self.observation_shape:
-            raise CheckpointError(f"replay checkpoint has observation_shape = {shape}, "
-                                  f"this replay has {self.observation_shape}")
-        n, nf = state["frame_index"].shape[0], state["frames"].shape[0]
-        self._frames[:nf].copy_(state["frames"])
-        self._frame_index[:n].copy_(state["frame_index"])
-        self._frame_index_host[:n] = state["frame_index"].tolist()
-        self._action[:n].copy_(state["action"])
-        self._reward[:n].copy_(state["reward"])
-        self._not_done[:n].copy_(state["not_done"])
-        self._real_done[:n].copy_(state["real_done"])
-        self._count, self._size = int(state["count"]), int(state["size"])
-        self._frame_count = int(state["frame_count"])
-        self._episode_open = bool(int(state["episode_open"]))
-        self._last_next_obs = state["last_next_obs"].cpu().numpy().copy() if self._episode_open else None
-        self._generator.set_state(state["rng_state"])
-        # Absent before 2026-11-26: no short batch counted; the episode lengths from the stored ends.
-        self._short_batches.fill_(int(state.get("short_sequence_batches", 0)))
-        if "shortest_episode" in state:
-            self._episode_start, self._shortest_episode = int(state["episode_start"]), int(state["shortest_episode"])
-        else:
-            self._episode_start, self._shortest_episode = self._episodes_from_ends()

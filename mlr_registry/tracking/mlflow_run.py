@@ -4,13 +4,13 @@ Only the CLI and the trainer use this module; components never see MLflow. The r
 with a terminal status: FINISHED, FAILED (an exception) or KILLED (Ctrl-C or SIGTERM), so the
 UI never shows a dead run as RUNNING. A run can be reopened (:meth:`TrackedRun.resume`) to
 continue from a checkpoint; its checkpoints live in its artifact store under ``checkpoints/``.
+Which store a run goes to is ``store.py``'s.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-DEFAULT_ARTIFACT_DIR = "mlartifacts"
+# Re-exported: mlflow_run.py held the store's location and the git commit before store.py and reproduce.py.
+from mlr_registry.tracking.reproduce import git_commit as git_commit
+from mlr_registry.tracking.store import DEFAULT_ARTIFACT_DIR as DEFAULT_ARTIFACT_DIR
+from mlr_registry.tracking.store import DEFAULT_TRACKING_URI as DEFAULT_TRACKING_URI
+from mlr_registry.tracking.store import missing_sqlite_store as missing_sqlite_store
+from mlr_registry.tracking.store import resolve_tracking_uri, sqlite_artifact_location
+
 DEFAULT_EXPERIMENT = "mlr_registry"
 # MLflow limits: params are at most 6,000 characters; a batch holds at most 100 params / 1,000 metrics.
 _PARAM_LIMIT = 6000
@@ -32,47 +37,6 @@ RESUMABLE_STATUSES = ("RUNNING", "KILLED", "FAILED")
 # what its experiment-kind selector writes) to open an experiment in its model-training view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-
-
-def resolve_tracking_uri(flag: str | None = None) -> str:
-    """The flag, else ``MLFLOW_TRACKING_URI``, else the embedded SQLite store in the cwd."""
-    return flag or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def missing_sqlite_store(tracking_uri: str) -> Path | None:
-    """The file of a ``sqlite:///PATH`` store that does not exist (yet), else None. Opening one
-    creates it (and its folder), so readers check first: a mistyped path is an error, not an
-    empty store."""
-    prefix = "sqlite:///"
-    if tracking_uri.startswith(prefix) and not Path(tracking_uri[len(prefix):]).exists():
-        return Path(tracking_uri[len(prefix):])
-    return None
-
-
-def sqlite_artifact_location(tracking_uri: str) -> str | None:
-    """``mlartifacts/`` beside the database file of a ``sqlite:///PATH`` store (as a file URI),
-    for the default store and one given with ``--tracking-uri`` alike; None (MLflow's choice, or
-    a server's) for any other store."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    db = tracking_uri[len(prefix):].split("?", 1)[0]  # sqlite:////abs.db keeps its leading /
-    if not db or db == ":memory:":
-        return None
-    return (Path(db).resolve().parent / DEFAULT_ARTIFACT_DIR).as_uri()
-
-
-def git_commit(path: Path | None = None) -> str:
-    """The commit of the source tree the package runs from ('unknown' outside a checkout)."""
-    where = path or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
-                             text=True, timeout=5, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class TrackedRun:

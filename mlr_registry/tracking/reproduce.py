@@ -1,10 +1,12 @@
 """A run's description (MLflow's ``mlflow.note.content`` tag, Markdown in the UI): the command that
-trains it again, at the git commit it ran from."""
+trains it again, at the git commit it ran from (:func:`git_commit`)."""
 
 from __future__ import annotations
 
 import shlex
+import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 NOTE_TAG = "mlflow.note.content"
 COMMAND = "python -m mlr_registry.run"
@@ -33,3 +35,16 @@ def reproduce_note(gin_files: Sequence[str], bindings: Sequence[str], commit: st
     if commit.endswith("-dirty"):
         lines += ["", "The checkout had uncommitted changes, which this command does not restore."]
     return "\n".join(lines) + "\n"
+
+
+def git_commit(path: Path | None = None) -> str:
+    """The commit of the source tree the package runs from ('unknown' outside a checkout)."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True,
+                             text=True, timeout=5, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
