@@ -47,7 +47,7 @@ def test_bench_rainbow_baseline_update(benchmark):
 
     metrics = benchmark.pedantic(step, rounds=3, iterations=1)
     assert set(metrics) >= {"rl_loss", "grad_norm"}
-    assert agent.last_priorities.shape == (B,)
+    assert metrics.priorities.shape == (B,)
 
 
 def test_bench_rainbow_act(benchmark):

@@ -79,6 +79,11 @@ def print_components(out=sys.stdout) -> None:
                 print(f"      {name} = {shown}", file=out)
     for failure in registry.plugin_failures():
         print(f"broken: {failure}", file=out)
+    from mlr_registry.execution import Execution
+
+    print("execution (how a run executes, set once per run; not a component):", file=out)
+    for name, parameter in inspect.signature(Execution).parameters.items():
+        print(f"      {name} = {parameter.default!r}", file=out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -195,8 +195,9 @@ def atari_mlr_update(bindings: tuple[str, ...] = ()) -> dict[str, Any]:
     seed_everything(SEED + 1)  # the update's own draws: noise, augmentation, masks
 
     def run() -> dict[str, Any]:
-        metrics = dict(agent.update(batch))
-        replay.update_priorities(batch.indices, agent.last_priorities)
+        update = agent.update(batch)
+        metrics = dict(update)
+        replay.update_priorities(batch.indices, update.priorities)
         priorities = replay.priorities[batch.indices]
         metrics.update(written_priority_sum=priorities.sum(), written_priority_sq=priorities.pow(2).sum(),
                        done_n0_count=batch.done_n[:, 0].sum(), done_count=batch.done[:, :16].any(1).sum())

@@ -30,6 +30,8 @@ def test_list_shows_every_kind_with_origin_and_defaults(tmp_path, toy_site):
     assert "cube  [built-in]  gin: maskers.cube" in out
     assert "toy  [toy-plugin]  gin: trainers.toy" in out
     assert "      lr = 0.1" in out and "      crash = False" in out
+    execution = out[out.index("execution (how a run executes"):]  # the settings after the components
+    assert "      precision = 'fp32'" in execution and "      overlap_env_step = False" in execution
 
 
 def test_run_creates_mlflow_run_with_params_tags_and_config(tmp_path, toy_site, toy_gin):

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 EXECUTION_NAMES = {"autocast", "compile", "compile_mode", "compile_scope", "compile_step", "fast_path", "FastPath",
                    "precision", "channels_last", "cudnn", "cudnn_benchmark", "bfloat16", "memory_format",
                    "cudagraph_mark_step_begin", "run_stateless", "overlap_env_step", "pipeline_updates"}
-ALGORITHM_FILES = ("mlr_registry/agents/rainbow.py", "mlr_registry/agents/sac.py", "mlr_registry/agents/sac_networks.py",
-                   "mlr_registry/losses/mlr.py")
+ALGORITHM_FILES = tuple(f"mlr_registry/{name}.py" for name in ("agents/rainbow", "agents/sac", "agents/sac_networks",
+                                                                "agents/c51_head", "losses/mlr"))
 
 
 @pytest.mark.parametrize("path", ALGORITHM_FILES)

@@ -98,3 +98,24 @@ def test_a_loss_on_the_old_contract_is_one_line_naming_the_new_one(agent):
                                           r"mlr_registry\.losses\.auxiliary\.AuxiliaryLoss: " + new_contract) as err:
         build([OldContractLoss()])
     assert str(err.value).splitlines()[0].endswith("target_networks() (mlr_registry/losses/auxiliary.py)")
+
+
+def test_an_agent_on_the_old_priority_contract_is_one_line():
+    """Agents once left their priorities in ``agent.last_priorities``; the trainer reads them from
+    the update's metrics now, so an agent that still has the attribute would silently train
+    without prioritized replay: it is refused, naming the new way."""
+    import gin
+    from conftest import tiny_trainer
+
+    from mlr_registry.agents.rainbow import Rainbow
+
+    @gin.configurable("agents.old_priorities")  # gin only: the registry would keep it for later tests
+    class OldPriorities(Rainbow):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.last_priorities = None
+
+    with pytest.raises(ConfigError, match=r"^OldPriorities\.last_priorities is no longer read: an agent returns its "
+                                          r"priorities with its metrics, LazyMetrics\(\.\.\., priorities=p\)\n"):  # + gin's note
+        with tiny_trainer("gin/atari_baseline.gin", bindings=("trainers.atari100k.agent = @agents.old_priorities",)):
+            pass

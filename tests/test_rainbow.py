@@ -371,8 +371,9 @@ def test_rl_loss_and_priorities_match_a_hand_computed_c51_target(double_dqn):
         kl = (clamped * (clamped.log() - log_p)).sum(-1).clamp(1e-6, 1e6)
     metrics = agent.update(batch)
     assert float(metrics["rl_loss"]) == pytest.approx((batch.weights * ce).mean().item(), rel=1e-5)
-    torch.testing.assert_close(agent.last_priorities, kl)
-    assert agent.last_priorities.shape == (8,) and not agent.last_priorities.requires_grad
+    torch.testing.assert_close(metrics.priorities, kl)
+    assert metrics.priorities.shape == (8,) and not metrics.priorities.requires_grad
+    assert "priorities" not in metrics  # handed to the replay, not logged as a metric
 
 
 def test_importance_weights_scale_the_rl_loss():

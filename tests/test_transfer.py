@@ -1,4 +1,4 @@
-"""Host↔device transfers that never wait for the GPU (``mlr_registry/transfer.py``), and the
+"""Host↔device transfers that never wait for the GPU (``mlr_registry/execution/transfer.py``), and the
 pipelined Atari loop built on them (``execution.pipeline_updates``).
 
 On the CPU the helpers must give exactly ``torch.as_tensor``'s values; on CUDA (when present)

@@ -93,7 +93,7 @@ def loop_step(agent: Rainbow, replay: PrioritizedSequenceReplay, obs: torch.Tens
     for _ in range(2):
         batch = replay.sample(BATCH)
         out.append(agent.update(batch))
-        replay.update_priorities(batch.indices, agent.last_priorities)
+        replay.update_priorities(batch.indices, out[-1].priorities)
     if action_host is not None:
         int(action_host.result())  # the env would step now, while the GPU runs the updates
     replay.complete_pending(0.0, False)
@@ -130,7 +130,8 @@ def main() -> None:
     batch = replay.sample(BATCH)
     per_update = timed(lambda i: agent.update(batch), n)
     print(f"update alone: {per_update * 1e3:.2f} ms ({1 / per_update:.1f} updates/s)")
-    sample = timed(lambda i: replay.update_priorities(replay.sample(BATCH).indices, agent.last_priorities), n)
+    priorities = agent.update(batch).priorities
+    sample = timed(lambda i: replay.update_priorities(replay.sample(BATCH).indices, priorities), n)
     print(f"sample + update_priorities: {sample * 1e3:.2f} ms")
     act = timed(lambda i: int(agent.act(obs, epsilon=0.0, greedy=False)[0]), n)
     step = agent._greedy_actions  # a CompiledStep where acting compiles, else the method

@@ -34,11 +34,14 @@ class LazyMetrics(Mapping[str, float]):
 
     Args:
         *parts: dicts of name → 0-d tensor or number, merged in order (a later part's key wins).
+        priorities: what an update hands a prioritized replay besides its metrics: one new
+            priority per batch entry (b), or None. Not a metric: never converted or logged.
     """
 
-    def __init__(self, *parts: Mapping[str, Any]):
+    def __init__(self, *parts: Mapping[str, Any], priorities: torch.Tensor | None = None):
         self._values: dict[str, Any] = {k: v for part in parts for k, v in part.items()}
         self._floats: dict[str, float] | None = None
+        self.priorities = priorities
 
     def pending(self) -> dict[str, Any] | None:
         """The unconverted values (tensors detached), or None once they have been read."""

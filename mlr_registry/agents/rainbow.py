@@ -155,7 +155,6 @@ class Rainbow(nn.Module):
         self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=learning_rate,
                                           eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
         self.update_count = 0
-        self.last_priorities: torch.Tensor | None = None  # (b) KL priorities of the last update
 
     def _check_encoder(self) -> int:
         """The encoder's output size, checked against a dummy forward (an image_size mismatch
@@ -225,8 +224,8 @@ class Rainbow(nn.Module):
     # --- learning --------------------------------------------------------------------------
     def update(self, batch: Batch) -> LazyMetrics:
         """One gradient step on ``batch`` (obs (b t c h w) uint8 with t > n_step; action (b t);
-        returns, done_n (b ≥1); weights (b) or None). Priorities go to ``last_priorities``.
-        The metrics stay on the device until read (:class:`LazyMetrics`)."""
+        returns, done_n (b ≥1); weights (b) or None). The metrics stay on the device until read
+        (:class:`LazyMetrics`); their ``priorities`` are the KL priorities (b) for the replay."""
         batch = batch.to(self.device)
         if batch.obs.shape[1] <= self.n_step or batch.returns is None or batch.done_n is None:
             raise ConfigError(f"rainbow.update needs obs with more than n_step = {self.n_step} steps and "
@@ -234,11 +233,11 @@ class Rainbow(nn.Module):
         self.train()
         reset_noise(self.head)  # one fresh noise sample per update, online net only
         self.optimizer.zero_grad(set_to_none=True)
-        tensors, aux_metrics, self.last_priorities = self._learn_phase(batch)
+        tensors, aux_metrics, priorities = self._learn_phase(batch)
         self.update_count += 1
         if self.update_count % self.target_update_period == 0:
             self.copy_to_target()
-        return LazyMetrics(aux_metrics, tensors)  # still on the device: no sync until read
+        return LazyMetrics(aux_metrics, tensors, priorities=priorities)  # still on the device: no sync until read
 
     def _learn_phase(self, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, Any], torch.Tensor]:
         """The update's tensor work, from the augmentations to Adam's step: (metric tensors, aux

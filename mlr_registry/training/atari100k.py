@@ -130,6 +130,9 @@ class Atari100kTrainer(LoopTrainer):
                            device=str(self.device))
         self.replay = replay(observation_shape=self.env.observation_shape, device=str(self.device), seed=seed)
         check_returns_match(self.agent, self.replay)
+        if hasattr(self.agent, "last_priorities"):  # the contract before 2026-12-07: would be ignored now
+            raise ConfigError(f"{type(self.agent).__name__}.last_priorities is no longer read: an agent returns "
+                              "its priorities with its metrics, LazyMetrics(..., priorities=p)")
         self.num_env_steps = self.num_iterations = num_env_steps
         self.learning_starts = learning_starts
         self.updates_per_step = updates_per_step
@@ -216,7 +219,7 @@ class Atari100kTrainer(LoopTrainer):
     def _update(self) -> dict[str, float]:
         batch = self.replay.sample(self.batch_size)
         metrics = self.agent.update(batch)
-        priorities = getattr(self.agent, "last_priorities", None)
+        priorities = getattr(metrics, "priorities", None)  # (b) for a prioritized replay, or None
         if priorities is not None and hasattr(self.replay, "update_priorities"):
             self.replay.update_priorities(batch.indices, priorities)
         self.update_count += 1
