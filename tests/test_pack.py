@@ -77,21 +77,21 @@ def test_two_seeds_finish_in_one_store_on_their_own_cores(tmp_path):
         assert any(line.split()[:2] == [str(seed), "FINISHED"] for line in done.stdout.splitlines())
 
 
-@pytest.mark.slow(minutes=1.7)  # subprocess runs of the smoke config
+@pytest.mark.slow(minutes=1.2)  # subprocess runs of the smoke config
 def test_deadline_ends_runs_killed_with_a_checkpoint_and_no_report(tmp_path):
     out = tmp_path / "late"
     # One seed at a time: the first runs far longer than the deadline; the second never starts.
     # The first must be in its training loop when the deadline comes (to checkpoint): it took
-    # 15-20 s to get there at load 3.5 on 2 cores, and 90 s leaves a busier machine room.
+    # 15-20 s to get there at load 3.5 on 2 cores, and 60 s leaves a busier machine room.
     done = tool("pack_seeds.py", "--gin", SMOKE, "--bind", AS_DMC100K, "--bind", "trainers.dmc.num_env_steps = 100000",
-                "--seeds", "3,4", "--jobs", "1", "--out", str(out), "--deadline-s", "90", "--grace-s", "60")
+                "--seeds", "3,4", "--jobs", "1", "--out", str(out), "--deadline-s", "60", "--grace-s", "60")
     assert done.returncode == 1, done.stdout + done.stderr
     [run] = runs_of(out)
     assert run.info.status == "KILLED" and run.data.tags["seed"] == "3"
     client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")
     assert "checkpoints/latest" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["all_finished"] is False and summary["report"] is None and summary["deadline_s"] == 90
+    assert summary["all_finished"] is False and summary["report"] is None and summary["deadline_s"] == 60
     assert [(r["seed"], r["status"], r["returncode"]) for r in summary["runs"]] == [(3, "KILLED", 130),
                                                                                    (4, "NOT_STARTED", None)]
     assert not (out / "report").exists() and not (out / "logs" / "seed4.log").exists()

@@ -115,7 +115,8 @@ def test_an_agent_on_the_old_priority_contract_is_one_line():
             super().__init__(**kwargs)
             self.last_priorities = None
 
+    # the message's one line, then gin's note of the call
     with pytest.raises(ConfigError, match=r"^OldPriorities\.last_priorities is no longer read: an agent returns its "
-                                          r"priorities with its metrics, LazyMetrics\(\.\.\., priorities=p\)\n"):  # + gin's note
+                                          r"priorities with its metrics, LazyMetrics\(\.\.\., priorities=p\)\n"):
         with tiny_trainer("gin/atari_baseline.gin", bindings=("trainers.atari100k.agent = @agents.old_priorities",)):
             pass
