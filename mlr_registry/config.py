@@ -38,6 +38,7 @@ for _agent in ("rainbow", "sac"):
         RENAMED_PARAMETERS[("agent", _agent, _name)] = _EXECUTION.format(new=_name)
 for _replay in ("prioritized_sequence", "uniform_sequence"):
     RENAMED_PARAMETERS[("replay", _replay, "compile")] = _EXECUTION.format(new="replay_compile")
+RENAMED_PARAMETERS[("decoder", "transformer", "attention")] = _EXECUTION.format(new="attention")
 for _trainer, _names in (("atari100k", ("overlap_env_step", "pipeline_updates")), ("dmc", ("overlap_env_step",))):
     for _name in _names:
         RENAMED_PARAMETERS[("trainer", _trainer, _name)] = _EXECUTION.format(new=_name)

@@ -38,6 +38,7 @@ import torch
 
 from mlr_registry import config, registry
 from mlr_registry.batch import Batch
+from mlr_registry.execution import Execution
 from mlr_registry.training import experiment as _experiment  # noqa: F401 - registers `experiment` with gin
 from mlr_registry.training.rng import seed_everything
 
@@ -192,6 +193,7 @@ def atari_mlr_update(bindings: tuple[str, ...] = ()) -> dict[str, Any]:
         seed_everything(SEED)
         agent = registry.build("agent", "rainbow", observation_shape=(4, 84, 84), num_actions=ATARI_ACTIONS,
                                device="cpu")
+        Execution().apply(agent)  # as the trainer does (the defaults: eager fp32, attention kernel 'auto')
     seed_everything(SEED + 1)  # the update's own draws: noise, augmentation, masks
 
     def run() -> dict[str, Any]:
@@ -221,6 +223,7 @@ def dmc_mlr_update(bindings: tuple[str, ...] = ()) -> dict[str, Any]:
         seed_everything(SEED)
         agent = registry.build("agent", "sac", observation_shape=(9, 100, 100), num_actions=DMC_ACTIONS,
                                device="cpu")
+        Execution().apply(agent)  # as the trainer does (the defaults: eager fp32, attention kernel 'auto')
         sequence_length = config.query("losses.mlr.sequence_length")
     g = torch.Generator().manual_seed(SEED)
     b, sb = DMC_BATCH, DMC_SEQUENCES

@@ -6,12 +6,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from mlr_registry.decoders.positional import sinusoidal_table
 from mlr_registry.decoders.transformer import Attention, TransformerDecoder
 from mlr_registry.errors import ConfigError
+from mlr_registry.execution import Execution
+from mlr_registry.execution.attention import choose_attention
 
 
 def _inputs(b=2, t=6, d=8, a=5, discrete=True, seed=0):
@@ -115,10 +118,16 @@ def test_parameter_list_no_qkv_bias_no_final_norm():
     assert "pe" not in dec.state_dict()  # fixed table: not checkpointed
 
 
+def kernel(module: nn.Module, attention: str) -> nn.Module:
+    """``module`` with the execution layer's attention kernel chosen by ``attention``."""
+    choose_attention(module.modules(), attention)
+    return module
+
+
 @pytest.mark.parametrize("attention", ["auto", "sdpa", "math"])
 def test_attention_heads_split_by_hand(attention):
     torch.manual_seed(0)
-    attn = Attention(dim=8, num_heads=2, attention=attention)
+    attn = kernel(Attention(dim=8, num_heads=2), attention)
     x = torch.randn(3, 5, 8)
     q, k, v = attn.qkv(x).split(8, dim=-1)
     heads = []
@@ -131,11 +140,15 @@ def test_attention_heads_split_by_hand(attention):
 
 
 def test_attention_auto_uses_the_fused_kernel_only_up_to_head_dim_256():
-    assert Attention(dim=256, num_heads=1).fused  # DMC (50) and anything FlashAttention takes
-    assert not Attention(dim=3136, num_heads=1).fused  # Atari: the explicit softmax(q kᵀ) v
-    assert Attention(dim=3136, num_heads=16).fused  # head dim 196
-    assert Attention(dim=3136, num_heads=1, attention="sdpa").fused
-    assert not Attention(dim=64, num_heads=1, attention="math").fused
+    def fused(attn: Attention) -> bool:
+        return attn.attend is F.scaled_dot_product_attention
+
+    assert not fused(Attention(dim=256, num_heads=1))  # by itself: the written-out form
+    assert fused(kernel(Attention(dim=256, num_heads=1), "auto"))  # DMC (50) and what FlashAttention takes
+    assert not fused(kernel(Attention(dim=3136, num_heads=1), "auto"))  # Atari: the explicit softmax(q kᵀ) v
+    assert fused(kernel(Attention(dim=3136, num_heads=16), "auto"))  # head dim 196
+    assert fused(kernel(Attention(dim=3136, num_heads=1), "sdpa"))
+    assert not fused(kernel(kernel(Attention(dim=64, num_heads=1), "sdpa"), "math"))  # and back
 
 
 @pytest.mark.parametrize("dim, heads", [(300, 1), (48, 2)])
@@ -145,7 +158,7 @@ def test_sdpa_and_math_attention_give_the_same_decoder_outputs_and_gradients(dim
     outs, grads = [], []
     for attention in ("sdpa", "math"):
         torch.manual_seed(0)
-        dec = TransformerDecoder(dim=dim, num_actions=5, num_heads=heads, attention=attention)
+        dec = kernel(TransformerDecoder(dim=dim, num_actions=5, num_heads=heads), attention)
         latents, actions = _inputs(b=3, t=8, d=dim)
         latents.requires_grad_(True)
         out = dec(latents, actions)
@@ -191,7 +204,7 @@ def test_errors():
     with pytest.raises(ConfigError, match="init"):
         TransformerDecoder(dim=8, num_actions=2, init="xavier")
     with pytest.raises(ConfigError, match="attention = 'flash'; expected one of auto, sdpa, math"):
-        TransformerDecoder(dim=8, num_actions=2, attention="flash")
+        Execution(attention="flash")
     dec = TransformerDecoder(dim=8, num_actions=5, max_len=4)
     with pytest.raises(ConfigError, match="max_len = 4"):
         dec(*_inputs(t=6))

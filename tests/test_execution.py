@@ -25,9 +25,12 @@ REPO = Path(__file__).resolve().parent.parent
 # layer): the switches and their mechanics.
 EXECUTION_NAMES = {"autocast", "compile", "compile_mode", "compile_scope", "compile_step", "fast_path", "FastPath",
                    "precision", "channels_last", "cudnn", "cudnn_benchmark", "bfloat16", "memory_format",
-                   "cudagraph_mark_step_begin", "run_stateless", "overlap_env_step", "pipeline_updates"}
-ALGORITHM_FILES = tuple(f"mlr_registry/{name}.py" for name in ("agents/rainbow", "agents/sac", "agents/sac_networks",
-                                                                "agents/c51_head", "losses/mlr"))
+                   "cudagraph_mark_step_begin", "run_stateless", "overlap_env_step", "pipeline_updates",
+                   "scaled_dot_product_attention", "fused"}
+# The files one update is read through (docs/faithfulness.md#reading-one-update).
+ALGORITHM_FILES = tuple(f"mlr_registry/{name}.py" for name in (
+    "agents/rainbow", "agents/sac", "agents/sac_networks", "agents/c51_head", "losses/mlr", "losses/common",
+    "maskers/cube", "decoders/transformer"))
 
 
 @pytest.mark.parametrize("path", ALGORITHM_FILES)
@@ -49,6 +52,7 @@ def test_the_algorithm_files_hold_no_execution_switch(path):
     ("trainers.atari100k.overlap_env_step = True", "execution.overlap_env_step"),
     ("trainers.atari100k.pipeline_updates = True", "execution.pipeline_updates"),
     ("trainers.dmc.overlap_env_step = True", "execution.overlap_env_step"),
+    ("decoders.transformer.attention = 'sdpa'", "execution.attention"),
 ])
 def test_an_old_execution_binding_names_its_new_spelling(binding, new):
     registry.load_all()
@@ -63,7 +67,7 @@ def test_an_old_execution_binding_names_its_new_spelling(binding, new):
 
 def test_no_shipped_gin_file_uses_an_old_execution_binding():
     old = re.compile(r"^(agents\.\w+\.(precision|compile\w*|channels_last|cudnn_benchmark)|replays\.\w+\.compile|"
-                     r"trainers\.\w+\.(overlap_env_step|pipeline_updates))\s*=", re.M)
+                     r"trainers\.\w+\.(overlap_env_step|pipeline_updates)|decoders\.\w+\.attention)\s*=", re.M)
     assert [p.name for p in REPO.glob("gin/**/*.gin") if old.search(p.read_text())] == []
 
 

@@ -43,7 +43,7 @@ A, STORED, BATCH, SHAPE = 6, 5000, 32, (4, 84, 84)
 
 
 FAST = {"precision": "bf16", "compile": True, "compile_scope": "update"}
-# name -> (execution settings, decoder attention)
+# name -> (execution settings, attention kernel)
 VARIANTS = {"fast": ({**FAST}, "auto"),
             "cudagraphs": ({**FAST, "compile_mode": "reduce-overhead"}, "auto"),
             "sdpa": ({**FAST}, "sdpa"), "channels_last": ({**FAST, "channels_last": True}, "auto"),
@@ -59,9 +59,9 @@ def build_agent(device: str, variant: str, objective: str = "mlr", tiny: bool = 
     torch.backends.cudnn.benchmark = False  # process-wide: only the variant that asks turns it on
     switches, attention = VARIANTS[variant]
     small = {"encoder": functools.partial(NatureCNN, channels=(4, 8, 4)), "hidden_size": 32} if tiny else {}
-    aux = [MLRLoss(decoder=functools.partial(TransformerDecoder, attention=attention))] if objective == "mlr" else []
+    aux = [MLRLoss(decoder=TransformerDecoder)] if objective == "mlr" else []
     agent = Rainbow(SHAPE, A, device=device, aux_losses=aux, **small)
-    agent.execution = Execution(**(switches if device == "cuda" else {}))  # kept for the printout
+    agent.execution = Execution(**(switches if device == "cuda" else {}), attention=attention)  # kept for the printout
     agent.execution.apply(agent)
     return agent
 

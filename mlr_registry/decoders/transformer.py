@@ -51,50 +51,42 @@ def trunc_normal_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-ATTENTIONS = ("auto", "sdpa", "math")
-# FlashAttention's largest head dim. Above it fused SDPA falls back to a kernel slower than two
-# matmuls at MLR's sizes (docs/performance.md#attention-kernel).
-FUSED_MAX_HEAD_DIM = 256
-
-
 class Attention(nn.Module):
     """Multi-head self-attention without a mask: qkv ``Linear(d, 3d, bias=False)``, softmax
-    scale ``head_dim^-0.5`` (the default of ``scaled_dot_product_attention``), output
-    projection ``Linear(d, d)`` with bias.
+    scale ``head_dim^-0.5``, output projection ``Linear(d, d)`` with bias.
 
-    ``attention``: "sdpa" = ``F.scaled_dot_product_attention`` (fused kernels where the device
-    has them); "math" = ``softmax(q kᵀ · scale) v`` written out, the reference's own code (timm's
-    ``Attention``); "auto" = sdpa up to head dim FUSED_MAX_HEAD_DIM, math above it. All three
-    compute the same function (``tests/test_decoder.py``)."""
+    :meth:`attend` is ``softmax(q kᵀ · scale) v`` written out, the reference's own code (timm's
+    ``Attention``). The execution layer may set a fused kernel of the same function in its place
+    on an instance (``execution.attention``; ``tests/test_decoder.py`` checks they agree)."""
 
-    def __init__(self, dim: int, num_heads: int, attention: str = "auto") -> None:
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
-        head_dim = dim // num_heads
-        self.fused = attention == "sdpa" or (attention == "auto" and head_dim <= FUSED_MAX_HEAD_DIM)
-        self.scale = head_dim ** -0.5
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (b n d) -> (b n d)
         q, k, v = rearrange(self.qkv(x), "b n (k h e) -> k b h n e", k=3, h=self.num_heads)
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v)  # (b h n e)
-        else:
-            weights = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # (b h n n)
-            out = weights @ v  # (b h n e)
+        out = self.attend(q, k, v)  # (b h n e)
         return self.proj(rearrange(out, "b h n e -> b n (h e)"))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """(b h n e) queries, keys, values -> (b h n e)."""
+        weights = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # (b h n n)
+        return weights @ v
 
 
 class Block(nn.Module):
     """Pre-LN transformer block (timm/BEiT ``Block`` with dropout 0, drop_path 0, no layer
     scale)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, attention: str = "auto") -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-        self.attn = Attention(dim, num_heads, attention)
+        self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -109,8 +101,7 @@ class TransformerDecoder(nn.Module):
 
     def __init__(self, dim: int, num_actions: int, discrete_actions: bool = True, depth: int = 2,
                  num_heads: int = 1, mlp_ratio: float = 2.0, action_tokens: bool = True,
-                 max_len: int = 128, init: str = "torch_default", width: int | None = None,
-                 attention: str = "auto") -> None:
+                 max_len: int = 128, init: str = "torch_default", width: int | None = None) -> None:
         """
         Args:
             dim: token width = the encoder's latent size d. Supplied by the loss from the
@@ -135,10 +126,6 @@ class TransformerDecoder(nn.Module):
                 before the blocks and ``Linear(w, dim)`` after them (the action embedding and
                 positional table are then w wide). On Atari w = 512 instead of 3136 cuts the
                 decoder from ≈157M to ≈7.4M parameters. ``w`` must be a multiple of num_heads.
-            attention: how attention is computed, never what: "sdpa" (fused
-                ``scaled_dot_product_attention``), "math" (the reference's explicit softmax of
-                q kᵀ), "auto" (default: sdpa up to head dim 256, math above; Atari's 3136-d
-                single head gets math, DMC's 50 sdpa). A speed switch, like precision.
         """
         super().__init__()
         for name, value, low in (("dim", dim, 1), ("num_actions", num_actions, 1), ("depth", depth, 1),
@@ -154,9 +141,6 @@ class TransformerDecoder(nn.Module):
         if int(tokens * mlp_ratio) < 1:
             raise ConfigError(f"decoders.transformer: mlp_ratio = {mlp_ratio} gives an empty MLP "
                               f"at width {tokens}")
-        if attention not in ATTENTIONS:
-            raise ConfigError(f"decoders.transformer: attention = {attention!r}; expected one of "
-                              f"{', '.join(ATTENTIONS)}")
         if init not in INITS:
             raise ConfigError(f"decoders.transformer: init = {init!r}; expected one of {', '.join(INITS)}")
         self.dim = dim
@@ -171,7 +155,7 @@ class TransformerDecoder(nn.Module):
         # Fixed, not learned; not saved in checkpoints (it is a function of max_len and width).
         self.register_buffer("pe", sinusoidal_table(max_len, tokens), persistent=False)  # (max_len w)
         self.action_embedding = nn.Linear(num_actions, tokens) if self.action_tokens else None
-        self.blocks = nn.ModuleList(Block(tokens, num_heads, mlp_ratio, attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(tokens, num_heads, mlp_ratio) for _ in range(depth))
         if init == "trunc_normal":
             trunc_normal_init(self)
 

@@ -1,5 +1,5 @@
 """The execution layer: how a run executes (precision, compilation, memory format, cuDNN
-autotuning, env/update overlap, pipelining), configured once (the ``execution.*`` gin
+autotuning, the attention kernel, env/update overlap, pipelining), configured once (the ``execution.*`` gin
 bindings) and applied by the trainer to the agent and the replay it built.
 
 None of it is part of the paper (the references train in fp32, eagerly, one thing after
@@ -36,6 +36,7 @@ import torch
 
 from mlr_registry.errors import ConfigError
 from mlr_registry.execution import compilation
+from mlr_registry.execution.attention import ATTENTIONS, choose_attention
 from mlr_registry.execution.compilation import (
     COMPILE_MODES,
     COMPILE_SCOPES,
@@ -86,17 +87,22 @@ class Execution:
             same results; the trainer's docs say why).
         pipeline_updates: Atari: queue a step's updates on the device before the host reads that
             step's action (the same results; supersedes ``overlap_env_step``).
+        attention: which kernel computes the attention of modules that declare ``attend``:
+            "auto" (default: fused ``scaled_dot_product_attention`` up to head dim 256, the
+            written-out softmax above), "sdpa" or "math" (:mod:`mlr_registry.execution.attention`).
     """
 
     def __init__(self, precision: str = "fp32", compile: bool | str = False,  # noqa: A002 - gin name
                  compile_mode: str = "default", compile_scope: str = "networks",
                  compile_backend: str | Callable[..., Any] | None = None, channels_last: bool | str = False,
                  cudnn_benchmark: bool | str = False, replay_compile: bool | str = False,
-                 overlap_env_step: bool = False, pipeline_updates: bool = False):
+                 overlap_env_step: bool = False, pipeline_updates: bool = False, attention: str = "auto"):
         if precision not in PRECISIONS:
             raise ConfigError(f"execution.precision = {precision!r}; expected one of {', '.join(PRECISIONS)}")
         if compile_mode not in COMPILE_MODES:
             raise ConfigError(f"execution.compile_mode = {compile_mode!r}; expected one of {', '.join(COMPILE_MODES)}")
+        if attention not in ATTENTIONS:
+            raise ConfigError(f"execution.attention = {attention!r}; expected one of {', '.join(ATTENTIONS)}")
         if compile_scope not in COMPILE_SCOPES:
             raise ConfigError(f"execution.compile_scope = {compile_scope!r}; expected one of "
                               f"{', '.join(COMPILE_SCOPES)}")
@@ -106,6 +112,7 @@ class Execution:
         self.cudnn_benchmark_setting = _switch("cudnn_benchmark", cudnn_benchmark)
         self.replay_compile_setting = _switch("replay_compile", replay_compile)
         self.compile_mode, self.compile_scope = compile_mode, compile_scope
+        self.attention = attention
         self.compile_backend = compilation.DEFAULT_COMPILE_BACKEND if compile_backend is None else compile_backend
         self.overlap_env_step, self.pipeline_updates = bool(overlap_env_step), bool(pipeline_updates)
         self.notes: dict[str, str] = {}
@@ -138,6 +145,8 @@ class Execution:
             info["memory_format"] = "channels_last"
         if self.cudnn_benchmark:
             info["cudnn_benchmark"] = "on"
+        if self.attention != "auto":
+            info["attention"] = self.attention
         if self.replay_phases:  # a replay that has something to compile
             info["replay_compile"] = f"{self.compile_backend}/default/update" if self.replay_compile_enabled else "off"
         info.update({f"{k}_note": v for k, v in self.notes.items()})
@@ -153,6 +162,8 @@ class Execution:
         self._resolve_kernels(device)
         self.compile_enabled = self._compile_allowed(self.compile_setting, "compile", device,
                                                      cuda_graphs=self.compile_mode == "reduce-overhead")
+        if hasattr(agent, "modules"):
+            choose_attention(agent.modules(), self.attention)
         networks = list(agent.networks()) if hasattr(agent, "networks") else []
         losses = list(getattr(agent, "aux_losses", []))
         if self.dtype is not None:
