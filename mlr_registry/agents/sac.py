@@ -14,7 +14,6 @@ reference divides inside the encoder: the same arithmetic).
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +26,7 @@ from torch import nn
 from mlr_registry.agents.augmentation import aux_augmentation, batch_crop, center_crop
 from mlr_registry.agents.lr_schedule import aux_optimizer
 from mlr_registry.agents.metrics import LazyMetrics
-from mlr_registry.agents.sac_networks import Actor, Critic, tanh_gaussian  # noqa: F401 - re-exported
+from mlr_registry.agents.sac_networks import Actor, Critic, actor_and_critics, tanh_gaussian  # noqa: F401
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder
 from mlr_registry.errors import ConfigError, check_range
@@ -180,21 +179,10 @@ class SAC(nn.Module):
 
     def _build_networks(self, encoder: Callable[..., nn.Module], c: int, hidden_dim: int, init_temperature: float,
                         actor_log_std_min: float, actor_log_std_max: float) -> None:
-        """Critic, actor, target critic and log α, on the device (in this order: it fixes the
-        initial weights' random draws)."""
-        # Networks: the critic owns THE encoder; the actor's convs are tied to it.
-        critic_encoder = encoder(in_channels=c, image_size=self.image_size)
-        actor_encoder = encoder(in_channels=c, image_size=self.image_size)
-        latent_dim = self._check_encoder(critic_encoder)
-        if not hasattr(actor_encoder, "copy_conv_weights_from"):
-            raise ConfigError(f"sac.encoder {type(actor_encoder).__name__} has no copy_conv_weights_from(other); "
-                              "SAC ties the actor's convs to the critic's")
-        actor_encoder.copy_conv_weights_from(critic_encoder)
-        self.critic = Critic(critic_encoder, latent_dim, self.num_actions, hidden_dim)
-        self.actor = Actor(actor_encoder, latent_dim, self.num_actions, hidden_dim,
-                           actor_log_std_min, actor_log_std_max)
-        # A full copy, made before aux setup: MLR's re-init of the critic fc does not reach it.
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        """Critic, actor, target critic (:func:`actor_and_critics`, a full copy made before the
+        aux setup: MLR's re-init of the critic fc does not reach it) and log α, on the device."""
+        self.critic, self.actor, self.critic_target = actor_and_critics(
+            encoder, c, self.image_size, self.num_actions, hidden_dim, actor_log_std_min, actor_log_std_max)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.target_entropy = -float(self.num_actions)
         self.to(self.device)
@@ -220,18 +208,6 @@ class SAC(nn.Module):
             if aux_encoder_extra_adam:
                 self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
                                                               lr=aux_lr, betas=(0.9, 0.999))
-
-    def _check_encoder(self, encoder: nn.Module) -> int:
-        """The encoder's output size, checked with a dummy forward at the crop size."""
-        with torch.no_grad():
-            out = encoder(torch.zeros(1, self.observation_shape[0], self.image_size, self.image_size))
-        actual = int(out.shape[-1])
-        declared = getattr(encoder, "output_dim", actual)
-        if out.dim() != 2 or declared != actual:
-            raise ConfigError(f"sac.encoder {type(encoder).__name__} maps ({self.observation_shape[0]}, "
-                              f"{self.image_size}, {self.image_size}) to {tuple(out.shape[1:])} but declares "
-                              f"output_dim {declared}")
-        return actual
 
     # --- what the aux losses' context holds ----------------------------------------------------
     @property

@@ -3,13 +3,16 @@ tanh-Gaussian actor and a twin-Q critic, each over its own pixel encoder."""
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.encoders.pixel_encoder import orthogonal_init
+from mlr_registry.errors import ConfigError
 
 LOG_PROB_EPS = 1e-6  # the reference's squash correction eps
 
@@ -75,3 +78,33 @@ class Critic(nn.Module):
         """obs (b c h w), action (b A) → Q1, Q2 (b)."""
         h = torch.cat([self.encoder(obs, detach_conv=detach_conv), action], dim=-1)
         return self.q1(h).squeeze(-1), self.q2(h).squeeze(-1)
+
+
+def check_encoder(encoder: nn.Module, in_channels: int, image_size: int) -> int:
+    """The encoder's output size, checked with a dummy forward at the crop size."""
+    with torch.no_grad():
+        out = encoder(torch.zeros(1, in_channels, image_size, image_size))
+    actual = int(out.shape[-1])
+    declared = getattr(encoder, "output_dim", actual)
+    if out.dim() != 2 or declared != actual:
+        raise ConfigError(f"sac.encoder {type(encoder).__name__} maps ({in_channels}, {image_size}, {image_size}) "
+                          f"to {tuple(out.shape[1:])} but declares output_dim {declared}")
+    return actual
+
+
+def actor_and_critics(encoder: Callable[..., nn.Module], in_channels: int, image_size: int, num_actions: int,
+                      hidden_dim: int, log_std_min: float, log_std_max: float) -> tuple[Critic, Actor, Critic]:
+    """(critic, actor, critic target), built in this order (it fixes the initial weights' random
+    draws): the critic owns THE encoder; the actor's convs are tied to it; the target is a full,
+    stop-grad copy of the critic."""
+    critic_encoder = encoder(in_channels=in_channels, image_size=image_size)
+    actor_encoder = encoder(in_channels=in_channels, image_size=image_size)
+    latent_dim = check_encoder(critic_encoder, in_channels, image_size)
+    if not hasattr(actor_encoder, "copy_conv_weights_from"):
+        raise ConfigError(f"sac.encoder {type(actor_encoder).__name__} has no copy_conv_weights_from(other); "
+                          "SAC ties the actor's convs to the critic's")
+    actor_encoder.copy_conv_weights_from(critic_encoder)
+    critic = Critic(critic_encoder, latent_dim, num_actions, hidden_dim)
+    actor = Actor(actor_encoder, latent_dim, num_actions, hidden_dim, log_std_min, log_std_max)
+    return critic, actor, copy.deepcopy(critic).requires_grad_(False)
+
