@@ -51,6 +51,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mlr_registry.maskers.frame",
     "mlr_registry.encoders.nature_cnn",
     "mlr_registry.encoders.pixel_encoder",
+    "mlr_registry.encoders.impala_cnn",
     "mlr_registry.decoders.transformer",
     "mlr_registry.decoders.mlp",
     "mlr_registry.decoders.identity",
