@@ -95,7 +95,7 @@ def test_the_replay_rollback_pair_resolves_on_an_instance():
 def test_the_run_applies_the_execution_bindings_and_tags_what_ran():
     with tiny_trainer("gin/atari_mlr.gin", bindings=("execution.precision = 'bf16'",
                                                      "execution.overlap_env_step = True")) as trainer:
-        assert trainer.execution.precision == "bf16" and trainer.overlap_env_step
+        assert trainer.execution.precision == "bf16" and trainer.execution.overlap_env_step
         assert "forward" in vars(trainer.agent.encoder)  # wrapped on this instance by the layer
         tags = trainer.run_tags()
         assert tags["fast_path.precision"] == "bf16" and tags["fast_path.compile"] == "off"

@@ -72,7 +72,7 @@ def test_gin_file_builds_and_runs_a_few_steps(base, name):
     workers = min(len(os.sched_getaffinity(0)), trainer.eval_episodes) if name.startswith("fast/") else 0
     assert trainer.eval_workers == workers
     # and step the training env while the updates run
-    assert trainer.overlap_env_step == name.startswith("fast/")
+    assert trainer.execution.overlap_env_step == name.startswith("fast/")
     tracker = RecordingTracker()
     final = trainer.train(tracker)
     assert "final_return" in final and trainer.update_count > 0

@@ -245,10 +245,7 @@ class Execution:
         rollback = tuple(getattr(*resolve_attribute(component, n)) for n in pair) if pair else None
 
         def failed(reason: str) -> None:
-            if name == "compile":
-                self.compile_enabled = False
-            else:
-                self.replay_compile_enabled = False
+            setattr(self, f"{name}_enabled", False)  # compile_enabled / replay_compile_enabled
             self._off(name, f"execution.{name} turned off: {reason}", warn=True)
 
         guard = Guard(compiler, rollback, failed)

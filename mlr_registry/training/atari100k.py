@@ -143,7 +143,6 @@ class Atari100kTrainer(LoopTrainer):
         self.eval_at_start = eval_at_start
         self.eval_max_steps = eval_max_steps
         self._setup_run(benchmark, objective, video, video_max_steps, eval_workers, eval_episodes)
-        self.pipeline_updates = self.execution.pipeline_updates
         for name in ("overlap_env_step", "pipeline_updates"):
             if getattr(self.execution, name) and not all(hasattr(self.replay, m)
                                                         for m in ("add_pending", "complete_pending")):
@@ -195,7 +194,7 @@ class Atari100kTrainer(LoopTrainer):
         updates = self.updates_per_step if step >= self.learning_starts else 0
         obs_t = to_device(obs, self.device)
         actions = self.agent.act(obs_t, epsilon=self.epsilon_at(step), greedy=False)  # (1) on the device
-        if self.pipeline_updates and updates:
+        if self.execution.pipeline_updates and updates:
             return pipelined_step(self.replay, step, obs_t, actions[0], self._env_step, self._update, updates)
         executor = self._env_thread() if updates else None
         if executor is not None:

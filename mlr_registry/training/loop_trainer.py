@@ -91,7 +91,7 @@ class LoopTrainer:
       :meth:`_loop_done`, :meth:`_final_note`.
 
     :meth:`train` always stops the evaluation workers (``_eval_pool``) and the env thread of
-    ``overlap_env_step`` when it ends.
+    ``execution.overlap_env_step`` when it ends.
     """
 
     name: str = "loop"
@@ -100,7 +100,6 @@ class LoopTrainer:
     episode_key: str = "episode_return"
     steps_per_iteration: int = 1
     _eval_pool: EnvWorkers | None = None
-    overlap_env_step: bool = False
     _env_executor: ThreadPoolExecutor | None = None  # see _env_thread
 
     # --- construction ----------------------------------------------------------------------
@@ -132,7 +131,6 @@ class LoopTrainer:
         ``execution.*`` bindings) applied to both, tags, video, evaluation workers."""
         self.execution = Execution()
         self.execution.apply(self.agent, self.replay)
-        self.overlap_env_step = self.execution.overlap_env_step
         self.benchmark = benchmark
         self.objective = objective or objective_of(self.agent)
         self.video = video
@@ -312,10 +310,10 @@ class LoopTrainer:
             self._env_executor = None
 
     def _env_thread(self) -> ThreadPoolExecutor | None:
-        """With ``overlap_env_step``: the one thread that steps the training env while updates
+        """With ``execution.overlap_env_step``: the one thread that steps the training env while updates
         run, started on first use (DMC's EGL context stays current on the thread that first
         rendered); None without it."""
-        if self.overlap_env_step and self._env_executor is None:
+        if self.execution.overlap_env_step and self._env_executor is None:
             self._env_executor = ThreadPoolExecutor(1, thread_name_prefix="env-step",
                                                     initializer=block_interrupts)
         return self._env_executor
