@@ -25,7 +25,7 @@ from mlr_registry.errors import ConfigError
 
 _COMMON = ("encoders.nature_cnn.channels = (2, 4, 4)", "agents.rainbow.hidden_size = 16",
            "encoders.pixel_encoder.num_filters = 4", "encoders.pixel_encoder.feature_dim = 8",
-           "agents.sac.hidden_dim = 16")
+           "agents.sac.hidden_dim = 16", "encoders.impala_cnn.width_scale = 1", "agents.bbf.hidden_size = 16")
 
 # Per trainer: the budget (a handful of updates, one short evaluation) and small replays.
 TINY: dict[str, tuple[str, ...]] = {

@@ -61,6 +61,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "mlr_registry.losses.pixel_reconstruction",
     "mlr_registry.agents.rainbow",
     "mlr_registry.agents.sac",
+    "mlr_registry.agents.bbf",
     "mlr_registry.training.atari100k",
     "mlr_registry.training.dmc",
 )

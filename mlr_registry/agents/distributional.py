@@ -13,7 +13,7 @@ def make_support(v_min: float = -10.0, v_max: float = 10.0, n_atoms: int = 51,
 
 
 def project_distribution(next_probs: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor,
-                         gamma_n: float, support: torch.Tensor) -> torch.Tensor:
+                         gamma_n: float | torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     """Project the distribution of clamp(r + (1 − done)·γⁿ·z, v_min, v_max) onto ``support``.
 
     next_probs (b atoms) is the bootstrap distribution at the chosen next action; rewards (b)

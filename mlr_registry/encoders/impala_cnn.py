@@ -20,6 +20,7 @@ from torch import nn
 
 from mlr_registry.encoders.nature_cnn import renormalize
 from mlr_registry.errors import check_range
+from mlr_registry.initialization import xavier_uniform_
 from mlr_registry.registry import register
 
 RENORMALIZE_EPS = 1e-5  # BBF's renormalize: (x - min) / (max - min + 1e-5)
@@ -91,14 +92,15 @@ class ImpalaCNN(nn.Module):
             check_range("impala_cnn.channels entry", w, 1)
         self.stages = nn.Sequential(*(ResidualStage(c_in, c_out, num_blocks)
                                       for c_in, c_out in zip((in_channels, *widths[:-1]), widths, strict=True)))
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.reset_parameters()
         self.renormalize = bool(renormalize)
         size = pooled_size(int(image_size), len(widths))
         self.output_shape: tuple[int, int, int] = (widths[-1], size, size)
         self.output_dim: int = widths[-1] * size * size
+
+    def reset_parameters(self) -> None:
+        """BBF's initializer: Xavier-uniform kernels, zero biases (also a reset's fresh draw)."""
+        xavier_uniform_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = F.relu(self.stages(x)).flatten(1)  # (n c h w) -> (n d), C·H·W order

@@ -58,7 +58,11 @@ class LossContext:
     ``num_actions``: discrete: the number of actions; continuous: the action dimension.
     ``projector``: an online projector (n d) -> (n p) a loss may share (Rainbow: the Q-head's
     first layers), or None. ``crop``: the agent's random crop of (n c h w) uint8 observations
-    (SAC's batch crop), or None.
+    (SAC's batch crop), or None. ``target_encoder`` / ``target_projector``: the agent's own
+    target copies of ``encoder`` / ``projector``, when it keeps ones a loss may read instead of
+    declaring its own (BBF's EMA target network), else None. ``latent``: set per update by an
+    agent that shares its RL branch's online latent of ``obs[:, 0]`` (b d) with the losses (BBF,
+    as its SPR rolls out from the Q network's own encoding), else None.
     """
 
     encoder: nn.Module
@@ -71,6 +75,9 @@ class LossContext:
     device: torch.device
     projector: nn.Module | None = None
     crop: Callable[[torch.Tensor], torch.Tensor] | None = None
+    target_encoder: nn.Module | None = None
+    target_projector: nn.Module | None = None
+    latent: torch.Tensor | None = None
 
 
 class LossOutput(NamedTuple):

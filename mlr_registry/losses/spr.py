@@ -33,6 +33,7 @@ from torch import nn
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import renormalize
 from mlr_registry.errors import ConfigError, check_range
+from mlr_registry.initialization import XavierLinear, xavier_uniform_
 from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
 from mlr_registry.losses.common import frozen_copy, normalized_squared_distance, output_size
 from mlr_registry.registry import register
@@ -40,6 +41,8 @@ from mlr_registry.target_network import TargetNetwork
 
 NORMS = ("bn", "ln", "in", "none")
 PREDICTORS = ("linear", "none")
+TARGETS = ("own", "agent")
+INITS = ("torch", "xavier")
 
 
 def _norm(channels: int, kind: str) -> nn.Module:
@@ -79,15 +82,27 @@ class TransitionModel(nn.Module):
     """
 
     def __init__(self, channels: int, num_actions: int, hidden: int, blocks: int = 0, norm: str = "bn",
-                 residual: bool = False, renormalize: bool = True, renormalize_eps: float = 0.0):
+                 residual: bool = False, renormalize: bool = True, renormalize_eps: float = 0.0,
+                 init: str = "torch"):
         super().__init__()
-        self.num_actions = num_actions
+        self.num_actions, self.init = num_actions, init
         self.residual, self.renormalize, self.renormalize_eps = residual, renormalize, renormalize_eps
         layers: list[nn.Module] = [nn.Conv2d(channels + num_actions, hidden, 3, padding=1), nn.ReLU(),
                                    _norm(hidden, norm)]
         layers += [ResidualBlock(hidden, norm) for _ in range(blocks)]
         layers.append(nn.Conv2d(hidden, channels, 3, padding=1))
         self.network = nn.Sequential(*layers)
+        if init == "xavier":  # "torch" keeps the layers' own default draws, made just above
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """A new draw of the initialization: ``init`` "xavier" (BBF's flax convs) or PyTorch's
+        defaults ("torch", SPR's)."""
+        for layer in self.network.modules():
+            if layer is not self.network and hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        if self.init == "xavier":
+            xavier_uniform_(self.network)
 
     def forward(self, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         n, _, h, w = latent.shape
@@ -112,7 +127,8 @@ class SPRLoss(AuxiliaryLoss):
                  transition_hidden: int | None = None, transition_blocks: int = 0, norm: str = "bn",
                  residual: bool = False, renormalize: bool = True, renormalize_eps: float = 0.0,
                  predictor: str = "linear", use_importance_weights: bool = True,
-                 normalize_eps: float = 1e-3, lr_warmup: int = 0) -> None:
+                 normalize_eps: float = 1e-3, lr_warmup: int = 0, target: str = "own",
+                 share_latent: bool = False, init: str = "torch") -> None:
         """
         Args:
             weight: factor on ``Σ_k`` of the per-step distance. 1 reproduces SPR: its code puts
@@ -142,6 +158,15 @@ class SPRLoss(AuxiliaryLoss):
             normalize_eps: eps of the L2 normalization (1e-3, SPR's ``spr_loss``).
             lr_warmup: as ``losses.mlr.lr_warmup`` (an agent with an aux optimizer of its own);
                 0 = a constant lr, as SPR.
+            target: "own": this loss declares its target encoder and projector (``target_tau``,
+                SPR); "agent": it reads the agent's target network from the context instead
+                (``target_encoder`` / ``target_projector``; BBF, whose SPR targets come from its
+                one EMA target network) and declares none.
+            share_latent: roll out from the online latent the agent's RL branch computed
+                (``context.latent``, BBF) instead of encoding ``obs[:, 0]`` again with its own
+                augmentation draw (False, SPR here).
+            init: "torch" (PyTorch's default layers, SPR) or "xavier" (Xavier-uniform kernels,
+                zero biases: BBF's transition model and predictor).
         """
         super().__init__()
         check_range("losses.spr.weight", weight, 0.0)
@@ -155,7 +180,8 @@ class SPRLoss(AuxiliaryLoss):
         check_range("losses.spr.target_tau", target_tau, 0.0, 1.0, low_open=True)
         check_range("losses.spr.renormalize_eps", renormalize_eps, 0.0)
         check_range("losses.spr.normalize_eps", normalize_eps, 0.0, low_open=True)
-        for name, value, allowed in (("norm", norm, NORMS), ("predictor", predictor, PREDICTORS)):
+        for name, value, allowed in (("norm", norm, NORMS), ("predictor", predictor, PREDICTORS),
+                                     ("target", target, TARGETS), ("init", init, INITS)):
             if value not in allowed:
                 raise ConfigError(f"losses.spr.{name} = {value!r}; expected one of {', '.join(allowed)}")
         self.weight = float(weight)
@@ -171,6 +197,7 @@ class SPRLoss(AuxiliaryLoss):
         self.use_importance_weights = bool(use_importance_weights)
         self.normalize_eps = float(normalize_eps)
         self.lr_warmup = int(lr_warmup)
+        self.target, self.share_latent, self.init = target, bool(share_latent), init
         # The declared targets (encoder, projector); a plain tuple, so the agent's modules they
         # refer to are not registered here (no duplicates in optimizers or state_dicts).
         self._targets: tuple[TargetNetwork, ...] = ()
@@ -190,10 +217,16 @@ class SPRLoss(AuxiliaryLoss):
         c = shape[0]
         self.transition_model = TransitionModel(
             c, int(context.num_actions), self.transition_hidden or c, self.transition_blocks, self.norm,
-            self.residual, self.renormalize, self.renormalize_eps)
+            self.residual, self.renormalize, self.renormalize_eps, self.init)
         projector = context.projector
         p = output_size(projector, int(context.latent_dim))
-        self.predictor = nn.Linear(p, p) if self.predictor_kind == "linear" else nn.Identity()
+        linear = XavierLinear if self.init == "xavier" else nn.Linear
+        self.predictor = linear(p, p) if self.predictor_kind == "linear" else nn.Identity()
+        if self.target == "agent":
+            if context.target_encoder is None or context.target_projector is None:
+                raise ConfigError("losses.spr.target = 'agent' reads the agent's target encoder and projector, "
+                                  "but this agent keeps none; use losses.spr.target = 'own'")
+            return
         self.target_encoder = frozen_copy(context.encoder)
         self.target_projector = frozen_copy(projector)
         self._targets = (TargetNetwork(context.encoder, self.target_encoder, self.target_tau),
@@ -227,15 +260,24 @@ class SPRLoss(AuxiliaryLoss):
         encoder, projector = context.encoder, context.projector
         assert projector is not None  # checked in setup
 
-        # Online: encode t = 0 (its own augmentation draw), roll the dynamics K steps.
-        z0 = encoder(context.augment(obs[:, 0].float() / 255.0)).view(b, C, H, W)
+        # Online: encode t = 0 (its own augmentation draw, or the agent's latent), roll the dynamics.
+        if self.share_latent:
+            if context.latent is None:
+                raise ConfigError("losses.spr.share_latent = True, but the agent shares no latent with its "
+                                  "losses (context.latent); set losses.spr.share_latent = False")
+            z0 = context.latent.view(b, C, H, W)
+        else:
+            z0 = encoder(context.augment(obs[:, 0].float() / 255.0)).view(b, C, H, W)
         predicted = self.rollout(z0, batch.action[:, :K])  # (b K C H W)
         pred = self.predictor(projector(rearrange(predicted, "b k c h w -> (b k) (c h w)")))  # (n p)
 
         # Target: the real frames t = 1..K through the target encoder and projector.
         with torch.no_grad():
             frames = rearrange(obs[:, 1:], "b k c h w -> (b k) c h w").float() / 255.0
-            target = self.target_projector(self.target_encoder(context.augment(frames)))  # (n p)
+            target_encoder, target_projector = ((context.target_encoder, context.target_projector)
+                                                if self.target == "agent" else
+                                                (self.target_encoder, self.target_projector))
+            target = target_projector(target_encoder(context.augment(frames)))  # (n p)
 
         dist = rearrange(normalized_squared_distance(pred, target, self.normalize_eps),
                          "(b k) -> b k", b=b)  # (b K) float32

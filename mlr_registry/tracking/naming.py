@@ -24,6 +24,9 @@ _UNNAMED_PARAMS = ("seed", "game", "task", "progress", "checkpoint_every", "log_
                    "video_max_steps")
 # Shipped config folders whose files are not variants of their own: their folder says it all.
 _FOLDER_NAMED = ("smoke", "fast", "learning")
+# The paper's base agent of each benchmark; another one there (BBF) is named, since it is what
+# sets the run apart. Runs of other benchmarks (a plugin's) are named as before.
+_PAPER_AGENTS = {"atari100k": "rainbow", "dmc100k": "sac", "dmc500k": "sac"}
 
 
 def gin_file_label(path: str | Path) -> str | None:
@@ -54,10 +57,13 @@ def binding_label(binding: str) -> str | None:
 
 def run_name(tags: Mapping[str, str], gin_files: Sequence[str | Path] = (),
              bindings: Sequence[str] = ()) -> str:
-    """``<objective> · [<variant> · ]<env> · seed <seed>``, the variant being the labels of the
-    gin files and, for a sweep's trial, its ``sweep_variant`` (its other bindings are the
-    sweep's own), else the bindings."""
-    labels = [label for label in map(gin_file_label, gin_files) if label]
+    """``<objective> · [<variant> · ]<env> · seed <seed>``, the variant being the base agent when
+    it is not the paper's (``spr · bbf · alien · seed 0``), the labels of the gin files and, for a
+    sweep's trial, its ``sweep_variant`` (its other bindings are the sweep's own), else the
+    bindings."""
+    agent, paper_agent = tags.get("agent"), _PAPER_AGENTS.get(tags.get("benchmark", ""))
+    labels = [agent] if agent and paper_agent and agent != paper_agent else []
+    labels += [label for label in map(gin_file_label, gin_files) if label]
     variant = tags.get(VARIANT_TAG)
     if variant is not None:
         labels += [variant] if variant != "default" else []

@@ -184,7 +184,16 @@ class Atari100kTrainer(LoopTrainer):
 
     def _step(self, step: int, obs: np.ndarray) -> tuple[list, tuple]:
         """Env step t and its updates: ``(update metrics, (next obs, reward, done, info))``, the
-        next obs already reset after a done.
+        next obs already reset after a done. Then an agent that keeps a schedule in env steps
+        (``set_step``, BBF's resets) is told that step t's updates are done."""
+        result = self._step_and_updates(step, obs)
+        set_step = getattr(self.agent, "set_step", None)
+        if set_step is not None:
+            set_step(step)
+        return result
+
+    def _step_and_updates(self, step: int, obs: np.ndarray) -> tuple[list, tuple]:
+        """Env step t and its updates, in the order the execution layer chooses.
 
         The reference's order: act on ``obs``, env step, ``replay.add``, updates. The replay
         stores the observation as acting saw it (already on the device: no second copy).
