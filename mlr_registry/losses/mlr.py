@@ -63,6 +63,7 @@ PROJECTORS = ("agent", "mlp", "none")
 PREDICTORS = ("linear", "mlp", "none")
 DISTANCES = ("cosine", "mse")
 INITS = ("torch_default", "trunc_normal")
+TARGETS = ("own", "agent")
 
 
 @register("loss", "mlr")
@@ -76,7 +77,8 @@ class MLRLoss(AuxiliaryLoss):
                  projection_hidden: int = 100, predictor: str = "linear",
                  unnormalized_masked_input: bool = True, use_importance_weights: bool = True,
                  normalize_eps: float = 1e-3, init: str = "torch_default",
-                 reinit_encoder_linear: bool = False, distance: str = "cosine", lr_warmup: int = 0) -> None:
+                 reinit_encoder_linear: bool = False, distance: str = "cosine", lr_warmup: int = 0,
+                 target: str = "own") -> None:
         """
         Args:
             masker: a masker instance (gin: ``@maskers.cube()``), ``obs (b t c h w) -> mask
@@ -125,6 +127,10 @@ class MLRLoss(AuxiliaryLoss):
                 their own optimizer (SAC; 6000 in the DMC reference's ``MTMSacAgent``,
                 docs/faithfulness.md#dmc-optimisation); 0 = a constant lr. Rainbow trains the
                 loss at its one constant lr and refuses a warm-up.
+            target: "own" (both papers): this loss declares its target encoder and projector
+                (``target_tau``); "agent": it reads the agent's target network from the context
+                (``target_encoder`` / ``target_projector``, BBF's EMA network, as BBF's SPR
+                does) and declares none. Needs ``projector = "agent"``.
         """
         super().__init__()
         check_range("losses.mlr.weight", weight, 0.0)
@@ -135,7 +141,7 @@ class MLRLoss(AuxiliaryLoss):
         check_range("losses.mlr.lr_warmup", lr_warmup, 0, integer=True)
         for name, value, allowed in (("projector", projector, PROJECTORS),
                                      ("predictor", predictor, PREDICTORS), ("init", init, INITS),
-                                     ("distance", distance, DISTANCES)):
+                                     ("distance", distance, DISTANCES), ("target", target, TARGETS)):
             if value not in allowed:
                 raise ConfigError(f"losses.mlr.{name} = {value!r}; expected one of {', '.join(allowed)}")
         for name, value, example in (("masker", masker, "@maskers.cube()"),
@@ -146,6 +152,9 @@ class MLRLoss(AuxiliaryLoss):
         if reinit_encoder_linear and init != "trunc_normal":
             raise ConfigError("losses.mlr.reinit_encoder_linear = True re-initializes the encoder with this "
                               f"loss's init scheme; set losses.mlr.init = 'trunc_normal' (got {init!r})")
+        if target == "agent" and projector != "agent":
+            raise ConfigError(f"losses.mlr.target = 'agent' reads the agent's target projector, which matches only "
+                              f"its own projector; set losses.mlr.projector = 'agent' (got {projector!r})")
         check_decoder_factory("losses.mlr.decoder", decoder)
         self.masker = masker if masker is not None else CubeMasker()
         self.decoder_factory = decoder
@@ -162,6 +171,7 @@ class MLRLoss(AuxiliaryLoss):
         self.reinit_encoder_linear = bool(reinit_encoder_linear)
         self.distance = distance
         self.lr_warmup = int(lr_warmup)
+        self.target = target
         # The declared targets (encoder, projector); a plain tuple, so the agent's modules they
         # refer to are not registered here (no duplicates in optimizers or state_dicts).
         self._targets: tuple[TargetNetwork, ...] = ()
@@ -169,16 +179,23 @@ class MLRLoss(AuxiliaryLoss):
     def setup(self, context: LossContext) -> None:
         d = int(context.latent_dim)
         self.decoder = build_decoder(self.decoder_factory, context)
-        self.target_encoder = frozen_copy(context.encoder)
+        own = self.target == "own"
+        if not own and (context.target_encoder is None or context.target_projector is None):
+            raise ConfigError("losses.mlr.target = 'agent' reads the agent's target encoder and projector, "
+                              "but this agent keeps none; use losses.mlr.target = 'own'")
+        if own:
+            self.target_encoder = frozen_copy(context.encoder)
         if self.reinit_encoder_linear:  # after the copy: the two get independent draws (DMC)
             trunc_normal_init(context.encoder)
-            trunc_normal_init(self.target_encoder)
+            if own:
+                trunc_normal_init(self.target_encoder)
         if self.projector_kind == "agent":
             if context.projector is None:
                 raise ConfigError("losses.mlr.projector = 'agent' but the agent exposes no projector; "
                                   "use losses.mlr.projector = 'mlp'")
             online_projector = context.projector
-            self.target_projector = frozen_copy(online_projector)
+            if own:
+                self.target_projector = frozen_copy(online_projector)
             p = output_size(online_projector, d)
         elif self.projector_kind == "mlp":
             self.projector = mlp(d, self.projection_hidden, d)
@@ -194,12 +211,13 @@ class MLRLoss(AuxiliaryLoss):
         else:  # "none"
             self.predictor = nn.Identity()
         if self.init == "trunc_normal":
-            for module in (self.predictor, self.target_projector,
+            for module in (self.predictor, getattr(self, "target_projector", None),
                            self.projector if self.projector_kind == "mlp" else None):
                 if module is not None:
                     trunc_normal_init(module)
-        self._targets = (TargetNetwork(context.encoder, self.target_encoder, self.target_tau),
-                         TargetNetwork(online_projector, self.target_projector, self.target_tau))
+        if own:
+            self._targets = (TargetNetwork(context.encoder, self.target_encoder, self.target_tau),
+                             TargetNetwork(online_projector, self.target_projector, self.target_tau))
 
     def forward(self, batch: Batch, context: LossContext) -> LossOutput:
         T = self.sequence_length
@@ -217,8 +235,10 @@ class MLRLoss(AuxiliaryLoss):
         # Target branch: unmasked frames, their own augmentation draw, no gradient.
         with torch.no_grad():
             target_in = rearrange(obs, "b t c h w -> (b t) c h w").float() / 255.0
-            target_latents = self.target_encoder(context.augment(target_in)).reshape(b * T, -1)
-            target = self.target_projector(target_latents)  # (n p)
+            target_encoder, target_projector = ((self.target_encoder, self.target_projector) if self.target == "own"
+                                                else (context.target_encoder, context.target_projector))
+            target_latents = target_encoder(context.augment(target_in)).reshape(b * T, -1)
+            target = target_projector(target_latents)  # (n p)
 
         if self.distance == "cosine":
             distance = normalized_squared_distance(pred, target, self.normalize_eps)
