@@ -29,9 +29,9 @@ EXECUTION_NAMES = {"autocast", "compile", "compile_mode", "compile_scope", "comp
                    "scaled_dot_product_attention", "fused"}
 # The files one update is read through (docs/faithfulness.md#reading-one-update).
 ALGORITHM_FILES = tuple(f"mlr_registry/{name}.py" for name in (
-    "agents/rainbow", "agents/sac", "agents/sac_networks", "agents/c51_head", "agents/bbf", "agents/bbf_head",
-    "agents/annealing", "agents/n_step", "agents/resets", "losses/spr", "losses/mlr", "losses/common",
-    "maskers/cube", "decoders/transformer"))
+    "agents/rainbow", "agents/sac", "agents/sac_networks", "agents/sac_aux", "agents/c51_head", "agents/bbf",
+    "agents/bbf_head", "agents/annealing", "agents/n_step", "agents/resets", "losses/spr", "losses/mlr",
+    "losses/common", "maskers/cube", "decoders/transformer"))
 
 
 @pytest.mark.parametrize("path", ALGORITHM_FILES)

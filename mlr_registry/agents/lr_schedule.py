@@ -4,18 +4,16 @@ fairseq's ``InverseSquareRootSchedule`` with warmup 6000, hard-coded in the refe
 ``MTMSacAgent`` (here ``losses.mlr.lr_warmup = 6000`` in gin/dmc_mlr.gin).
 
 Used as ``torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(warmup))``, stepped once after
-every aux update, so ``k`` counts the aux updates done so far; :func:`aux_optimizer` builds
-SAC's auxiliary Adam with one such schedule per parameter group.
+every aux update, so ``k`` counts the aux updates done so far;
+:func:`~mlr_registry.agents.sac_aux.aux_optimizer` builds SAC's auxiliary Adam with one such
+schedule per parameter group.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
-
-import torch
-from torch import nn
+from collections.abc import Callable
 
 from mlr_registry.errors import check_range
 
@@ -45,27 +43,4 @@ def warmup_schedule(warmup: int) -> Callable[[int], float]:
     many updates, or :func:`constant_lr` for 0."""
     check_range("lr_warmup", warmup, 0, integer=True)
     return functools.partial(inverse_sqrt_warmup, warmup=warmup) if warmup > 0 else constant_lr
-
-
-def aux_optimizer(losses: Sequence[nn.Module], encoder: nn.Module,
-                  lr: float) -> tuple[list[nn.Parameter], torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
-    """SAC's auxiliary Adam (betas (0.9, 0.999)) over the losses' parameters AND the critic
-    ``encoder`` (the reference's ``MTM.parameters()`` contains ``critic.encoder``), one parameter
-    group per warm-up the losses declare (``lr_warmup``), and its schedule: (parameters in group
-    order, optimizer, scheduler). Group 0 holds the losses with the longest warm-up, then the
-    encoder; with one loss (or one warm-up) a single group, as the reference's one Adam."""
-    warmups = [int(loss.lr_warmup) for loss in losses]
-    order = [max(warmups)] + [w for w in dict.fromkeys(warmups) if w != max(warmups)]
-    groups: dict[int, list[nn.Parameter]] = {w: [] for w in order}
-    seen: set[int] = set()
-    members = [(w, p) for loss, w in zip(losses, warmups, strict=True) for p in loss.parameters()]
-    members += [(order[0], p) for p in encoder.parameters()]
-    for warmup, p in members:
-        if p.requires_grad and id(p) not in seen:
-            seen.add(id(p))
-            groups[warmup].append(p)
-    group_warmups = [w for w in order if groups[w]]
-    optimizer = torch.optim.Adam([{"params": groups[w]} for w in group_warmups], lr=lr, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [warmup_schedule(w) for w in group_warmups])
-    return [p for w in group_warmups for p in groups[w]], optimizer, scheduler
 

@@ -2,13 +2,10 @@
 
 The critic owns THE encoder (the one auxiliary losses shape); the actor has its own encoder whose
 convs are tied to the critic's (its fc + LayerNorm are its own). Auxiliary losses (MLR, or none
-for the baseline) come by gin and are stepped by their own Adam, which also holds the critic
-encoder, after the critic step, with the warm-up schedule each loss declares (``lr_warmup``;
-MLR: an inverse-square-root warm-up, docs/faithfulness.md#dmc-optimisation).
-:meth:`SAC.update` reads top to bottom in the reference's order:
-critic, auxiliary losses, actor + temperature (every 2nd step), target EMAs (every 2nd step).
-
-Pixels: every encoder takes float in [0, 1]; this agent divides its uint8 batches by 255 (the
+for the baseline) come by gin and train under their own Adam, which also holds the critic encoder
+(:mod:`~mlr_registry.agents.sac_aux`). :meth:`SAC.update` reads top to bottom in the reference's
+order: critic, auxiliary losses, actor + temperature (every 2nd step), target EMAs (every 2nd step).
+Every encoder takes float pixels in [0, 1]: this agent divides its uint8 batches by 255 (the
 reference divides inside the encoder: the same arithmetic).
 """
 
@@ -24,27 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlr_registry.agents.augmentation import aux_augmentation, batch_crop, center_crop
-from mlr_registry.agents.lr_schedule import aux_optimizer
 from mlr_registry.agents.metrics import LazyMetrics
-from mlr_registry.agents.sac_networks import Actor, Critic, actor_and_critics, tanh_gaussian  # noqa: F401
+from mlr_registry.agents.sac_arguments import check_arguments
+from mlr_registry.agents.sac_aux import aux_backward, aux_optimizers, step_aux_optimizers
+from mlr_registry.agents.sac_networks import Actor, Critic, actor_and_critics, soft_update_critic, tanh_gaussian  # noqa: F401
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.pixel_encoder import PixelEncoder
-from mlr_registry.errors import ConfigError, check_range
-from mlr_registry.losses.auxiliary import (
-    AuxiliaryLoss,
-    LossContext,
-    attach,
-    checked_output,
-    load_rng_states,
-    prefixed,
-    rng_states,
-)
+from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, attach, load_rng_states, rng_states
 from mlr_registry.registry import register
-from mlr_registry.target_network import ema_update
-
-
-def _field(transitions: Any, name: str) -> torch.Tensor:
-    return transitions[name] if isinstance(transitions, Mapping) else getattr(transitions, name)
 
 
 @register("agent", "sac")
@@ -80,148 +64,88 @@ class SAC(nn.Module):
             crop (offset (100 − 84)//2 = 8) when acting, random crop + intensity for aux losses.
         crop_offsets_exclusive: the SAC batch's crop offsets are 0..h−size−1 (True, 0..15: the
             reference's numpy ``randint(0, 16)`` never uses 16) or 0..h−size (False).
-        aux_lr, aux_lr_scale: the aux optimizer's lr is ``aux_lr_scale·aux_lr`` (the yamls'
-            ``auxiliary_task_lr`` 1e-3, or 2e-4 for cheetah, times the hard-coded 0.5).
-            Adam betas (0.9, 0.999), no weight decay. Each loss's parameters follow the lr
-            schedule the loss declares (``lr_warmup``: the inverse-sqrt warm-up of
-            :func:`~mlr_registry.agents.lr_schedule.inverse_sqrt_warmup` over that many updates,
-            0 = constant; ``losses.mlr.lr_warmup = 6000`` in gin/dmc_mlr.gin); the critic
-            encoder follows the longest warm-up among the losses. The ``aux_lr`` metric is the
-            lr of the group that holds the encoder.
+        aux_lr, aux_lr_scale: the aux Adam's lr is ``aux_lr_scale·aux_lr`` (the yamls'
+            ``auxiliary_task_lr`` 1e-3, or 2e-4 for cheetah, times the hard-coded 0.5); betas
+            (0.9, 0.999), no weight decay. Each loss's parameters follow the warm-up it declares
+            (``lr_warmup``: :func:`~mlr_registry.agents.lr_schedule.inverse_sqrt_warmup` over that
+            many updates, 0 = constant; ``losses.mlr.lr_warmup = 6000`` in gin/dmc_mlr.gin), the
+            critic encoder the longest. The ``aux_lr`` metric is the encoder's group's lr.
         aux_max_grad_norm: grad-norm clip over all aux-optimizer parameters as one, the critic
             encoder included (10; the DMC reference clips its MTM module whole, so the losses'
             ``grad_clip_groups`` do not apply here).
         aux_encoder_extra_adam: CURL QUIRK: CURL's ``encoder_optimizer`` (critic encoder) and
-            ``cpc_optimizer`` (W + the same encoder) both step on the contrastive gradient, so
-            the encoder takes two Adam steps per aux update. True adds that second Adam over the
-            critic encoder (betas (0.9, 0.999), the aux optimizer's current lr), stepped right
-            after the aux optimizer on the same (clipped) gradients. False (MLR): one step.
-
-    How it executes (precision, compilation, memory format) is not this class's business: the
-    trainer applies :class:`~mlr_registry.execution.Execution` to it, using what it declares
-    here: :meth:`networks`, ``compiled_phases``, ``acting_phases`` and ``rollback_state``.
+            ``cpc_optimizer`` (W + the same encoder) both step on the contrastive gradient. True
+            adds that second Adam over the critic encoder (betas (0.9, 0.999), the aux Adam's lr),
+            stepped right after the aux Adam on the same clipped gradients. False (MLR): one step.
     """
 
     discrete_actions = False
-    # The update's phases (tensor work only) and acting; the aux Adam, whose lr warms up, steps
-    # outside its phase (a changing lr inside compiled code would recompile at every step).
+    # How it executes (precision, compilation, memory format) is not this class's business: the
+    # trainer's Execution (mlr_registry/execution/) uses what it declares: networks(), the update's
+    # phases (tensor work only; the aux Adam, whose lr warms up, steps outside), acting, rollback.
     compiled_phases = ("_critic_phase", "_aux_phase", "_actor_and_alpha_phase", "_targets_phase")
     acting_phases = ("_policy", "_mean_policy")
     rollback_state = ("checkpoint_state", "load_checkpoint_state")
     projector = None  # SAC exposes no projector: MLR on DMC builds its own MLP (projector="mlp")
 
     def __init__(self, observation_shape: Sequence[int], num_actions: int, device: str = "cpu",
-                 encoder: Callable[..., nn.Module] = PixelEncoder,
-                 aux_losses: Sequence[AuxiliaryLoss] = (),
+                 encoder: Callable[..., nn.Module] = PixelEncoder, aux_losses: Sequence[AuxiliaryLoss] = (),
                  hidden_dim: int = 1024, discount: float = 0.99, init_temperature: float = 0.1,
-                 actor_lr: float = 1e-3, critic_lr: float = 1e-3, actor_beta: float = 0.9,
-                 critic_beta: float = 0.9, alpha_lr: float = 1e-4, alpha_beta: float = 0.5,
-                 actor_log_std_min: float = -10.0, actor_log_std_max: float = 2.0,
-                 actor_update_period: int = 2, target_update_period: int = 2,
+                 actor_lr: float = 1e-3, critic_lr: float = 1e-3, actor_beta: float = 0.9, critic_beta: float = 0.9,
+                 alpha_lr: float = 1e-4, alpha_beta: float = 0.5, actor_log_std_min: float = -10.0,
+                 actor_log_std_max: float = 2.0, actor_update_period: int = 2, target_update_period: int = 2,
                  critic_tau: float = 0.01, encoder_tau: float = 0.05, image_size: int = 84,
                  crop_offsets_exclusive: bool = True, aux_lr: float = 1e-3, aux_lr_scale: float = 0.5,
-                 aux_max_grad_norm: float = 10.0,
-                 aux_encoder_extra_adam: bool = False):
+                 aux_max_grad_norm: float = 10.0, aux_encoder_extra_adam: bool = False):
         super().__init__()
-        if len(observation_shape) != 3:
-            raise ConfigError(f"sac.observation_shape = {tuple(observation_shape)}; expected (c, h, w)")
-        c, h, w = (int(s) for s in observation_shape)
-        check_range("sac.num_actions", num_actions, 1)
-        check_range("sac.hidden_dim", hidden_dim, 1)
-        check_range("sac.discount", discount, 0, 1)
-        check_range("sac.init_temperature", init_temperature, 0, low_open=True)
-        for name, value in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha_lr", alpha_lr),
-                            ("aux_lr", aux_lr), ("aux_lr_scale", aux_lr_scale),
-                            ("aux_max_grad_norm", aux_max_grad_norm)):
-            check_range(f"sac.{name}", value, 0, low_open=True)
-        for name, value in (("actor_beta", actor_beta), ("critic_beta", critic_beta),
-                            ("alpha_beta", alpha_beta)):
-            check_range(f"sac.{name}", value, 0, 1, high_open=True)
-        if not actor_log_std_min < actor_log_std_max:
-            raise ConfigError(f"sac.actor_log_std_min = {actor_log_std_min} must be below "
-                              f"sac.actor_log_std_max = {actor_log_std_max}")
-        check_range("sac.actor_update_period", actor_update_period, 1)
-        check_range("sac.target_update_period", target_update_period, 1)
-        check_range("sac.critic_tau", critic_tau, 0, 1, low_open=True)
-        check_range("sac.encoder_tau", encoder_tau, 0, 1, low_open=True)
-        check_range("sac.image_size", image_size, 1, min(h, w))
-        if crop_offsets_exclusive and (h, w) != (image_size, image_size) and min(h, w) - 1 < image_size:
-            raise ConfigError(f"sac.crop_offsets_exclusive = True needs both observation sides above "
-                              f"image_size = {image_size} (got {h}x{w}); set it False or match the sizes")
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise ConfigError(f"sac.device = {device!r} is not a torch device ({exc})") from None
-        self.observation_shape = (c, h, w)
-        self.num_actions = int(num_actions)
-        self.discount = float(discount)
+        (c, h, w), self.device = check_arguments(
+            observation_shape, device, num_actions=num_actions, hidden_dim=hidden_dim, discount=discount,
+            init_temperature=init_temperature, actor_lr=actor_lr, critic_lr=critic_lr, alpha_lr=alpha_lr,
+            aux_lr=aux_lr, aux_lr_scale=aux_lr_scale, aux_max_grad_norm=aux_max_grad_norm, actor_beta=actor_beta,
+            critic_beta=critic_beta, alpha_beta=alpha_beta, actor_log_std_min=actor_log_std_min,
+            actor_log_std_max=actor_log_std_max, actor_update_period=actor_update_period,
+            target_update_period=target_update_period, critic_tau=critic_tau, encoder_tau=encoder_tau,
+            image_size=image_size, crop_offsets_exclusive=crop_offsets_exclusive)
+        self.observation_shape, self.num_actions = (c, h, w), int(num_actions)
+        self.discount, self.aux_max_grad_norm = float(discount), float(aux_max_grad_norm)
         self.actor_update_period, self.target_update_period = actor_update_period, target_update_period
         self.critic_tau, self.encoder_tau = float(critic_tau), float(encoder_tau)
-        self.image_size = int(image_size)
-        self.crop_offsets_exclusive = bool(crop_offsets_exclusive)
-        self.aux_max_grad_norm = float(aux_max_grad_norm)
+        self.image_size, self.crop_offsets_exclusive = int(image_size), bool(crop_offsets_exclusive)
 
-        self._build_networks(encoder, c, int(hidden_dim), float(init_temperature),
-                             float(actor_log_std_min), float(actor_log_std_max))
+        # Critic, actor, critic target (a full copy made before the aux setup: MLR's re-init of the
+        # critic fc does not reach it) and log α, on the device.
+        self.critic, self.actor, self.critic_target = actor_and_critics(
+            encoder, c, self.image_size, self.num_actions, int(hidden_dim), float(actor_log_std_min),
+            float(actor_log_std_max))
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(float(init_temperature))))
+        self.target_entropy = -float(self.num_actions)
+        self.to(self.device)
+        # What the aux losses' context holds; augment: random crop + intensity; crop: the SAC batch's.
+        self.latent_dim = int(self.critic.encoder.output_dim)
+        self.latent_shape = tuple(getattr(self.critic.encoder, "output_shape", (self.latent_dim,)))
+        self.augment = functools.partial(aux_augmentation, size=self.image_size)
+        self.crop = functools.partial(batch_crop, size=self.image_size, exclusive=self.crop_offsets_exclusive)
         self.loss_context = LossContext(
-            encoder=self.critic.encoder, augment=functools.partial(aux_augmentation, size=self.image_size),
-            latent_dim=self.latent_dim, latent_shape=self.latent_shape,
-            observation_shape=self.observation_shape, num_actions=self.num_actions, discrete_actions=False,
-            device=self.device, projector=None,
-            crop=functools.partial(batch_crop, size=self.image_size, exclusive=self.crop_offsets_exclusive))
+            encoder=self.critic.encoder, augment=self.augment, latent_dim=self.latent_dim,
+            latent_shape=self.latent_shape, observation_shape=self.observation_shape, num_actions=self.num_actions,
+            discrete_actions=False, device=self.device, projector=None, crop=self.crop)
         # metric prefixes: mlr_loss, mlr_cosine
         self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context)
         self.to(self.device)
         self.aux_targets = [target for loss in self.aux_losses for target in loss.target_networks()]
 
-        self._build_optimizers(actor_lr, critic_lr, actor_beta, critic_beta, alpha_lr, alpha_beta,
-                               aux_lr_scale * aux_lr, aux_encoder_extra_adam)
-
-    def _build_networks(self, encoder: Callable[..., nn.Module], c: int, hidden_dim: int, init_temperature: float,
-                        actor_log_std_min: float, actor_log_std_max: float) -> None:
-        """Critic, actor, target critic (:func:`actor_and_critics`, a full copy made before the
-        aux setup: MLR's re-init of the critic fc does not reach it) and log α, on the device."""
-        self.critic, self.actor, self.critic_target = actor_and_critics(
-            encoder, c, self.image_size, self.num_actions, hidden_dim, actor_log_std_min, actor_log_std_max)
-        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
-        self.target_entropy = -float(self.num_actions)
-        self.to(self.device)
-
-    def _build_optimizers(self, actor_lr: float, critic_lr: float, actor_beta: float, critic_beta: float,
-                          alpha_lr: float, alpha_beta: float, aux_lr: float, aux_encoder_extra_adam: bool) -> None:
-        """The actor's, critic's and α's Adams; with aux losses the aux Adam (``aux_lr`` already
-        scaled by ``aux_lr_scale``), one parameter group per warm-up the losses declare, and its
-        schedule."""
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, betas=(actor_beta, 0.999))
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr,
-                                                 betas=(critic_beta, 0.999))
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=critic_lr, betas=(critic_beta, 0.999))
         self.log_alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=alpha_lr, betas=(alpha_beta, 0.999))
         # The aux Adam holds the aux losses' parameters AND the critic encoder (the reference's
         # MTM.parameters() contains critic.encoder): the encoder is stepped by two Adams.
-        self.aux_parameters: list[nn.Parameter] = []
-        self.aux_optimizer: torch.optim.Optimizer | None = None
-        self.aux_scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
-        self.aux_encoder_optimizer: torch.optim.Optimizer | None = None
-        if len(self.aux_losses) > 0:
-            self.aux_parameters, self.aux_optimizer, self.aux_scheduler = aux_optimizer(
-                self.aux_losses, self.critic.encoder, aux_lr)
-            if aux_encoder_extra_adam:
-                self.aux_encoder_optimizer = torch.optim.Adam(self.critic.encoder.parameters(),
-                                                              lr=aux_lr, betas=(0.9, 0.999))
+        self.aux_parameters, self.aux_optimizer, self.aux_scheduler, self.aux_encoder_optimizer = aux_optimizers(
+            self.aux_losses, self.critic.encoder, aux_lr_scale * aux_lr, aux_encoder_extra_adam)
 
-    # --- what the aux losses' context holds ----------------------------------------------------
     @property
     def encoder(self) -> nn.Module:
         """The critic's encoder: the one the RL loss and auxiliary losses train."""
         return self.critic.encoder
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.critic.encoder.output_dim)
-
-    @property
-    def latent_shape(self) -> tuple[int, ...]:
-        return tuple(getattr(self.critic.encoder, "output_shape", (self.latent_dim,)))
 
     def networks(self) -> list[nn.Module]:
         """The networks whose forward draws no random number (the policy's sample is outside)."""
@@ -231,14 +155,6 @@ class SAC(nn.Module):
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """The aux branch's augmentation (:func:`aux_augmentation` at ``image_size``)."""
-        return aux_augmentation(x, self.image_size)
-
-    def crop(self, obs: torch.Tensor) -> torch.Tensor:
-        """The SAC batch's random crop (:func:`batch_crop` at ``image_size``)."""
-        return batch_crop(obs, self.image_size, self.crop_offsets_exclusive)
 
     # --- acting ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -255,19 +171,15 @@ class SAC(nn.Module):
         out = self._mean_policy(obs) if greedy else self._policy(obs)  # greedy: no random draw, as the reference
         return out[0] if single else out
 
-    def _features(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 obs (b c h w) -> the center crop in [0, 1], (b c s s)."""
-        return center_crop(obs, self.image_size).float() / 255.0
-
     def _policy(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 obs (b c h w) -> a tanh(pi) sample (b A), from the center crop."""
-        _, action, _, _ = self.actor(self._features(obs))
+        """uint8 obs (b c h w) -> a tanh(pi) sample (b A), from the center crop in [0, 1]."""
+        _, action, _, _ = self.actor(center_crop(obs, self.image_size).float() / 255.0)
         return action
 
     def _mean_policy(self, obs: torch.Tensor) -> torch.Tensor:
-        """uint8 obs (b c h w) -> tanh(mu) (b A), from the center crop, without drawing the noise
-        that a sample needs (evaluation leaves torch's random streams as they were)."""
-        mu, _ = self.actor.distribution(self._features(obs))
+        """uint8 obs (b c h w) -> tanh(mu) (b A), from the center crop in [0, 1], without drawing
+        the noise that a sample needs (evaluation leaves torch's random streams as they were)."""
+        mu, _ = self.actor.distribution(center_crop(obs, self.image_size).float() / 255.0)
         return torch.tanh(mu)
 
     # --- learning --------------------------------------------------------------------------
@@ -289,8 +201,8 @@ class SAC(nn.Module):
             actor/α and the target EMAs run when ``step % period == 0``.
         """
         self.train()
-        fields = [_field(transitions, name).to(self.device) for name in ("obs", "next_obs", "action", "reward",
-                                                                         "not_done")]
+        fields = [(transitions[name] if isinstance(transitions, Mapping) else getattr(transitions, name)).to(
+            self.device) for name in ("obs", "next_obs", "action", "reward", "not_done")]
         # 1. Critic: MSE of both Q heads to the soft TD target; the full encoder trains.
         self.critic_optimizer.zero_grad(set_to_none=True)
         obs, tensors = self._critic_phase(*fields)
@@ -299,15 +211,10 @@ class SAC(nn.Module):
         # Adam steps outside the phase (its lr changes at every step of the warm-up).
         aux_metrics: dict[str, Any] = {}
         if self.aux_optimizer is not None and sequences is not None:
-            lr = self.aux_optimizer.param_groups[0]["lr"]
             self.aux_optimizer.zero_grad(set_to_none=True)
             aux_total, aux_metrics, tensors["aux_grad_norm"] = self._aux_phase(sequences.to(self.device))
-            aux_metrics["aux_lr"] = float(lr)  # the lr of this step
-            self.aux_optimizer.step()
-            if self.aux_encoder_optimizer is not None:  # CURL's second encoder step, same lr
-                self.aux_encoder_optimizer.param_groups[0]["lr"] = lr
-                self.aux_encoder_optimizer.step()
-            self.aux_scheduler.step()
+            aux_metrics["aux_lr"] = step_aux_optimizers(self.aux_optimizer, self.aux_scheduler,
+                                                        self.aux_encoder_optimizer)
             tensors["aux_loss"] = aux_total
 
         # 3. Actor and temperature, on the same crops, conv features detached (every 2nd step).
@@ -344,16 +251,9 @@ class SAC(nn.Module):
         return obs, {"critic_loss": critic_loss.detach(), "q_mean": q1.detach().mean()}
 
     def _aux_phase(self, sequences: Batch) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
-        """Aux losses, backward, clip → (summed loss, their metrics, pre-clip grad norm)."""
-        aux_total = torch.zeros((), device=self.device)
-        aux_metrics: dict[str, Any] = {}
-        for loss, name in zip(self.aux_losses, self.aux_names, strict=True):
-            output = checked_output(loss, loss(sequences, self.loss_context))
-            aux_total = aux_total + output.total()
-            aux_metrics.update(prefixed(name, output.metrics))
-        aux_total.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.aux_parameters, self.aux_max_grad_norm)
-        return aux_total.detach(), aux_metrics, norm
+        """Aux losses, backward, clip (:func:`aux_backward`) → (summed loss, metrics, pre-clip norm)."""
+        return aux_backward(self.aux_losses, self.aux_names, sequences, self.loss_context, self.aux_parameters,
+                            self.aux_max_grad_norm)
 
     def _actor_and_alpha_phase(self, obs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Actor loss and step, then the temperature's, on ``obs`` (b c 84 84) in [0, 1]."""
@@ -369,20 +269,10 @@ class SAC(nn.Module):
                 "entropy": -log_pi.detach().mean(), "log_std_mean": log_std.detach().mean()}
 
     def _targets_phase(self) -> None:
-        """The critic target's EMAs, then the targets each aux loss declares."""
-        self.soft_update_targets()
+        """The critic target's EMAs (:func:`soft_update_critic`), then each aux loss's targets."""
+        soft_update_critic(self.critic, self.critic_target, self.critic_tau, self.encoder_tau)
         for target in self.aux_targets:
             target.update()
-
-    @torch.no_grad()
-    def soft_update_targets(self) -> None:
-        """target ← τ·online + (1−τ)·target over parameters only (the reference's
-        ``soft_update_params``): Q1/Q2 with critic_tau, the encoder with encoder_tau."""
-        pairs = ((self.critic.q1, self.critic_target.q1, self.critic_tau),
-                 (self.critic.q2, self.critic_target.q2, self.critic_tau),
-                 (self.critic.encoder, self.critic_target.encoder, self.encoder_tau))
-        for online, target, tau in pairs:
-            ema_update(online, target, tau)
 
     # --- checkpoints -----------------------------------------------------------------------
     def aux_rng_state(self) -> dict[str, torch.Tensor]:
@@ -392,27 +282,19 @@ class SAC(nn.Module):
     def load_aux_rng_state(self, states: dict[str, torch.Tensor]) -> None:
         load_rng_states(self.aux_losses, states)
 
+    def _stateful(self) -> dict[str, Any]:
+        """The optimizers and the aux lr schedule, by checkpoint key (the aux ones only when built)."""
+        named = {"actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer,
+                 "log_alpha_optimizer": self.log_alpha_optimizer, "aux_optimizer": self.aux_optimizer,
+                 "aux_scheduler": self.aux_scheduler, "aux_encoder_optimizer": self.aux_encoder_optimizer}
+        return {key: value for key, value in named.items() if value is not None}
+
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything to resume learning: networks (actor, critic, critic target, log α, aux
-        losses and their targets), the four optimizers and the aux lr schedule."""
-        state: dict[str, Any] = {
-            "model": self.state_dict(), "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "log_alpha_optimizer": self.log_alpha_optimizer.state_dict()}
-        if self.aux_optimizer is not None:
-            state["aux_optimizer"] = self.aux_optimizer.state_dict()
-            state["aux_scheduler"] = self.aux_scheduler.state_dict()
-        if self.aux_encoder_optimizer is not None:
-            state["aux_encoder_optimizer"] = self.aux_encoder_optimizer.state_dict()
-        return state
+        losses and their targets) as ``"model"``, the four optimizers and the aux lr schedule."""
+        return {"model": self.state_dict(), **{key: value.state_dict() for key, value in self._stateful().items()}}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         self.load_state_dict(state["model"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.log_alpha_optimizer.load_state_dict(state["log_alpha_optimizer"])
-        if self.aux_optimizer is not None:
-            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-            self.aux_scheduler.load_state_dict(state["aux_scheduler"])
-        if self.aux_encoder_optimizer is not None:
-            self.aux_encoder_optimizer.load_state_dict(state["aux_encoder_optimizer"])
+        for key, value in self._stateful().items():
+            value.load_state_dict(state[key])

@@ -1,5 +1,6 @@
 """The networks of CURL-style SAC from pixels (the reference's ``Actor`` and ``Critic``): a
-tanh-Gaussian actor and a twin-Q critic, each over its own pixel encoder."""
+tanh-Gaussian actor and a twin-Q critic, each over its own pixel encoder, and the critic
+target's EMA."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from mlr_registry.encoders.pixel_encoder import orthogonal_init
 from mlr_registry.errors import ConfigError
+from mlr_registry.target_network import ema_update
 
 LOG_PROB_EPS = 1e-6  # the reference's squash correction eps
 
@@ -108,3 +110,13 @@ def actor_and_critics(encoder: Callable[..., nn.Module], in_channels: int, image
     actor = Actor(actor_encoder, latent_dim, num_actions, hidden_dim, log_std_min, log_std_max)
     return critic, actor, copy.deepcopy(critic).requires_grad_(False)
 
+
+
+@torch.no_grad()
+def soft_update_critic(critic: Critic, target: Critic, critic_tau: float, encoder_tau: float) -> None:
+    """target ← τ·online + (1−τ)·target over parameters only (the reference's
+    ``soft_update_params``): Q1, then Q2 with ``critic_tau``, then the encoder with ``encoder_tau``."""
+    pairs = ((critic.q1, target.q1, critic_tau), (critic.q2, target.q2, critic_tau),
+             (critic.encoder, target.encoder, encoder_tau))
+    for online, moving, tau in pairs:
+        ema_update(online, moving, tau)
