@@ -12,6 +12,7 @@ import gin
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import mlflow_runs, run_cli
 from torch import nn
 
 from mlr_registry import config, registry
@@ -284,3 +285,21 @@ def test_runs_of_another_base_agent_are_named_after_it():
     tags = {"objective": "spr", "agent": "bbf", "benchmark": "atari100k", "env": "alien", "seed": "0"}
     assert naming.run_name(tags, ["gin/atari_bbf.gin"]) == "spr · bbf · alien · seed 0"
     assert naming.run_name({**tags, "agent": "rainbow"}, ["gin/atari_spr.gin"]) == "spr · alien · seed 0"
+
+
+def test_mlr_on_bbf_trains_end_to_end_to_a_tracked_run_with_a_reset(tmp_path):
+    db = tmp_path / "store.db"
+    proc = run_cli(["--gin", str(REPO / "gin/smoke/atari_bbf_mlr.gin"), "--tracking-uri", f"sqlite:///{db}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = mlflow_runs(db, "smoke")
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "mlr · bbf smoke · breakout · seed 0"
+    assert {k: run.data.tags[k] for k in ("agent", "objective", "benchmark")} == \
+        {"agent": "bbf", "objective": "mlr", "benchmark": "atari100k"}
+    assert run.data.params["losses.mlr.target"] == "'agent'"
+    resets = [m.value for m in client.get_metric_history(run.info.run_id, "train/resets")]
+    horizons = [m.value for m in client.get_metric_history(run.info.run_id, "train/update_horizon")]
+    assert resets[-1] == 1.0  # the reset at step 120 of 200
+    assert 3 <= min(horizons) and max(horizons) <= 10
+    assert {"train/mlr_loss", "train/rl_loss", "final_return", "eval/hns"} <= set(run.data.metrics)

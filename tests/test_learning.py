@@ -1,5 +1,5 @@
 """Learning tests: the Baseline and MLR agents (the paper's Rainbow and MLR loss at small widths)
-solve Catch, a built-in pixel game, within a few CPU minutes. Random play scores -0.59 on the
+and BBF solve Catch, a built-in pixel game, within a few CPU minutes. Random play scores -0.59 on the
 5x5 board (21% of balls caught); the threshold 0.3 means at least 65% caught."""
 
 from __future__ import annotations
@@ -27,3 +27,12 @@ def test_mlr_learns_catch_and_reduces_its_loss():
     assert final >= THRESHOLD, f"MLR scored {final} on Catch (random {RANDOM_SCORE})"
     mlr = rec.history["train/mlr_loss"]
     assert mlr[-1] < mlr[0], f"MLR loss did not decrease: {mlr}"
+
+
+@pytest.mark.slow(minutes=2.0)
+def test_bbf_learns_catch_through_its_resets():
+    rec = train_in_process("gin/learning/catch_bbf.gin")
+    final = rec.history["final_return"][-1]
+    assert final >= THRESHOLD, f"BBF scored {final} on Catch (random {RANDOM_SCORE})"
+    assert rec.history["train/resets"][-1] == 2  # at steps 1000 and 2000, and it recovered
+    assert rec.history["train/spr_loss"][-1] < rec.history["train/spr_loss"][0]
