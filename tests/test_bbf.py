@@ -303,3 +303,14 @@ def test_mlr_on_bbf_trains_end_to_end_to_a_tracked_run_with_a_reset(tmp_path):
     assert resets[-1] == 1.0  # the reset at step 120 of 200
     assert 3 <= min(horizons) and max(horizons) <= 10
     assert {"train/mlr_loss", "train/rl_loss", "final_return", "eval/hns"} <= set(run.data.metrics)
+
+
+def test_a_replay_too_short_for_the_horizon_stops_before_training():
+    from mlr_registry.training.atari100k import check_returns_match
+
+    class Replay:
+        n_step = 5
+
+    with pytest.raises(ConfigError, match="bootstraps up to 10 steps ahead but the replay's sequences carry "
+                                          "n_step = 5.*N_STEP = 10"):
+        check_returns_match(tiny_bbf(), Replay())

@@ -51,6 +51,11 @@ DMC = ["--gin", str(REPO / "gin/smoke/dmc_mlr.gin"),
        "--bind", "trainers.dmc.checkpoint_every = 40"]
 
 
+# BBF: a reset (step 36) and a restart of its annealing after the checkpoint at step 24.
+BBF = ["--gin", str(REPO / "gin/smoke/atari_bbf.gin"), *ATARI[2:], "--bind", "agents.bbf.reset_every = 36",
+       "--bind", "agents.bbf.no_resets_after = 100", "--bind", "agents.bbf.anneal_period = 20"]
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -102,7 +107,7 @@ def _only_run(cwd: Path):
 
 
 @pytest.mark.parametrize("name, args, loss", [
-    ("atari", ATARI, "train/mlr_loss"), ("dmc", DMC, "train/critic_loss"),
+    ("atari", ATARI, "train/mlr_loss"), ("dmc", DMC, "train/critic_loss"), ("bbf", BBF, "train/spr_loss"),
     # the fast config's loop: the env steps beside the updates; checkpoints fall between steps
     ("atari_overlapped", [*ATARI, "--bind", "execution.overlap_env_step = True"], "train/mlr_loss")])
 def test_kill_9_and_resume_equals_uninterrupted(tmp_path, name, args, loss):

@@ -37,8 +37,8 @@ from mlr_registry.losses.auxiliary import (
     LossContext,
     attach,
     checked_output,
+    constant_lr,
     load_rng_states,
-    loss_names,
     prefixed,
     rng_states,
 )
@@ -46,12 +46,6 @@ from mlr_registry.registry import register
 from mlr_registry.target_network import ema_update
 
 PRIORITY_EPS = 1e-10  # BBF: priority = sqrt(loss + 1e-10); the replay's alpha 0.5 takes the root
-
-
-def _constant_lr(loss: AuxiliaryLoss) -> None:
-    if loss.lr_warmup:
-        raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: bbf trains auxiliary "
-                          "losses under its one AdamW at a constant lr; set it to 0")
 
 
 def adamw(parameters: Sequence[nn.Parameter], lr: float, eps: float, weight_decay: float) -> torch.optim.AdamW:
@@ -155,12 +149,17 @@ class BBF(nn.Module):
             num_actions=self.num_actions, discrete_actions=True, device=self.device,
             projector=self.head.projection, target_encoder=self.target_encoder,
             target_projector=self.target_head.projection)
-        self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context, check=_constant_lr)
+        self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context, check=constant_lr("bbf", "AdamW"))
         self.to(self.device)
         check_parts(self.parts(), self.shrink_perturb)
         self.optimizer = adamw(self._trainable(), *self.optimizer_settings)
         self.update_count = 0
         self.cycle_updates = 0  # updates since the last reset: the annealing's clock
+
+    @property
+    def max_update_horizon(self) -> int:
+        """The longest n the annealing uses: the replay's sequences must carry it."""
+        return self.annealing.max_update_horizon
 
     def _trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -30,21 +30,14 @@ from mlr_registry.losses.auxiliary import (
     LossContext,
     attach,
     checked_output,
+    constant_lr,
     load_rng_states,
-    loss_names,
     prefixed,
     rng_states,
 )
 from mlr_registry.registry import register
 
 PRIORITY_EPS = 1e-6  # rlpyt's EPS: the KL priority's clamps
-
-
-def _constant_lr(loss: AuxiliaryLoss) -> None:
-    """Rainbow trains its aux losses under its one constant-lr Adam: a warm-up cannot apply."""
-    if loss.lr_warmup:
-        raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: rainbow trains "
-                          "auxiliary losses under its one Adam at a constant lr; set it to 0")
 
 
 def _no_augmentation(x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +141,7 @@ class Rainbow(nn.Module):
             observation_shape=self.observation_shape,  # type: ignore[arg-type]
             num_actions=self.num_actions, discrete_actions=True, device=self.device, projector=self.projector)
         # metric prefixes: mlr_loss, mlr_cosine
-        self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context, check=_constant_lr)
+        self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context, check=constant_lr("rainbow", "Adam"))
         self.to(self.device)
         self.aux_targets = [tuple(loss.target_networks()) for loss in self.aux_losses]
         # One Adam over every trainable parameter, aux losses' included.

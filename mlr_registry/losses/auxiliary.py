@@ -205,6 +205,16 @@ def attach(losses: Sequence[nn.Module], context: LossContext,
     return modules, names
 
 
+def constant_lr(agent: str, optimizer: str) -> Callable[[AuxiliaryLoss], None]:
+    """The ``check`` for :func:`attach` of an agent that trains its auxiliary losses under its
+    one ``optimizer`` at a constant lr (Rainbow, BBF): a loss's warm-up is refused."""
+    def check(loss: AuxiliaryLoss) -> None:
+        if loss.lr_warmup:
+            raise ConfigError(f"losses.{loss_names([loss])[0]}.lr_warmup = {loss.lr_warmup}: {agent} trains "
+                              f"auxiliary losses under its one {optimizer} at a constant lr; set it to 0")
+    return check
+
+
 def rng_states(losses: Sequence[AuxiliaryLoss]) -> dict[str, torch.Tensor]:
     """Every loss's :meth:`~AuxiliaryLoss.rng_state`, keyed ``"<loss index>|<device>"`` (the
     checkpoints' format)."""

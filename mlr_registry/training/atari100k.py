@@ -48,8 +48,14 @@ def check_returns_match(agent: Any, replay: Any) -> None:
     ``n_step`` and one ``discount``. The gin files declare each once (the macros ``N_STEP`` and
     ``DISCOUNT`` of ``gin/atari_baseline.gin``), but a binding of one component's parameter
     still overrides it there alone; a mismatch would train silently on the wrong target (10-step
-    returns bootstrapped with γ³, say), so it is refused. Components without these attributes
-    (plugins) are not checked."""
+    returns bootstrapped with γ³, say), so it is refused. An agent that builds its own returns
+    from the sequences (BBF, ``max_update_horizon``) needs the replay to carry that many steps.
+    Components without these attributes (plugins) are not checked."""
+    horizon, carried = getattr(agent, "max_update_horizon", None), getattr(replay, "n_step", None)
+    if horizon is not None and carried is not None and carried < horizon:  # BBF: returns built by the agent
+        raise ConfigError(f"the agent bootstraps up to {horizon} steps ahead but the replay's sequences carry "
+                          f"n_step = {carried} steps beyond their start; bind both through the one macro, "
+                          f"N_STEP = {horizon}")
     for name in ("n_step", "discount"):
         mine, theirs = getattr(agent, name, None), getattr(replay, name, None)
         if mine is not None and theirs is not None and mine != theirs:
