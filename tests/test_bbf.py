@@ -267,6 +267,8 @@ BBF_GIN = [
     ("envs.atari.max_episode_steps", 27_000),        # :68
     ("replays.prioritized_sequence.alpha", 0.5),     # spr_agent.py: priority sqrt(loss + 1e-10)
     ("replays.prioritized_sequence.beta_start", 0.5), ("replays.prioritized_sequence.beta_end", 0.5),
+    ("replays.prioritized_sequence.is_weight_eps", 1e-10),  # spr_agent.py: 1 / sqrt(p + 1e-10)
+    ("replays.prioritized_sequence.insert_max_priority", True),  # spr_agent.py: _store_transition
 ]
 
 
@@ -289,18 +291,19 @@ def test_runs_of_another_base_agent_are_named_after_it():
 
 def test_mlr_on_bbf_trains_end_to_end_to_a_tracked_run_with_a_reset(tmp_path):
     db = tmp_path / "store.db"
-    proc = run_cli(["--gin", str(REPO / "gin/smoke/atari_bbf_mlr.gin"), "--tracking-uri", f"sqlite:///{db}"],
-                   cwd=tmp_path)
+    proc = run_cli(["--gin", str(REPO / "gin/smoke/atari_bbf_mlr.gin"), "--tracking-uri", f"sqlite:///{db}",
+                    "--bind", "trainers.atari100k.num_env_steps = 160"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client, runs = mlflow_runs(db, "smoke")
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == "mlr · bbf smoke · breakout · seed 0"
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "mlr · bbf smoke num_env_steps=160 · breakout · seed 0"
     assert {k: run.data.tags[k] for k in ("agent", "objective", "benchmark")} == \
         {"agent": "bbf", "objective": "mlr", "benchmark": "atari100k"}
     assert run.data.params["losses.mlr.target"] == "'agent'"
     resets = [m.value for m in client.get_metric_history(run.info.run_id, "train/resets")]
     horizons = [m.value for m in client.get_metric_history(run.info.run_id, "train/update_horizon")]
-    assert resets[-1] == 1.0  # the reset at step 120 of 200
+    assert resets[-1] == 1.0  # the reset at step 120 of 160
     assert 3 <= min(horizons) and max(horizons) <= 10
     assert {"train/mlr_loss", "train/rl_loss", "final_return", "eval/hns"} <= set(run.data.metrics)
 
@@ -314,3 +317,28 @@ def test_a_replay_too_short_for_the_horizon_stops_before_training():
     with pytest.raises(ConfigError, match="bootstraps up to 10 steps ahead but the replay's sequences carry "
                                           "n_step = 5.*N_STEP = 10"):
         check_returns_match(tiny_bbf(), Replay())
+
+
+def test_bbfs_replay_inserts_at_the_largest_priority_and_weights_with_its_eps():
+    from mlr_registry.replay.prioritized_sequence_replay import PrioritizedSequenceReplay
+
+    replay = PrioritizedSequenceReplay(capacity=200, sequence_length=2, n_step=2, insert_max_priority=True,
+                                       is_weight_eps=1e-10, beta_start=0.5, beta_end=0.5)
+    obs = torch.zeros(4, 84, 84, dtype=torch.uint8)
+    for _ in range(20):
+        replay.add(obs, 0, 0.0, False)
+    on = replay.priorities > 0
+    assert torch.equal(replay.priorities[on], torch.ones(int(on.sum()), dtype=torch.float64))  # the max so far: 1
+    replay.update_priorities(torch.tensor([on.nonzero()[0, 0]]), torch.tensor([16.0]))  # stored 16^0.5 = 4
+    for _ in range(3):
+        replay.add(obs, 0, 0.0, False)
+    newest = replay.priorities.nonzero().max()
+    assert replay.priorities[newest] == 4.0  # new entries join at the largest priority stored
+    batch = replay.sample(64)
+    p = replay.priorities[batch.indices]
+    expected = (p + 1e-10) ** -0.5
+    torch.testing.assert_close(batch.weights, (expected / expected.max()).float())
+    state = replay.state_dict()
+    other = PrioritizedSequenceReplay(capacity=200, sequence_length=2, n_step=2, insert_max_priority=True)
+    other.load_state_dict(state)
+    assert float(other._max_priority) == 4.0

@@ -20,7 +20,7 @@ def test_baseline_learns_catch():
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.slow(minutes=4.2)
+@pytest.mark.slow(minutes=2.7)
 def test_mlr_learns_catch_and_reduces_its_loss():
     rec = train_in_process("gin/learning/catch_mlr.gin")
     final = rec.history["final_return"][-1]
@@ -29,7 +29,7 @@ def test_mlr_learns_catch_and_reduces_its_loss():
     assert mlr[-1] < mlr[0], f"MLR loss did not decrease: {mlr}"
 
 
-@pytest.mark.slow(minutes=2.0)
+@pytest.mark.slow(minutes=1.4)
 def test_bbf_learns_catch_through_its_resets():
     rec = train_in_process("gin/learning/catch_bbf.gin")
     final = rec.history["final_return"][-1]

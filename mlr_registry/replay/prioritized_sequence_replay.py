@@ -16,16 +16,18 @@ from mlr_registry.replay.sum_tree import SumTree
 
 PRIORITY_CLAMP = (1e-6, 1e6)  # rlpyt_buffer / algos: KL clamped before ^alpha
 IS_WEIGHT_EPS = 1e-5  # MLR's rlpyt_buffer: (1 / (p + 1e-5)) ** beta
+_AT_MAX = -1.0  # a pending insertion's value when it takes the largest priority stored so far
 
 
 @register("replay", "prioritized_sequence")
 class PrioritizedSequenceReplay(SequenceReplay):
     """MLR's replay: sequence starts drawn by priority (PER), docs/faithfulness.md#atari-replay-and-n-step-returns.
 
-    New entries get ``default_priority ** alpha`` (= 1; rlpyt does not use max-priority).
+    New entries get ``default_priority ** alpha`` (= 1; rlpyt does not use max-priority), or
+    with ``insert_max_priority`` the largest priority stored so far (Schaul et al.'s rule, BBF's).
     ``update_priorities`` stores ``clamp(value, 1e-6, 1e6) ** alpha``; the batch weights are
-    ``(1 / (p + 1e-5)) ** beta`` normalized by the batch maximum, with ``p`` the stored leaf
-    (already ``^alpha``). Beta anneals linearly with :meth:`set_step`.
+    ``(1 / (p + is_weight_eps)) ** beta`` normalized by the batch maximum, with ``p`` the stored
+    leaf (already ``^alpha``). Beta anneals linearly with :meth:`set_step`.
     """
 
     gin_name = "prioritized_sequence"
@@ -46,6 +48,8 @@ class PrioritizedSequenceReplay(SequenceReplay):
         default_priority: float = 1.0,
         stratified: bool = False,
         one_step_done_n: bool = True,
+        insert_max_priority: bool = False,
+        is_weight_eps: float = IS_WEIGHT_EPS,
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
@@ -68,6 +72,11 @@ class PrioritizedSequenceReplay(SequenceReplay):
                 the n steps (the correct n-step flag).
             stratified: draw one start per equal segment of the total priority instead of
                 i.i.d. draws. Off by default: rlpyt's SumTree draws ``np.random.rand(n)``.
+            insert_max_priority: new entries get the largest priority stored so far, at least
+                ``default_priority ** alpha`` (Dopamine's ``max_recorded_priority``, BBF) instead
+                of ``default_priority ** alpha`` (False, rlpyt's, MLR's).
+            is_weight_eps: added to the stored priority in the importance weights (1e-5, MLR's
+                rlpyt_buffer; BBF's is 1e-10).
             device: where storage, tree and batches live (the training device).
             seed: seed of this replay's own torch generator (sampling is reproducible).
         """
@@ -79,11 +88,15 @@ class PrioritizedSequenceReplay(SequenceReplay):
         check_range("replays.prioritized_sequence.beta_anneal_start", beta_anneal_start, 0)
         check_range("replays.prioritized_sequence.beta_anneal_end", beta_anneal_end, beta_anneal_start)
         check_range("replays.prioritized_sequence.default_priority", default_priority, 0, low_open=True)
+        check_range("replays.prioritized_sequence.is_weight_eps", is_weight_eps, 0)
         self.alpha = float(alpha)
         self.beta_start, self.beta_end = float(beta_start), float(beta_end)
         self.beta_anneal_start, self.beta_anneal_end = int(beta_anneal_start), int(beta_anneal_end)
         self.default_priority = float(default_priority)
         self.stratified = bool(stratified)
+        self.insert_max_priority, self.is_weight_eps = bool(insert_max_priority), float(is_weight_eps)
+        # the largest priority stored so far (^alpha), on the device: no sync to keep it
+        self._max_priority = torch.tensor(self.default_priority ** self.alpha, dtype=torch.float64, device=self.device)
         self.beta = self.beta_start
         self._tree = SumTree(self.capacity, self.device)
         self._pending: dict[int, float] = {}  # leaf -> priority, written to the tree in one batch
@@ -97,12 +110,14 @@ class PrioritizedSequenceReplay(SequenceReplay):
         start = n - self.off_backward
         lo, _ = self._valid_range(n + 1)
         if start >= lo:
-            self._pending[start % c] = self.default_priority ** self.alpha
+            self._pending[start % c] = _AT_MAX if self.insert_max_priority else self.default_priority ** self.alpha
 
     def _flush(self) -> None:
         if self._pending:
             leaves = to_device(list(self._pending), self.device, torch.int64)
             values = to_device(list(self._pending.values()), self.device, torch.float64)
+            if self.insert_max_priority:
+                values = torch.where(values == _AT_MAX, self._max_priority, values)
             self._tree.update(leaves, values)
             self._pending.clear()
 
@@ -126,7 +141,7 @@ class PrioritizedSequenceReplay(SequenceReplay):
         self._flush()
         indices = self._descend(self._tree.masses(batch_size, self._generator, self.stratified))  # (b)
         priorities = self._tree.get(indices)
-        weights = (1.0 / (priorities + IS_WEIGHT_EPS)) ** self.beta
+        weights = (1.0 / (priorities + self.is_weight_eps)) ** self.beta
         return indices, (weights / weights.max()).to(torch.float32)
 
     def update_priorities(self, indices: torch.Tensor, values: torch.Tensor) -> None:
@@ -139,6 +154,8 @@ class PrioritizedSequenceReplay(SequenceReplay):
         idx = torch.as_tensor(indices, device=self.device).to(torch.int64).reshape(-1)
         new = torch.as_tensor(values).detach().to(self.device, torch.float64).reshape(-1)
         new = new.clamp(*PRIORITY_CLAMP) ** self.alpha
+        if self.insert_max_priority:
+            self._max_priority = torch.maximum(self._max_priority, new.max())
         self._write_batch_priorities(idx, torch.where(self._tree.get(idx) > 0, new, 0.0))
 
     # Phases: a batch's descent and its priorities' write-back (a fixed size; the insertions'
@@ -152,9 +169,13 @@ class PrioritizedSequenceReplay(SequenceReplay):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["priorities"] = self.priorities.clone()
+        if self.insert_max_priority:
+            state["max_priority"] = self._max_priority.clone()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self._pending.clear()
         self._tree.set_leaves(state["priorities"].to(self.device, torch.float64))
+        if self.insert_max_priority:
+            self._max_priority = state["max_priority"].to(self.device, torch.float64)
