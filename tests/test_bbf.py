@@ -342,3 +342,9 @@ def test_bbfs_replay_inserts_at_the_largest_priority_and_weights_with_its_eps():
     other = PrioritizedSequenceReplay(capacity=200, sequence_length=2, n_step=2, insert_max_priority=True)
     other.load_state_dict(state)
     assert float(other._max_priority) == 4.0
+
+
+def test_an_encoder_sized_for_other_frames_is_named():
+    with pytest.raises(ConfigError, match=r"encoder ImpalaCNN maps an observation of shape \(4, 84, 84\) to \(484,\)"
+                                          r".*declares output_dim 36.*check its image_size"):
+        tiny_bbf(encoder=functools.partial(ImpalaCNN, channels=(2, 4, 4), width_scale=1, image_size=20))

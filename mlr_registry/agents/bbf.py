@@ -31,6 +31,7 @@ from mlr_registry.agents.n_step import n_step_returns
 from mlr_registry.agents.resets import ResetSchedule, check_parts, reset_parts
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.impala_cnn import ImpalaCNN
+from mlr_registry.encoders.output_size import checked_output_dim
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import (
     AuxiliaryLoss,
@@ -135,7 +136,7 @@ class BBF(nn.Module):
 
         # Online network: encoder → head (projection, ReLU, dueling C51); target: its EMA copy.
         self.encoder = encoder(in_channels=self.observation_shape[0])
-        latent_dim = int(self.encoder.output_dim)
+        latent_dim = checked_output_dim(self.encoder, self.observation_shape)
         self.head = BBFHead(latent_dim, self.num_actions, n_atoms, hidden_size, dueling)
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_head = copy.deepcopy(self.head).requires_grad_(False)

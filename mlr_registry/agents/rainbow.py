@@ -24,6 +24,7 @@ from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.agents.noisy import reset_noise, set_sampling
 from mlr_registry.batch import Batch
 from mlr_registry.encoders.nature_cnn import NatureCNN
+from mlr_registry.encoders.output_size import checked_output_dim
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import (
     AuxiliaryLoss,
@@ -125,7 +126,7 @@ class Rainbow(nn.Module):
 
         # Online Q network: encoder → C51 head; the projector shares the head's first layers.
         self.encoder = encoder(in_channels=self.observation_shape[0])
-        latent_dim = self._check_encoder()
+        latent_dim = checked_output_dim(self.encoder, self.observation_shape)
         self.head = C51Head(latent_dim, self.num_actions, n_atoms, hidden_size, noisy_std, dueling,
                             grad_scale_head_input)
         self.projector = QHeadProjector(self.head.first_layers())
@@ -148,20 +149,6 @@ class Rainbow(nn.Module):
         self.optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=learning_rate,
                                           eps=adam_eps, betas=(0.9, 0.999), weight_decay=0.0)
         self.update_count = 0
-
-    def _check_encoder(self) -> int:
-        """The encoder's output size, checked against a dummy forward (an image_size mismatch
-        would otherwise surface as a shape error deep inside the head)."""
-        with torch.no_grad():
-            out = self.encoder(torch.zeros(1, *self.observation_shape))
-        actual = int(out.shape[-1])
-        declared = getattr(self.encoder, "output_dim", actual)
-        if out.dim() != 2 or declared != actual:
-            raise ConfigError(
-                f"encoder {type(self.encoder).__name__} maps an observation of shape "
-                f"{self.observation_shape} to {tuple(out.shape[1:])}, but declares output_dim {declared}; "
-                "check its image_size against the env's observation size")
-        return actual
 
     # --- what the aux losses' context holds ----------------------------------------------------
     @property
