@@ -26,6 +26,7 @@ from mlr_registry.agents.annealing import Annealing
 from mlr_registry.agents.augmentation import Augmentation
 from mlr_registry.agents.bbf_head import BBFHead
 from mlr_registry.agents.distributional import make_support, project_distribution
+from mlr_registry.agents.exploration import epsilon_greedy
 from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.agents.n_step import n_step_returns
 from mlr_registry.agents.resets import ResetSchedule, check_parts, reset_parts
@@ -193,17 +194,7 @@ class BBF(nn.Module):
         """ε-greedy on the expected Q of un-augmented uint8 ``obs`` (b c h w) or (c h w), by the
         target network (``target_action_selection``) or the online one. ``greedy`` changes
         nothing here (no noisy nets); the trainer sets ε. Returns int64 actions (b)."""
-        check_range("act.epsilon", epsilon, 0, 1)
-        obs = torch.as_tensor(obs, device=self.device)
-        obs = obs[None] if obs.dim() == 3 else obs  # (b c h w)
-        b = obs.shape[0]
-        if epsilon >= 1.0:
-            return torch.randint(0, self.num_actions, (b,), device=self.device)
-        actions = self._greedy_actions(obs)  # (b)
-        if epsilon > 0:
-            explore = torch.rand(b, device=self.device) < epsilon
-            actions = torch.where(explore, torch.randint_like(actions, self.num_actions), actions)
-        return actions
+        return epsilon_greedy(obs, epsilon, self.num_actions, self.device, self._greedy_actions)
 
     def _greedy_actions(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 obs (b c h w) → int64 (b): argmax_a Σ softmax(logits)·z."""

@@ -20,6 +20,7 @@ from torch import nn
 from mlr_registry.agents.augmentation import Augmentation
 from mlr_registry.agents.c51_head import C51Head, QHeadProjector, scale_grad  # noqa: F401 - re-exported
 from mlr_registry.agents.distributional import make_support, project_distribution
+from mlr_registry.agents.exploration import epsilon_greedy
 from mlr_registry.agents.metrics import LazyMetrics
 from mlr_registry.agents.noisy import reset_noise, set_sampling
 from mlr_registry.batch import Batch
@@ -181,19 +182,12 @@ class Rainbow(nn.Module):
         never resamples it). greedy=True (evaluation): noise OFF (μ only). Returns int64 actions
         (b) on the agent's device. ε = 1 skips the network (uniform actions, same distribution).
         """
-        check_range("act.epsilon", epsilon, 0, 1)
-        obs = torch.as_tensor(obs, device=self.device)
-        obs = obs[None] if obs.dim() == 3 else obs  # (b c h w)
-        b = obs.shape[0]
-        if epsilon >= 1.0:
-            return torch.randint(0, self.num_actions, (b,), device=self.device)
-        self.eval()
-        set_sampling(self.head, not greedy)
-        actions = self._greedy_actions(obs)  # (b)
-        if epsilon > 0:
-            explore = torch.rand(b, device=self.device) < epsilon
-            actions = torch.where(explore, torch.randint_like(actions, self.num_actions), actions)
-        return actions
+        def noisy_greedy(obs: torch.Tensor) -> torch.Tensor:
+            self.eval()
+            set_sampling(self.head, not greedy)
+            return self._greedy_actions(obs)
+
+        return epsilon_greedy(obs, epsilon, self.num_actions, self.device, noisy_greedy)
 
     def _greedy_actions(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 obs (b c h w) -> int64 (b): argmax_a Σ softmax(logits)·z, the noise as set."""
