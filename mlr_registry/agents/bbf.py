@@ -131,7 +131,6 @@ class BBF(nn.Module):
         self.resets = ResetSchedule(reset_every, no_resets_after)
         self.shrink_perturb = tuple(shrink_perturb)
         self.shrink_factor, self.perturb_factor = float(shrink_factor), float(perturb_factor)
-        self.optimizer_settings = (float(learning_rate), float(adam_eps), float(weight_decay))
         self.device = torch.device(device)
         self._augmentation = Augmentation()
 
@@ -154,7 +153,7 @@ class BBF(nn.Module):
         self.aux_losses, self.aux_names = attach(aux_losses, self.loss_context, check=constant_lr("bbf", "AdamW"))
         self.to(self.device)
         check_parts(self.parts(), self.shrink_perturb)
-        self.optimizer = adamw(self._trainable(), *self.optimizer_settings)
+        self.optimizer = adamw(self._trainable(), float(learning_rate), float(adam_eps), float(weight_decay))
         self.update_count = 0
         self.cycle_updates = 0  # updates since the last reset: the annealing's clock
 
