@@ -211,10 +211,13 @@ def test_spr_reads_the_agents_latent_and_target_network():
 def test_spr_target_agent_needs_an_agent_that_keeps_one():
     from mlr_registry.agents.rainbow import Rainbow
     from mlr_registry.encoders.nature_cnn import NatureCNN
+    from mlr_registry.losses.mlr import MLRLoss
 
-    with pytest.raises(ConfigError, match="target = 'agent' reads the agent's target encoder"):
-        Rainbow((4, 84, 84), A, encoder=functools.partial(NatureCNN, channels=(4, 8, 8)), hidden_size=16,
-                aux_losses=[SPRLoss(target="agent")])
+    for name, loss in (("spr", SPRLoss(target="agent")), ("mlr", MLRLoss(target="agent"))):
+        with pytest.raises(ConfigError, match=f"losses.{name}.target = 'agent' reads the agent's target encoder.*"
+                                              f"use losses.{name}.target = 'own'"):
+            Rainbow((4, 84, 84), A, encoder=functools.partial(NatureCNN, channels=(4, 8, 8)), hidden_size=16,
+                    aux_losses=[loss])
 
 
 def test_checkpoint_round_trip_keeps_the_cycle_and_the_reset_schedule():

@@ -103,6 +103,15 @@ def frozen_copy(module: nn.Module) -> nn.Module:
     return target
 
 
+def agent_target_network(context: LossContext, name: str) -> tuple[nn.Module, nn.Module]:
+    """The agent's own target encoder and projector, for a loss whose ``target`` is "agent"
+    (SPR and MLR on BBF); ``name`` is the loss's gin name, for the message."""
+    if context.target_encoder is None or context.target_projector is None:
+        raise ConfigError(f"{name}.target = 'agent' reads the agent's target encoder and projector, "
+                          f"but this agent keeps none; use {name}.target = 'own'")
+    return context.target_encoder, context.target_projector
+
+
 def output_size(module: nn.Module, in_features: int) -> int:
     """Width of a projector's output: its ``out_features`` if it says, else one dry run."""
     size = getattr(module, "out_features", None)

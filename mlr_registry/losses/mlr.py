@@ -40,6 +40,7 @@ from mlr_registry.decoders.transformer import TransformerDecoder, trunc_normal_i
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
 from mlr_registry.losses.common import (
+    agent_target_network,
     build_decoder,
     check_decoder_factory,
     check_sequence_length,
@@ -180,9 +181,8 @@ class MLRLoss(AuxiliaryLoss):
         d = int(context.latent_dim)
         self.decoder = build_decoder(self.decoder_factory, context)
         own = self.target == "own"
-        if not own and (context.target_encoder is None or context.target_projector is None):
-            raise ConfigError("losses.mlr.target = 'agent' reads the agent's target encoder and projector, "
-                              "but this agent keeps none; use losses.mlr.target = 'own'")
+        if not own:
+            agent_target_network(context, "losses.mlr")
         if own:
             self.target_encoder = frozen_copy(context.encoder)
         if self.reinit_encoder_linear:  # after the copy: the two get independent draws (DMC)
@@ -236,7 +236,7 @@ class MLRLoss(AuxiliaryLoss):
         with torch.no_grad():
             target_in = rearrange(obs, "b t c h w -> (b t) c h w").float() / 255.0
             target_encoder, target_projector = ((self.target_encoder, self.target_projector) if self.target == "own"
-                                                else (context.target_encoder, context.target_projector))
+                                                else agent_target_network(context, "losses.mlr"))
             target_latents = target_encoder(context.augment(target_in)).reshape(b * T, -1)
             target = target_projector(target_latents)  # (n p)
 

@@ -35,7 +35,7 @@ from mlr_registry.encoders.nature_cnn import renormalize
 from mlr_registry.errors import ConfigError, check_range
 from mlr_registry.initialization import XavierLinear, xavier_uniform_
 from mlr_registry.losses.auxiliary import AuxiliaryLoss, LossContext, LossOutput
-from mlr_registry.losses.common import frozen_copy, normalized_squared_distance, output_size
+from mlr_registry.losses.common import agent_target_network, frozen_copy, normalized_squared_distance, output_size
 from mlr_registry.registry import register
 from mlr_registry.target_network import TargetNetwork
 
@@ -223,9 +223,7 @@ class SPRLoss(AuxiliaryLoss):
         linear = XavierLinear if self.init == "xavier" else nn.Linear
         self.predictor = linear(p, p) if self.predictor_kind == "linear" else nn.Identity()
         if self.target == "agent":
-            if context.target_encoder is None or context.target_projector is None:
-                raise ConfigError("losses.spr.target = 'agent' reads the agent's target encoder and projector, "
-                                  "but this agent keeps none; use losses.spr.target = 'own'")
+            agent_target_network(context, "losses.spr")
             return
         self.target_encoder = frozen_copy(context.encoder)
         self.target_projector = frozen_copy(projector)
@@ -274,7 +272,7 @@ class SPRLoss(AuxiliaryLoss):
         # Target: the real frames t = 1..K through the target encoder and projector.
         with torch.no_grad():
             frames = rearrange(obs[:, 1:], "b k c h w -> (b k) c h w").float() / 255.0
-            target_encoder, target_projector = ((context.target_encoder, context.target_projector)
+            target_encoder, target_projector = (agent_target_network(context, "losses.spr")
                                                 if self.target == "agent" else
                                                 (self.target_encoder, self.target_projector))
             target = target_projector(target_encoder(context.augment(frames)))  # (n p)
